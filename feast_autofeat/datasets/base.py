@@ -1,0 +1,141 @@
+"""What every prepared dataset shares: its spec, the manifest, and atomic writes of the data directory.
+
+A prepared data directory (``<repo>/data``) holds parquet tables the feature repo reads:
+
+- ``interactions.parquet``: user_id, item_id, event_type, [rating], event_timestamp (UTC)
+- ``users.parquet``: user_id, profile columns, created_timestamp
+- ``items.parquet``: item_id, profile columns, created_timestamp
+- ``user_behaviour.parquet`` / ``item_popularity.parquet``: daily snapshots (see ``features.snapshots``)
+- ``manifest.json``: which dataset this is, its parameters and row counts.
+
+The directory is staged next to its target and swapped in only when complete, so a failed ``prepare``
+leaves the previous data (or nothing) behind, never a half-written mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feast_autofeat.errors import RepoError
+
+MANIFEST = "manifest.json"
+TABLES = ("interactions", "users", "items")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How a dataset's raw tables turn into behaviour features.
+
+    ``signals`` are named SQL predicates over an interaction row (alias ``e``): the "event types" counted in
+    behaviour snapshots. ``categories`` are named SQL predicates over an item row (alias ``i``): the
+    per-category counts. Profile fields are ``(column, feast type name)`` pairs.
+    """
+
+    name: str
+    signals: tuple[tuple[str, str], ...]
+    categories: tuple[tuple[str, str], ...]
+    user_profile: tuple[tuple[str, str], ...]
+    item_profile: tuple[tuple[str, str], ...]
+    rating_column: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dataset: str
+    params: dict
+    rows: dict
+    time_range: tuple[str, str]
+    snapshot_range: tuple[str, str]
+    materialize_range: tuple[str, str]  # earliest timestamp of any table .. last snapshot
+    version: str
+
+    def materialize_window(self) -> tuple[str, str]:
+        """START and END for ``feast materialize`` that cover every row of the prepared tables."""
+        lo, hi = (datetime.fromisoformat(t) for t in self.materialize_range)
+        fmt = "%Y-%m-%dT%H:%M:%S"
+        return lo.strftime(fmt), (hi + timedelta(seconds=1)).strftime(fmt)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "dataset": self.dataset,
+                "params": self.params,
+                "rows": self.rows,
+                "time_range": list(self.time_range),
+                "snapshot_range": list(self.snapshot_range),
+                "materialize_range": list(self.materialize_range),
+                "feast_autofeat_version": self.version,
+            },
+            indent=2,
+        )
+
+
+def load_manifest(data_dir: str | os.PathLike) -> Manifest:
+    """Read ``data_dir/manifest.json``; raise a ``RepoError`` that says how to create it when absent."""
+    path = Path(data_dir) / MANIFEST
+    if not path.exists():
+        raise RepoError(
+            f"{path} not found: this feature repo has no prepared data yet. Run "
+            f"`feast-autofeat prepare --dataset synthetic --repo {Path(data_dir).parent}` "
+            "(or --dataset movielens-100k --data-dir DIR) first."
+        )
+    try:
+        raw = json.loads(path.read_text())
+        return Manifest(
+            dataset=raw["dataset"],
+            params=raw["params"],
+            rows=raw["rows"],
+            time_range=tuple(raw["time_range"]),
+            snapshot_range=tuple(raw["snapshot_range"]),
+            materialize_range=tuple(raw["materialize_range"]),
+            version=raw["feast_autofeat_version"],
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RepoError(f"{path} is not a valid manifest ({exc}); re-run `feast-autofeat prepare`.") from exc
+
+
+@contextmanager
+def staged_directory(target: Path) -> Iterator[Path]:
+    """Yield an empty directory beside ``target``; on success swap it in for ``target``.
+
+    On any exception the staging directory is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

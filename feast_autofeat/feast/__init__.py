@@ -1,0 +1,1 @@
+"""Everything Feast sees: helpers that return ordinary Feast objects (and, later, the batch engine)."""

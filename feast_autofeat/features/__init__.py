@@ -1,0 +1,1 @@
+"""Feature computation in DuckDB SQL (behaviour and popularity snapshots)."""

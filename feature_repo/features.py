@@ -1,0 +1,62 @@
+"""feast-autofeat's feature repository: entities, sources, feature views and the recommender's service.
+
+Plain Feast. Column lists come from the prepared data's manifest (`feast-autofeat prepare`), so the same
+repo serves the synthetic quickstart data and MovieLens.
+"""
+
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
+
+from feast_autofeat.features.snapshots import SNAPSHOT_TTL
+from feast_autofeat.feast.definitions import repo_layout
+
+layout = repo_layout(__file__)
+
+# ---- entities
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="A customer / viewer.")
+item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="A product / movie.")
+
+# ---- sources (parquet written by `feast-autofeat prepare`)
+interactions_source = FileSource(
+    name="interactions", path=layout.table("interactions"), timestamp_field="event_timestamp",
+    description="The raw interaction log: user_id, item_id, event_type, [rating], event_timestamp.",
+)
+users_source = FileSource(name="users", path=layout.table("users"), timestamp_field="created_timestamp")
+items_source = FileSource(name="items", path=layout.table("items"), timestamp_field="created_timestamp")
+user_behaviour_source = FileSource(
+    name="user_behaviour_snapshots", path=layout.table("user_behaviour"), timestamp_field="event_timestamp",
+    description="Daily snapshots computed in DuckDB from events strictly before each snapshot time.",
+)
+item_popularity_source = FileSource(
+    name="item_popularity_snapshots", path=layout.table("item_popularity"), timestamp_field="event_timestamp",
+)
+
+# ---- feature views
+tags = {"dataset": layout.dataset, "owner": "feast-autofeat"}
+user_profile = FeatureView(
+    name="user_profile", entities=[user], ttl=timedelta(0), schema=layout.user_profile,
+    source=users_source, online=True, tags=tags, description="Static user attributes (demographics).",
+)
+item_profile = FeatureView(
+    name="item_profile", entities=[item], ttl=timedelta(0), schema=layout.item_profile,
+    source=items_source, online=True, tags=tags, description="Static item attributes.",
+)
+user_behaviour = FeatureView(
+    name="user_behaviour", entities=[user], ttl=SNAPSHOT_TTL, schema=layout.user_behaviour,
+    source=user_behaviour_source, online=True, tags=tags,
+    description="Trailing 7/30-day counts per event type and category, distinct items, recency. "
+    "Missing = no activity in the last 30 days.",
+)
+item_popularity = FeatureView(
+    name="item_popularity", entities=[item], ttl=SNAPSHOT_TTL, schema=layout.item_popularity,
+    source=item_popularity_source, online=True, tags=tags,
+    description="Trailing 7/30-day counts per event type, distinct users, recency. Missing = no activity.",
+)
+
+# ---- what a recommender's training set reads (entity_df: user_id, item_id, event_timestamp)
+recommender_features = FeatureService(
+    name="recommender_features",
+    features=[user_profile, user_behaviour, item_profile, item_popularity],
+    description="Point-in-time user and item features for training and serving a recommender.",
+)

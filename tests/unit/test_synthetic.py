@@ -1,0 +1,92 @@
+"""The synthetic generator: deterministic, exact sizes, and the hidden structure it promises."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feast_autofeat.datasets.synthetic import CATEGORIES, EVENT_TYPES, SyntheticConfig, generate
+from feast_autofeat.errors import DataError
+
+CFG = SyntheticConfig(users=800, items=300, days=40, events=60_000, seed=7)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {k: v.to_pandas() for k, v in generate(CFG).items()}
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a, b = generate(CFG), generate(CFG)
+    for name in a:
+        assert a[name].equals(b[name]), name
+    c = generate(SyntheticConfig(**{**CFG.params(), "seed": 8}))
+    assert not a["interactions"].equals(c["interactions"])
+
+
+def test_sizes_ids_and_period(data):
+    ev = data["interactions"]
+    assert len(ev) == CFG.events
+    assert ev["user_id"].between(1, CFG.users).all() and ev["item_id"].between(1, CFG.items).all()
+    assert set(ev["event_type"]) == set(EVENT_TYPES)
+    start = pd.Timestamp(CFG.start, tz="UTC")
+    assert ev["event_timestamp"].min() >= start
+    assert ev["event_timestamp"].max() < start + pd.Timedelta(days=CFG.days)
+    assert ev["event_timestamp"].is_monotonic_increasing
+    assert len(data["users"]) == CFG.users and len(data["items"]) == CFG.items
+    assert set(data["items"]["category"]) <= set(CATEGORIES)
+    assert (data["items"]["price"] > 0).all()
+
+
+def test_no_event_before_signup_or_launch(data):
+    ev = data["interactions"]
+    u = ev.merge(data["users"][["user_id", "created_timestamp"]], on="user_id")
+    assert (u["event_timestamp"] >= u["created_timestamp"]).all()
+    i = ev.merge(data["items"][["item_id", "created_timestamp"]], on="item_id")
+    assert (i["event_timestamp"] >= i["created_timestamp"]).all()
+    # some users and items really do appear during the period
+    start = pd.Timestamp(CFG.start, tz="UTC")
+    assert (data["users"]["created_timestamp"] > start).mean() > 0.2
+    assert (data["items"]["created_timestamp"] > start).mean() > 0.1
+
+
+def test_funnel_is_ordered(data):
+    counts = data["interactions"]["event_type"].value_counts()
+    assert counts["browse"] > counts["click"] > counts["cart"] > counts["purchase"] > 0
+
+
+def test_popularity_and_activity_are_long_tailed(data):
+    ev = data["interactions"]
+    item_counts = np.sort(ev["item_id"].value_counts().to_numpy())[::-1]
+    top10 = item_counts[: len(item_counts) // 10].sum() / item_counts.sum()
+    assert top10 > 0.35, f"top 10% of items get {top10:.0%} of events"
+    user_counts = ev["user_id"].value_counts().to_numpy()
+    assert user_counts.max() > 8 * np.median(user_counts)
+
+
+def _early_late_distance(cfg: SyntheticConfig) -> float:
+    """Mean total-variation distance between users' category mix in the first and last third."""
+    d = generate(cfg)
+    ev = d["interactions"].to_pandas().merge(d["items"].to_pandas()[["item_id", "category"]], on="item_id")
+    day = (ev["event_timestamp"] - pd.Timestamp(cfg.start, tz="UTC")).dt.days
+    ev["part"] = np.where(day < cfg.days / 3, "early", np.where(day >= 2 * cfg.days / 3, "late", "mid"))
+    ev = ev[ev["part"] != "mid"]
+    mix = pd.crosstab([ev["user_id"], ev["part"]], ev["category"], normalize="index")
+    n = ev.groupby(["user_id", "part"]).size().unstack()
+    users = n.index[(n["early"] >= 40) & (n["late"] >= 40)]
+    early = mix.xs("early", level="part").loc[users]
+    late = mix.xs("late", level="part").loc[users]
+    return float(0.5 * (early - late).abs().sum(axis=1).mean())
+
+
+def test_preferences_drift_over_time():
+    base = dict(users=300, items=300, days=60, events=120_000, seed=3)
+    drifting = _early_late_distance(SyntheticConfig(**base, drift=0.8))
+    stable = _early_late_distance(SyntheticConfig(**base, drift=0.0))
+    assert drifting > stable + 0.1, (drifting, stable)
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(DataError, match="--users"):
+        SyntheticConfig(users=0)
+    with pytest.raises(DataError, match="--events"):
+        SyntheticConfig(events=-5)
