@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
 
-from feast_autofeat.features.snapshots import SNAPSHOT_TTL
 from feast_autofeat.feast.definitions import repo_layout
+from feast_autofeat.features.snapshots import SNAPSHOT_TTL
 
 layout = repo_layout(__file__)
 

@@ -102,6 +102,20 @@ def ml_repo(tmp_path_factory, ml100k_dir) -> Path:
     return repo
 
 
+@pytest.fixture
+def fresh_repo(tmp_path) -> Path:
+    """An unprepared copy of feature_repo/."""
+    return copy_repo(tmp_path / "feature_repo")
+
+
+@pytest.fixture
+def ml_repo_copy(ml_repo, tmp_path) -> Path:
+    """A private copy of the prepared ML-100K repo (data included), free to apply and materialize."""
+    repo = copy_repo(tmp_path / "feature_repo")
+    shutil.copytree(ml_repo / "data", repo / "data")
+    return repo
+
+
 @pytest.fixture(scope="session")
 def ml_store(ml_repo):
     """The ML-100K repo after a real `feast apply` (SQLite online store); a FeatureStore on it."""

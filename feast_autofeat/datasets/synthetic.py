@@ -183,7 +183,8 @@ def generate(cfg: SyntheticConfig, progress: Callable[[int], None] | None = None
     items = pa.table({
         "item_id": pa.array(np.arange(1, n_i + 1), pa.int64()),
         "category": pa.array(np.asarray(CATEGORIES)[item_cat]),
-        "brand": pa.array(np.char.add(np.asarray(CATEGORIES)[item_cat], np.char.add("_brand_", brand_rank.astype(str)))),
+        "brand": pa.array(np.char.add(np.asarray(CATEGORIES)[item_cat],
+                                      np.char.add("_brand_", brand_rank.astype(str)))),
         "price": pa.array(price, pa.float64()),
         "created_timestamp": pa.array(start_us + (item_created * _DAY_US).astype(np.int64), utc),
     })

@@ -31,7 +31,8 @@ def test_movielens_tables(ml_repo, ml100k_dir):
     merged = ev.merge(raw, on=["user_id", "item_id"])
     assert len(merged) == 100_000
     assert (merged["rating"] == merged["raw_rating"]).all()
-    assert (merged["event_timestamp"].astype("int64") // 10**6 == merged["unix"]).all()
+    unix = (merged["event_timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    assert (unix == merged["unix"]).all()
     # a user is created with their first rating
     first = ev.groupby("user_id")["event_timestamp"].min()
     assert (users.set_index("user_id")["created_timestamp"] == first).all()

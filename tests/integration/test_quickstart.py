@@ -1,0 +1,30 @@
+"""The README's quickstart, end to end through the real CLIs, on a copy of feature_repo/."""
+
+import subprocess
+import sys
+
+import pandas as pd
+from feast import FeatureStore
+
+
+def test_quickstart_prints_online_features(fresh_repo):
+    proc = subprocess.run(
+        [sys.executable, "-m", "feast_autofeat.cli", "quickstart", "--repo", str(fresh_repo), "--users", "300",
+         "--show", "3"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for step in ("[1/4]", "[2/4] feast apply", "[3/4] feast materialize", "[4/4]"):
+        assert step in out
+    # the three most active users are printed with the values the online store holds for them
+    ev = pd.read_parquet(fresh_repo / "data" / "interactions.parquet")
+    top = ev["user_id"].value_counts().index[:3].tolist()
+    store = FeatureStore(repo_path=str(fresh_repo))
+    online = store.get_online_features(features=["user_behaviour:events_30d"],
+                                       entity_rows=[{"user_id": u} for u in top]).to_df()
+    assert online["events_30d"].notna().all()
+    table = out.split("[4/4]")[1]
+    for u, n in zip(online["user_id"], online["events_30d"]):
+        assert any(line.split()[:1] == [str(u)] and str(int(n)) in line.split() for line in table.splitlines()), \
+            f"user {u} with events_30d={n} not printed:\n{table}"
