@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm.auto import tqdm
 
 from feast_autofeat import __version__
 from feast_autofeat.datasets import get_spec, movielens, synthetic
@@ -61,7 +62,8 @@ def prepare(
     else:
         config = config or synthetic.SyntheticConfig()
         say(f"generating {config.n_events:,} events for {config.users:,} users and {config.items:,} items")
-        tables = synthetic.generate(config)
+        with tqdm(total=config.n_events, unit="ev", unit_scale=True, disable=progress is None) as bar:
+            tables = synthetic.generate(config, progress=bar.update)
         params = config.params()
     tables = {name: _normalize_timestamps(t) for name, t in tables.items()}
 

@@ -45,7 +45,7 @@ SPEC = DatasetSpec(
 )
 
 _DAY_US = 86_400 * 1_000_000
-_CHUNK = 250_000  # interactions per chunk; fixed, so outputs do not depend on memory settings
+_CHUNK = 250_000  # max interactions per chunk; chunking depends only on the parameters, so output does too
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,8 @@ def generate(cfg: SyntheticConfig, progress: Callable[[int], None] | None = None
     total, chunk_id = 0, 0
     while total < n_target:
         crng = np.random.default_rng([cfg.seed, 1, chunk_id])
-        m = _CHUNK
+        # about 1.55 events per interaction: size the chunk to what is still needed, capped for memory
+        m = min(_CHUNK, (n_target - total) * 3 // 4 + 1_000)
         u = np.minimum(np.searchsorted(act_cdf, crng.random(m)), n_u - 1)
         t = signup_day[u] + crng.random(m) * (days - signup_day[u])  # in days since start
         cand = np.minimum(np.searchsorted(pop_cdf, crng.random((m, cfg.candidates))), n_i - 1)

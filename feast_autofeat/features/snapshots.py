@@ -40,54 +40,56 @@ def _ident(name: str) -> str:
     return name
 
 
+# The two snapshot tables: entity key, the counterpart counted as "distinct", column prefix, per-category counts.
+_TABLES = {
+    "user_behaviour": ("user_id", "item_id", "", True),
+    "item_popularity": ("item_id", "user_id", ITEM_PREFIX, False),
+}
+_HORIZON = max(WINDOWS)
+
+
+def _columns(spec: DatasetSpec, table: str) -> list[tuple[str, str, str]]:
+    """(column, Feast type, SQL aggregate over the fanned-out rows) of a snapshot table, in table order.
+
+    The single source of both the SQL and the Feast schema, so the two cannot drift apart.
+    """
+    key, other, prefix, with_categories = _TABLES[table]
+    signals = [_ident(s) for s, _ in spec.signals]
+    cats = [_ident(c) for c, _ in spec.categories] if with_categories else []
+    distinct = "items" if other == "item_id" else "users"
+    cols: list[tuple[str, str, str]] = []
+    for w in WINDOWS:
+        flt = f" FILTER (WHERE k <= {w})" if w < _HORIZON else ""
+        count = "CAST(coalesce(sum({col})" + flt + ", 0) AS BIGINT)"
+        cols.append((f"{prefix}events_{w}d", "Int64", count.format(col="n")))
+        cols += [(f"{prefix}{s}_{w}d", "Int64", count.format(col=f"s_{s}")) for s in signals]
+        cols += [(f"{prefix}cat_{c}_{w}d", "Int64", count.format(col=f"c_{c}")) for c in cats]
+        cols.append((f"{prefix}distinct_{distinct}_{w}d", "Int64", f"CAST(count(DISTINCT {other}){flt} AS BIGINT)"))
+    if spec.rating_column:
+        cols.append((f"{prefix}mean_rating_{_HORIZON}d", "Float64",
+                     "CAST(sum(r_sum) / nullif(sum(r_n), 0) AS DOUBLE)"))
+    cols.append((f"{prefix}days_since_last_event", "Float64", "(snap_day * 86400.0 - max(last_s)) / 86400.0"))
+    return cols
+
+
 def user_behaviour_fields(spec: DatasetSpec) -> list[tuple[str, str]]:
     """(column, Feast type) of the user behaviour snapshot, in table order."""
-    cols: list[tuple[str, str]] = []
-    for w in WINDOWS:
-        cols.append((f"events_{w}d", "Int64"))
-        cols += [(f"{s}_{w}d", "Int64") for s, _ in spec.signals]
-        cols += [(f"cat_{c}_{w}d", "Int64") for c, _ in spec.categories]
-        cols.append((f"distinct_items_{w}d", "Int64"))
-    if spec.rating_column:
-        cols.append(("mean_rating_30d", "Float64"))
-    cols.append(("days_since_last_event", "Float64"))
-    return cols
+    return [(name, dtype) for name, dtype, _ in _columns(spec, "user_behaviour")]
 
 
 def item_popularity_fields(spec: DatasetSpec) -> list[tuple[str, str]]:
     """(column, Feast type) of the item popularity snapshot; prefixed so names never collide with users'."""
-    cols: list[tuple[str, str]] = []
-    for w in WINDOWS:
-        cols.append((f"{ITEM_PREFIX}events_{w}d", "Int64"))
-        cols += [(f"{ITEM_PREFIX}{s}_{w}d", "Int64") for s, _ in spec.signals]
-        cols.append((f"{ITEM_PREFIX}distinct_users_{w}d", "Int64"))
+    return [(name, dtype) for name, dtype, _ in _columns(spec, "item_popularity")]
+
+
+def _snapshot_sql(spec: DatasetSpec, table: str, until_day: int) -> str:
+    key, other, _, with_categories = _TABLES[table]
+    flag_cols = [f"sum(CAST(({pred}) AS BIGINT)) AS s_{_ident(s)}" for s, pred in spec.signals]
+    if with_categories:
+        flag_cols += [f"sum(CAST(({pred}) AS BIGINT)) AS c_{_ident(c)}" for c, pred in spec.categories]
     if spec.rating_column:
-        cols.append((f"{ITEM_PREFIX}mean_rating_30d", "Float64"))
-    cols.append((f"{ITEM_PREFIX}days_since_last_event", "Float64"))
-    return cols
-
-
-def _snapshot_sql(spec: DatasetSpec, key: str, other: str, prefix: str, with_categories: bool,
-                  until_day: int) -> str:
-    signals = [(_ident(s), pred) for s, pred in spec.signals]
-    cats = [(_ident(c), pred) for c, pred in spec.categories] if with_categories else []
-    rating = spec.rating_column
-    flag_cols = [f"sum(CAST(({pred}) AS BIGINT)) AS s_{s}" for s, pred in signals]
-    flag_cols += [f"sum(CAST(({pred}) AS BIGINT)) AS c_{c}" for c, pred in cats]
-    if rating:
-        flag_cols += [f"sum(e.{rating}) AS r_sum", f"count(e.{rating}) AS r_n"]
-    distinct = "items" if other == "item_id" else "users"
-
-    aggs = []
-    for w in WINDOWS:
-        flt = f" FILTER (WHERE k <= {w})" if w < 30 else ""
-        aggs.append(f"CAST(coalesce(sum(n){flt}, 0) AS BIGINT) AS {prefix}events_{w}d")
-        aggs += [f"CAST(coalesce(sum(s_{s}){flt}, 0) AS BIGINT) AS {prefix}{s}_{w}d" for s, _ in signals]
-        aggs += [f"CAST(coalesce(sum(c_{c}){flt}, 0) AS BIGINT) AS {prefix}cat_{c}_{w}d" for c, _ in cats]
-        aggs.append(f"CAST(count(DISTINCT {other}){flt} AS BIGINT) AS {prefix}distinct_{distinct}_{w}d")
-    if rating:
-        aggs.append(f"CAST(sum(r_sum) / nullif(sum(r_n), 0) AS DOUBLE) AS {prefix}mean_rating_30d")
-    aggs.append(f"(snap_day * 86400.0 - max(last_s)) / 86400.0 AS {prefix}days_since_last_event")
+        flag_cols += [f"sum(e.{spec.rating_column}) AS r_sum", f"count(e.{spec.rating_column}) AS r_n"]
+    aggs = [f"{sql} AS {name}" for name, _, sql in _columns(spec, table)]
     return f"""
     WITH grouped AS (
         SELECT e.{key}, e.{other}, CAST(floor(epoch(e.event_timestamp) / 86400) AS BIGINT) AS day,
@@ -96,7 +98,7 @@ def _snapshot_sql(spec: DatasetSpec, key: str, other: str, prefix: str, with_cat
         FROM interactions e JOIN items i ON e.item_id = i.item_id
         GROUP BY ALL
     ), fanned AS (
-        SELECT g.*, k, day + k AS snap_day FROM grouped g, range(1, 31) AS r(k)
+        SELECT g.*, k, day + k AS snap_day FROM grouped g, range(1, {_HORIZON + 1}) AS r(k)
         WHERE day + k <= {until_day}
     )
     SELECT {key}, to_timestamp(snap_day * 86400) AS event_timestamp,
@@ -139,11 +141,8 @@ def build_snapshots(interactions: pa.Table, items: pa.Table, spec: DatasetSpec,
             raise DataError("the interactions table is empty: nothing to build snapshots from.")
         until_day = int(last // 86400) + 1 if until is None else int(until.timestamp() // 86400)
         out = {}
-        for name, key, other, prefix, cats in (
-            ("user_behaviour", "user_id", "item_id", "", True),
-            ("item_popularity", "item_id", "user_id", ITEM_PREFIX, False),
-        ):
-            out[name] = fetch_arrow(con, _snapshot_sql(spec, key, other, prefix, cats, until_day))
+        for name in _TABLES:
+            out[name] = fetch_arrow(con, _snapshot_sql(spec, name, until_day))
         return out
     finally:
         con.close()
