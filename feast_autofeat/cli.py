@@ -41,6 +41,17 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from feast_autofeat.training import train
+
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("dim", args.dim)) if v is not None}
+    print(f"training {args.model} from {args.repo} as of {args.as_of or 'the last event'} ...", flush=True)
+    result = train(args.model, args.repo, as_of=args.as_of, root=args.model_root, seed=args.seed,
+                   max_rows=args.max_rows, yaml=args.feature_store_yaml, **overrides)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feast-autofeat",
@@ -64,6 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--start", default="2025-01-01", help="first day of the period (UTC)")
     p.set_defaults(func=_cmd_prepare)
+
+    t = sub.add_parser("train", help="train an encoder (dae, multvae, gan) from the store's point-in-time data",
+                       description="Build a training set through Feast (get_historical_features / the offline "
+                       "store) with only data at or before --as-of, train with early stopping on held-out users, "
+                       "and save a hash-verified version (safetensors + JSON).")
+    t.add_argument("model", choices=["dae", "multvae", "gan"])
+    t.add_argument("--repo", type=Path, default=Path("feature_repo"))
+    t.add_argument("--feature-store-yaml", "-f", help="YAML inside the repo (default feature_store.yaml)")
+    t.add_argument("--as-of", help="use data at or before this time (ISO 8601, UTC); default: the last event")
+    t.add_argument("--model-root", type=Path, help="where versions are written (default: $AUTOFEAT_MODEL_ROOT "
+                   "or <repo>/models)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-rows", type=int, default=50_000, help="training rows for tabular models")
+    t.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
+    t.add_argument("--dim", type=int, help="embedding dimension")
+    t.set_defaults(func=_cmd_train)
 
     q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, "
                        "print online features (SQLite, no server)")

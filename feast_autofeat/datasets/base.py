@@ -49,6 +49,8 @@ class DatasetSpec:
     user_profile: tuple[tuple[str, str], ...]
     item_profile: tuple[tuple[str, str], ...]
     rating_column: str | None = None
+    # SQL predicate over an interaction (alias ``e``): what counts as a positive for implicit-feedback models
+    positive: str = "true"
     description: str = ""
 
 

@@ -31,6 +31,7 @@ SPEC = DatasetSpec(
     item_profile=(("title", "String"), ("release_year", "Int64"))
     + tuple((f"genre_{g}", "Int64") for g in GENRES),
     rating_column="rating",
+    positive="e.rating >= 4",  # the usual binarization of MovieLens ratings for top-N recommendation
 )
 
 HELP = (

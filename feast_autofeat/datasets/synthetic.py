@@ -42,6 +42,7 @@ SPEC = DatasetSpec(
     categories=tuple((c, f"i.category = '{c}'") for c in CATEGORIES),
     user_profile=(("age", "Int64"), ("gender", "String"), ("country", "String"), ("signup_channel", "String")),
     item_profile=(("category", "String"), ("brand", "String"), ("price", "Float64")),
+    positive="e.event_type <> 'browse'",  # a click or deeper in the funnel
 )
 
 _DAY_US = 86_400 * 1_000_000

@@ -1,0 +1,231 @@
+"""What every encoder shares: input validation, tabular preprocessing, seeding, early stopping, batching.
+
+Encoders follow scikit-learn's shape: hyperparameters stored unchanged in ``__init__``, learned state in
+attributes ending in ``_``, ``fit`` returns ``self``, ``transform`` is pure and batched, and every encoder
+can ``save`` itself as a verified version (``feast_autofeat.artifacts``) and ``load`` it back.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from feast_autofeat.errors import AutofeatError
+
+
+class SchemaError(AutofeatError):
+    """Encode-time input does not match what the model was trained on (columns, dtypes, NaN/inf, width)."""
+
+
+class NotFittedError(AutofeatError):
+    """A model was used before ``fit`` (or ``load``)."""
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return a torch generator for data order and noise."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over ``n`` rows, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` evaluations without improvement; keep the best state (a copy of tensors)."""
+
+    patience: int = 10
+    mode: str = "min"
+    best: float = math.inf
+    best_epoch: int = -1
+    best_state: dict | None = None
+    bad: int = 0
+
+    def step(self, value: float, epoch: int, module: torch.nn.Module) -> bool:
+        """Record ``value``; return True when training should stop."""
+        score = value if self.mode == "min" else -value
+        if score < self.best:
+            self.best, self.best_epoch, self.bad = score, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    @property
+    def best_value(self) -> float:
+        return self.best if self.mode == "min" else -self.best
+
+
+_QUANTILES = 257
+
+
+@dataclass
+class TabularPreprocessor:
+    """Numeric columns -> rank-gauss (or standard) scaling; string columns -> one-hot over the training
+    vocabulary plus an "unseen" slot. State is plain lists, so it lives in the model's JSON.
+
+    Missing values: a column listed in ``fill`` has NaN replaced by its fill value before scaling (the
+    documented imputation, e.g. "no activity in 30 days" -> 0 counts); NaN or inf anywhere else is an error
+    naming the column. Strings: missing -> the "unseen" slot only for columns in ``fill`` too. String columns
+    with more than ``max_categories`` values are left out (listed in ``dropped_``), as are extra input columns.
+    """
+
+    scaling: str = "rankgauss"
+    fill: dict[str, float] = field(default_factory=dict)
+    max_categories: int = 64  # string columns with more distinct values (ids, zip codes) are left out
+    numeric_: list[str] = field(default_factory=list)
+    categorical_: dict[str, list[str]] = field(default_factory=dict)
+    quantiles_: list[list[float]] = field(default_factory=list)
+    mean_: list[float] = field(default_factory=list)
+    std_: list[float] = field(default_factory=list)
+    dtypes_: dict[str, str] = field(default_factory=dict)
+    dropped_: list[str] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return self.numeric_ + list(self.categorical_)
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric_) + sum(len(v) + 1 for v in self.categorical_.values())
+
+    def fit(self, df: pd.DataFrame) -> TabularPreprocessor:
+        if self.scaling not in ("rankgauss", "standard"):
+            raise AutofeatError(f"scaling must be 'rankgauss' or 'standard', got {self.scaling!r}.")
+        if df.empty:
+            raise SchemaError("cannot fit preprocessing on an empty table.")
+        self.numeric_, self.categorical_, self.dtypes_, self.dropped_ = [], {}, {}, []
+        for col in df.columns:
+            s = df[col]
+            if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+                self.numeric_.append(col)
+                self.dtypes_[col] = "numeric"
+            elif pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s) or isinstance(
+                    s.dtype, pd.CategoricalDtype):
+                vocab = sorted(map(str, s.dropna().unique()))
+                if len(vocab) > self.max_categories:
+                    self.dropped_.append(col)  # one-hot over hundreds of values would swamp the rest
+                    continue
+                self.categorical_[col] = vocab
+                self.dtypes_[col] = "categorical"
+            else:
+                raise SchemaError(f"column {col!r} has dtype {s.dtype}, neither numeric nor string; drop or "
+                                  "convert it before training.")
+        x = self._numeric(df)
+        probs = np.linspace(0, 1, _QUANTILES)
+        self.quantiles_ = np.quantile(x, probs, axis=0).T.tolist() if len(self.numeric_) else []
+        self.mean_ = x.mean(axis=0).tolist()
+        self.std_ = np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0).tolist()
+        return self
+
+    def _numeric(self, df: pd.DataFrame) -> np.ndarray:
+        missing = [c for c in self.columns if c not in df.columns]
+        if missing:
+            raise SchemaError(f"input lacks column(s) {missing} that the model was trained on; pass the same "
+                              "features as at training time.")
+        if not self.numeric_:
+            return np.zeros((len(df), 0))
+        block = df[self.numeric_]
+        non_numeric = [c for c in self.numeric_ if not (pd.api.types.is_numeric_dtype(block[c])
+                                                        or pd.api.types.is_bool_dtype(block[c]))]
+        if non_numeric:
+            raise SchemaError(f"column(s) {non_numeric} must be numeric, as at training time.")
+        x = block.to_numpy(dtype=np.float64, na_value=np.nan)
+        fills = np.array([self.fill.get(c, np.nan) for c in self.numeric_])
+        nan = np.isnan(x)
+        if nan.any():
+            x = np.where(nan, fills[None, :], x)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            cols = [self.numeric_[j] for j in np.flatnonzero(bad.any(axis=0))]
+            raise SchemaError(f"NaN or infinite values in column(s) {cols} ({int(bad.sum())} cells); clean them "
+                              "or train with a fill value for them (documented imputation).")
+        return x
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        """Rows of ``df`` -> float32 matrix of ``width`` columns."""
+        if not self.dtypes_:
+            raise NotFittedError("preprocessing is not fitted; call fit() or load a trained model.")
+        x = self._numeric(df)
+        if self.scaling == "rankgauss" and x.shape[1]:
+            probs = np.linspace(0, 1, _QUANTILES)
+            q = np.asarray(self.quantiles_)
+            # ties (e.g. many zero counts) map to the middle of their probability range
+            u = np.column_stack([
+                0.5 * (np.interp(x[:, j], q[j], probs) + np.interp(-x[:, j], -q[j][::-1], probs[::-1]))
+                for j in range(x.shape[1])
+            ])
+            u = np.clip(u, 1e-3, 1 - 1e-3)
+            x = torch.special.ndtri(torch.from_numpy(u)).numpy()
+        elif x.shape[1]:
+            x = (x - np.asarray(self.mean_)) / np.asarray(self.std_)
+        parts = [x.astype(np.float32)]
+        for col, vocab in self.categorical_.items():
+            s = df[col]
+            if s.isna().any() and col not in self.fill:
+                raise SchemaError(f"missing values in categorical column {col!r}; fill them or train with a "
+                                  "fill for it.")
+            codes = pd.Categorical(s.astype("string"), categories=vocab).codes  # -1 = unseen / missing
+            onehot = np.zeros((len(df), len(vocab) + 1), dtype=np.float32)
+            onehot[np.arange(len(df)), np.where(codes < 0, len(vocab), codes)] = 1.0
+            parts.append(onehot)
+        return np.concatenate(parts, axis=1)
+
+    def state(self) -> dict:
+        return {"scaling": self.scaling, "fill": self.fill, "max_categories": self.max_categories,
+                "dropped": self.dropped_, "numeric": self.numeric_,
+                "categorical": self.categorical_, "quantiles": self.quantiles_, "mean": self.mean_,
+                "std": self.std_, "dtypes": self.dtypes_}
+
+    @classmethod
+    def from_state(cls, state: dict) -> TabularPreprocessor:
+        return cls(scaling=state["scaling"], fill=dict(state["fill"]), max_categories=state["max_categories"],
+                   dropped_=list(state["dropped"]), numeric_=list(state["numeric"]),
+                   categorical_={k: list(v) for k, v in state["categorical"].items()},
+                   quantiles_=state["quantiles"], mean_=state["mean"], std_=state["std"],
+                   dtypes_=dict(state["dtypes"]))
+
+
+def check_matrix(x: np.ndarray, width: int, what: str) -> np.ndarray:
+    """A 2-D finite float32 matrix of ``width`` columns, or a SchemaError saying what is wrong."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != width:
+        raise SchemaError(f"{what}: expected a matrix with {width} columns, got shape {x.shape}.")
+    if not np.isfinite(x).all():
+        raise SchemaError(f"{what}: {int((~np.isfinite(x)).sum())} NaN or infinite values.")
+    return x
+
+
+def save_model(root, name: str, net: torch.nn.Module, config: dict, tensors: dict | None = None):
+    """Save ``net``'s weights (prefixed ``net.``) plus extra tensors and the JSON ``config`` as a version."""
+    from feast_autofeat.artifacts import save_version
+
+    weights = {f"net.{k}": v for k, v in net.state_dict().items()}
+    return save_version(root, name, {**weights, **(tensors or {})}, {"model": name, **config})
+
+
+def load_model(root, name: str, version: str | None = None):
+    """Load and verify a version of model ``name``; refuse a directory holding another kind of model."""
+    from feast_autofeat.artifacts import load_version
+
+    art = load_version(root, name, version)
+    if art.config.get("model") != name:
+        raise SchemaError(f"{art.path} holds a {art.config.get('model')!r} model, not {name!r}.")
+    return art
+
+
+def net_state(art) -> dict:
+    """The ``net.`` tensors of a loaded version, as a state dict."""
+    return {k[4:]: v for k, v in art.tensors.items() if k.startswith("net.")}

@@ -1,0 +1,48 @@
+"""EASE (Steck 2019, "Embarrassingly Shallow Autoencoders"): a closed-form item-item model, the baseline
+learned models must catch. B = -P / diag(P) with P = (X^T X + lambda I)^-1 and diag(B) = 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from feast_autofeat.models.base import NotFittedError
+from feast_autofeat.models.interactions import Histories
+
+
+class EASE:
+    name = "ease"
+
+    def __init__(self, l2: float = 500.0):
+        self.l2 = l2
+        self.B_: np.ndarray | None = None
+
+    def fit(self, train: Histories) -> EASE:
+        gram = self.l2 * torch.eye(train.n_items, dtype=torch.float64)
+        for s in range(0, train.n_users, 4096):  # X^T X in row blocks: never a dense users x items matrix
+            x = train.rows(np.arange(s, min(s + 4096, train.n_users))).to(torch.float64)
+            gram += x.T @ x
+        p = torch.linalg.inv(gram)
+        b = -p / torch.diag(p)
+        b.fill_diagonal_(0.0)
+        self.B_ = b.to(torch.float32).numpy()
+        return self
+
+    def score(self, histories: Histories, batch_size: int = 4096) -> np.ndarray:
+        if self.B_ is None:
+            raise NotFittedError("EASE is not fitted; call fit().")
+        return np.vstack([histories.rows(np.arange(s, min(s + batch_size, histories.n_users))).numpy() @ self.B_
+                          for s in range(0, histories.n_users, batch_size)])
+
+
+class Popularity:
+    """Scores every item by its number of training interactions, the same for everyone."""
+
+    name = "popularity"
+
+    def fit(self, train: Histories) -> Popularity:
+        self.counts_ = train.item_counts().astype(np.float32)
+        return self
+
+    def score(self, histories: Histories) -> np.ndarray:
+        return np.broadcast_to(self.counts_, (histories.n_users, len(self.counts_))).copy()

@@ -1,0 +1,171 @@
+"""Training sets from the feature store, and ``feast-autofeat train MODEL``.
+
+Only data a model could have seen at ``as_of`` is used:
+
+- tabular encoders (DAE, GAN) train on users' feature vectors as of the moments they interacted, built with
+  ``store.get_historical_features`` (point-in-time) from entity rows at or before ``as_of``;
+- Mult-VAE trains on interaction histories read through Feast's offline store with ``end_date=as_of``.
+
+Validation holds out whole users (a seeded hash of the user id), so early stopping never sees a training user.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from feast_autofeat.artifacts import model_root
+from feast_autofeat.datasets import get_spec, load_manifest
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.features.snapshots import WINDOWS
+
+USER_VIEWS = ("user_profile", "user_behaviour")
+MODELS = ("dae", "multvae", "gan")
+
+
+@dataclass
+class TrainResult:
+    model: str
+    version: str
+    path: Path
+    as_of: str
+    rows: dict
+    metrics: dict
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"trained {self.model} -> version {self.version} in {self.seconds:.1f}s",
+                 f"  saved to    {self.path}", f"  as of       {self.as_of} (no data after it was read)"]
+        lines += [f"  {k:<11} {v:,}" if isinstance(v, int) else f"  {k:<11} {v}" for k, v in self.rows.items()]
+        for k, v in self.metrics.items():
+            if isinstance(v, float):
+                lines.append(f"  {k:<22} {v:.4f}")
+            elif isinstance(v, int | str):
+                lines.append(f"  {k:<22} {v}")
+        return "\n".join(lines)
+
+
+def open_store(repo: str | Path, yaml: str | None = None):
+    from feast import FeatureStore
+
+    repo = Path(repo)
+    if not (repo / (yaml or "feature_store.yaml")).exists():
+        raise AutofeatError(f"{repo / (yaml or 'feature_store.yaml')} not found: pass --repo to a feature repo.")
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / yaml if yaml else None)
+    try:
+        store.get_feature_view("user_behaviour")
+    except Exception as exc:  # Feast raises its own FeatureViewNotFoundException
+        raise AutofeatError(f"feature view user_behaviour is not registered in {repo}: run `feast apply` there "
+                            "first.") from exc
+    return store
+
+
+def parse_as_of(value: str | datetime | None, repo: str | Path) -> datetime:
+    """``as_of`` as an aware UTC datetime; default: the last event of the prepared data."""
+    if value is None:
+        return datetime.fromisoformat(load_manifest(Path(repo) / "data").time_range[1])
+    ts = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+def interactions_until(store, as_of: datetime) -> pd.DataFrame:
+    """Every interaction at or before ``as_of``, read through Feast's offline store (DuckDB over parquet)."""
+    source = store.get_data_source("interactions")
+    columns = [c for c in ("event_type", "rating") if c in _source_columns(store, source)]
+    job = store._get_provider().offline_store.pull_all_from_table_or_query(
+        config=store.config, data_source=source, join_key_columns=["user_id", "item_id"],
+        feature_name_columns=columns, timestamp_field="event_timestamp", end_date=as_of)
+    df = job.to_df()
+    if df.empty:
+        raise AutofeatError(f"no interactions at or before {as_of.isoformat()}: pick a later --as-of.")
+    return df
+
+
+def _source_columns(store, source) -> set[str]:
+    return {name for name, _ in source.get_table_column_names_and_types(store.config)}
+
+
+def holdout_users(user_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Boolean mask: True for users in the validation share, from a seeded hash of the id (stable, no state)."""
+    h = (np.asarray(user_ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)) >> np.uint64(40)
+    return (h % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
+
+
+def user_feature_refs(store) -> list[str]:
+    return [f"{v}:{f.name}" for v in USER_VIEWS for f in store.get_feature_view(v).features]
+
+
+def behaviour_fill(store) -> dict[str, float]:
+    """Documented imputation: a missing behaviour snapshot means no activity in the trailing window, so counts
+    are 0 and days-since-last-event is one more than the window; a missing mean rating becomes 0."""
+    fill = {}
+    for f in store.get_feature_view("user_behaviour").features:
+        fill[f.name] = float(max(WINDOWS) + 1) if f.name == "days_since_last_event" else 0.0
+    return fill
+
+
+def user_training_frame(store, as_of: datetime, max_rows: int, seed: int) -> pd.DataFrame:
+    """Users' profile + behaviour features as of the moments they interacted (point in time), at most
+    ``max_rows`` sampled rows."""
+    events = interactions_until(store, as_of)[["user_id", "event_timestamp"]]
+    if len(events) > max_rows:
+        events = events.sample(max_rows, random_state=seed)
+    events = events.sort_values(["event_timestamp", "user_id"], ignore_index=True)
+    return store.get_historical_features(entity_df=events, features=user_feature_refs(store)).to_df()
+
+
+def _split_frame(df: pd.DataFrame, seed: int, share: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    valid = holdout_users(df["user_id"].to_numpy(), share, seed)
+    features = df.drop(columns=["user_id", "event_timestamp"])
+    return features[~valid].reset_index(drop=True), features[valid].reset_index(drop=True)
+
+
+def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, max_rows: int = 50_000,
+          progress: bool = True, yaml: str | None = None, **overrides) -> TrainResult:
+    """Build the training set for ``model`` from the store as of ``as_of``, fit, save a verified version."""
+    if model not in MODELS:
+        raise AutofeatError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}.")
+    t0 = time.perf_counter()
+    repo = Path(repo)
+    store = open_store(repo, yaml)
+    as_of = parse_as_of(as_of, repo)
+    root = model_root(root, default=repo / "models")
+    extra = {"training_window": {"as_of": as_of.isoformat()}, "seed": seed, "feast_project": store.project,
+             "dataset": load_manifest(repo / "data").dataset}
+    if model == "multvae":
+        from feast_autofeat.evaluation import strong_generalization_split
+        from feast_autofeat.models.multvae import MultVAE
+
+        spec = get_spec(extra["dataset"])
+        ev = interactions_until(store, as_of)
+        pos = duckdb.sql(f"SELECT user_id, item_id FROM ev e WHERE {spec.positive}").df()
+        split = strong_generalization_split(pos.user_id.to_numpy(), pos.item_id.to_numpy(), heldout_share=0.1,
+                                            seed=seed)
+        fitted = MultVAE(seed=seed, **overrides).fit(split.train, split.item_ids,
+                                                      valid=(split.valid_in, split.valid_out), progress=progress)
+        rows = {"events": len(ev), "positives": len(pos), **split.describe()}
+    else:
+        frame = user_training_frame(store, as_of, max_rows, seed)
+        train_df, valid_df = _split_frame(frame, seed)
+        extra["feature_refs"] = user_feature_refs(store)
+        fill = behaviour_fill(store)
+        if model == "dae":
+            from feast_autofeat.models.dae import DAE
+
+            fitted = DAE(seed=seed, fill=fill, **overrides).fit(train_df, valid_df, progress=progress)
+        else:
+            from feast_autofeat.models.gan import TabularGAN
+
+            fitted = TabularGAN(seed=seed, fill=fill, **overrides).fit(train_df, valid_df, progress=progress)
+        rows = {"train_rows": len(train_df), "valid_rows": len(valid_df), "features": train_df.shape[1]}
+    extra["rows"] = rows
+    art = fitted.save(root, extra=extra)
+    return TrainResult(model=model, version=art.version, path=art.path, as_of=as_of.isoformat(), rows=rows,
+                       metrics=fitted.metrics_, seconds=time.perf_counter() - t0)
