@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from feast_autofeat.artifacts import Artifact, load_version, save_version
+from feast_autofeat.artifacts import Artifact
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import (
     EarlyStopping,
@@ -34,8 +34,12 @@ from feast_autofeat.models.base import (
     TabularPreprocessor,
     batches,
     check_matrix,
+    load_model,
+    net_state,
+    save_model,
     seed_everything,
 )
+from feast_autofeat.models.metrics import auc, logistic_fit, logistic_score
 
 log = logging.getLogger(__name__)
 
@@ -291,22 +295,17 @@ class TabularGAN:
 
     # ---- persistence
     def save(self, root, extra: dict | None = None) -> Artifact:
-        net = self._net()
-        tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
-        config = {"model": self.name, "architecture": asdict(self.config),
-                  "preprocessing": self.preprocessor_.state(), "input_schema": self.schema_,
-                  "metrics": self.metrics_, **(extra or {})}
-        return save_version(root, self.name, tensors, config)
+        config = {"architecture": asdict(self.config), "preprocessing": self.preprocessor_.state(),
+                  "input_schema": self.schema_, "metrics": self.metrics_, **(extra or {})}
+        return save_model(root, self.name, self._net(), config)
 
     @classmethod
-    def load(cls, root, version: str | None = None, name: str = "gan") -> TabularGAN:
-        art = load_version(root, name, version)
-        if art.config.get("model") != cls.name:
-            raise SchemaError(f"{art.path} holds a {art.config.get('model')!r} model, not {cls.name!r}.")
+    def load(cls, root, version: str | None = None) -> TabularGAN:
+        art = load_model(root, cls.name, version)
         model = cls(GANConfig(**art.config["architecture"]))
         pre = TabularPreprocessor.from_state(art.config["preprocessing"])
         net = _GAN(pre, model.config)
-        net.load_state_dict({k[4:]: v for k, v in art.tensors.items() if k.startswith("net.")})
+        net.load_state_dict(net_state(art))
         net.eval()
         model.net_, model.preprocessor_, model.schema_ = net, pre, dict(art.config["input_schema"])
         model.metrics_, model.version_ = art.config.get("metrics", {}), art.version
@@ -328,33 +327,6 @@ def _wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
     cdf_a = np.searchsorted(a, grid[:-1], side="right") / len(a)
     cdf_b = np.searchsorted(b, grid[:-1], side="right") / len(b)
     return float(np.sum(np.abs(cdf_a - cdf_b) * np.diff(grid)))
-
-
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties sharing their average rank."""
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2)[inverse]  # 1-based average rank of each tie group
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 30) -> np.ndarray:
-    """Ridge logistic regression by Newton's method (with an intercept); the ridge keeps weights finite when a
-    synthetic sample happens to be separable or single-class."""
-    xb = np.column_stack([np.ones(len(x)), x])
-    w = np.zeros(xb.shape[1])
-    reg = l2 * len(x) * np.eye(xb.shape[1])
-    reg[0, 0] = 0.0  # do not shrink the intercept
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
-        grad = xb.T @ (p - y) + reg @ w
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + reg + 1e-9 * np.eye(len(w))
-        w -= np.linalg.solve(hess, grad)
-    return w
 
 
 def _efficacy(real: pd.DataFrame, synthetic: pd.DataFrame, target: str, numeric: list[str]) -> dict:
@@ -380,8 +352,8 @@ def _efficacy(real: pd.DataFrame, synthetic: pd.DataFrame, target: str, numeric:
     aucs = {}
     for key, source in (("tstr_auc", synthetic), ("trtr_auc", train)):
         xs, ys = xy(source)
-        w = _logistic_fit(xs, ys)
-        aucs[key] = _auc(y_test, np.column_stack([np.ones(len(x_test)), x_test]) @ w)
+        w = logistic_fit(xs, ys)
+        aucs[key] = auc(y_test, logistic_score(w, x_test))
     return {"target": target, "threshold": threshold, "features": features, **aucs,
             "auc_gap": aucs["trtr_auc"] - aucs["tstr_auc"]}
 

@@ -8,7 +8,8 @@ import torch
 
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import NotFittedError, SchemaError
-from feast_autofeat.models.gan import GANConfig, TabularGAN, _auc, fidelity_report, independent_sampler
+from feast_autofeat.models.gan import GANConfig, TabularGAN, fidelity_report, independent_sampler
+from feast_autofeat.models.metrics import auc
 
 NUMERIC = [f"c{j}" for j in range(6)]
 SEGMENTS = ["high", "low", "mid"]
@@ -101,7 +102,7 @@ def test_efficacy_auc_matches_pairwise_definition(real):
     rng = np.random.default_rng(1)
     y, s = rng.random(300) < 0.4, rng.integers(0, 5, 300).astype(float)  # many ties
     pairs = (s[y][:, None] > s[~y][None, :]).mean() + 0.5 * (s[y][:, None] == s[~y][None, :]).mean()
-    assert _auc(y, s) == pytest.approx(pairs, abs=1e-12)
+    assert auc(y, s) == pytest.approx(pairs, abs=1e-12)
 
 
 def test_independent_sampler_keeps_marginals_not_correlations(real):

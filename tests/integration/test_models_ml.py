@@ -1,0 +1,60 @@
+"""Quality claims on real data (ML-100K), and training from a real feature store."""
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feast_autofeat.evaluation import strong_generalization_split, strong_generalization_table
+from feast_autofeat.models.dae import DAE
+
+
+@pytest.fixture(scope="module")
+def table(ml_repo):
+    ev = pd.read_parquet(ml_repo / "data" / "interactions.parquet")
+    pos = ev[ev.rating >= 4]
+    split = strong_generalization_split(pos.user_id.to_numpy(), pos.item_id.to_numpy(), seed=0)
+    return strong_generalization_table(split, seed=0)
+
+
+def test_multvae_beats_popularity_and_nears_ease(table):
+    """Strong generalization on held-out users. Thresholds from measurement: Mult-VAE lands within a few
+    percent of EASE on Recall@20 here and roughly doubles popularity."""
+    vae, ease, pop = (table[m]["recall@20"]["mean"] for m in ("multvae", "ease", "popularity"))
+    assert vae >= 0.9 * ease, (vae, ease)
+    assert vae > 1.5 * pop, (vae, pop)
+    assert table["multvae"]["ndcg@100"]["mean"] > 1.3 * table["popularity"]["ndcg@100"]["mean"]
+    assert table["ease"]["l2"] in table["ease"]["grid"]
+
+
+def test_train_dae_from_the_store_uses_only_data_before_as_of(ml_store, ml_repo, tmp_path):
+    from feast_autofeat.training import user_training_frame
+
+    as_of = datetime(1997, 12, 1, tzinfo=timezone.utc)
+    frame = user_training_frame(ml_store, as_of, max_rows=3000, seed=0)
+    assert len(frame) == 3000 and frame.event_timestamp.max() <= pd.Timestamp(as_of)
+    proc = subprocess.run(
+        [sys.executable, "-m", "feast_autofeat.cli", "train", "dae", "--repo", str(ml_repo), "--as-of",
+         as_of.isoformat(), "--model-root", str(tmp_path), "--max-rows", "3000", "--epochs", "3", "--dim", "16"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "trained dae -> version" in proc.stdout
+    model = DAE.load(tmp_path)
+    config = json.loads((tmp_path / "dae" / model.version_ / "model.json").read_text())
+    assert config["training_window"]["as_of"] == as_of.isoformat()
+    assert config["architecture"]["dim"] == 16 and config["seed"] == 0
+    assert "user_behaviour:events_30d" in config["feature_refs"]
+    # the documented imputation: a user with no recent activity encodes like explicit zero counts
+    features = frame.drop(columns=["user_id", "event_timestamp"]).head(50)
+    emb = model.transform(features)
+    assert emb.shape == (50, 16) and np.isfinite(emb).all()
+
+
+def test_train_refuses_an_unapplied_repo(tmp_path):
+    from feast_autofeat.cli import main
+
+    assert main(["train", "dae", "--repo", str(tmp_path)]) == 2
