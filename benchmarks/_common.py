@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -55,3 +58,24 @@ def save(name: str, result: dict) -> Path:
                "machine": machine(), **result}
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+
+
+@contextmanager
+def ml100k_repo(data_dir: Path = ML100K):
+    """A temporary copy of feature_repo/, prepared from ML-100K and applied with the real `feast apply`."""
+    from feast_autofeat.prepare import prepare
+    from feast_autofeat.quickstart import run_feast
+
+    work = Path(tempfile.mkdtemp(prefix="autofeat-bench-"))
+    try:
+        repo = work / "feature_repo"
+        shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "store", "models"))
+        prepare("movielens-100k", repo, raw_dir=data_dir)
+        run_feast(repo, "apply", capture=True)
+        yield repo
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

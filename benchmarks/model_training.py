@@ -12,9 +12,7 @@ Targets: DAE encodes >= 200k rows/s; Mult-VAE trains on ML-100K in <= 30 s.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,40 +20,31 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save, timed  # noqa: E402
+from _common import ML100K, ml100k_repo, save, timed  # noqa: E402
 
 from feast_autofeat.models.dae import DAE  # noqa: E402
-from feast_autofeat.prepare import prepare  # noqa: E402
-from feast_autofeat.quickstart import run_feast  # noqa: E402
 from feast_autofeat.training import open_store, parse_as_of, train, user_training_frame  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
+    ap.add_argument("--data-dir", type=Path, default=ML100K)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--encode-rows", type=int, default=200_000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="autofeat-bench-"))
-    try:
-        repo = work / "feature_repo"
-        shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "store", "models"))
-        prepare("movielens-100k", repo, raw_dir=args.data_dir)
-        run_feast(repo, "apply", capture=True)
+    with ml100k_repo(args.data_dir) as repo:
         training = {}
         for model in ("multvae", "dae", "gan"):
             t = time.perf_counter()
-            result = train(model, repo, root=work / "models", progress=False)
+            result = train(model, repo, root=repo / "models", progress=False)
             training[model] = {"total_seconds": time.perf_counter() - t,
                                "fit_seconds": result.metrics["train_seconds"], "epochs": result.metrics["epochs"],
                                "version": result.version, "rows": result.rows}
             print(f"  {model:<8} fit {result.metrics['train_seconds']:6.1f} s  end-to-end "
                   f"{training[model]['total_seconds']:6.1f} s  ({result.metrics['epochs']} epochs)", flush=True)
 
-        dae = DAE.load(work / "models", training["dae"]["version"])
+        dae = DAE.load(repo / "models", training["dae"]["version"])
         frame = user_training_frame(open_store(repo), parse_as_of(None, repo), 20_000, seed=1)
         features = frame.drop(columns=["user_id", "event_timestamp"])
         reps = -(-args.encode_rows // len(features))
@@ -66,8 +55,6 @@ def main() -> None:
         encode = {"rows": len(big), "dim": dae.config.dim, "batch_size": 4096, "threads": args.threads,
                   "matrix_rows_per_s": len(big) / enc["median_s"], "matrix": enc,
                   "with_preprocessing_rows_per_s": len(big) / full["median_s"], "with_preprocessing": full}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     targets = {"dae_encode_rows_per_s>=200k": encode["matrix_rows_per_s"] >= 200_000,
                "multvae_train_s<=30": training["multvae"]["fit_seconds"] <= 30}
     path = save("model_training", {"training": training, "encode": encode, "targets_met": targets})

@@ -16,17 +16,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import save  # noqa: E402
+from _common import ML100K, save  # noqa: E402
 
 from feast_autofeat.datasets import movielens  # noqa: E402
 from feast_autofeat.evaluation import strong_generalization_split, strong_generalization_table  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
+    ap.add_argument("--data-dir", type=Path, default=ML100K)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one split and model seed each")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

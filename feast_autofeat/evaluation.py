@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import ndcg_at_k, recall_at_k
@@ -111,3 +112,29 @@ def strong_generalization_table(split: StrongSplit, seed: int = 0, vae_overrides
                                                           valid=(split.valid_in, split.valid_out))
     rows["multvae"] = {**evaluate(vae.score(split.test_in), split.test_in, split.test_out), **vae.metrics_}
     return rows
+
+
+def next_period_activity(store, cutoffs, horizon_days: int = 14) -> pd.DataFrame:
+    """A downstream task for tabular encoders: from a user's features as of a cutoff (point in time), predict
+    whether they interact again within ``horizon_days``. One row per (cutoff, user already seen by then)."""
+    from feast_autofeat.training import interactions_until, user_feature_refs
+
+    cutoffs = sorted(pd.Timestamp(c) for c in cutoffs)
+    ev = interactions_until(store, (cutoffs[-1] + pd.Timedelta(days=horizon_days)).to_pydatetime())
+    rows = []
+    for c in cutoffs:  # a handful of cutoffs; each is one vectorized pass over the events
+        seen = ev.loc[ev.event_timestamp < c, "user_id"].unique()
+        later = ev.loc[(ev.event_timestamp >= c) & (ev.event_timestamp < c + pd.Timedelta(days=horizon_days)),
+                       "user_id"].unique()
+        rows.append(pd.DataFrame({"user_id": seen, "event_timestamp": c, "label": np.isin(seen, later)}))
+    entity = pd.concat(rows, ignore_index=True)
+    return store.get_historical_features(entity_df=entity, features=user_feature_refs(store)).to_df()
+
+
+def downstream_auc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> float:
+    """Test AUC of a ridge logistic regression on standardized inputs."""
+    from feast_autofeat.models.metrics import auc, logistic_fit, logistic_score
+
+    mu, sd = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    w = logistic_fit((x_train - mu) / sd, y_train.astype(float), l2=1e-3)
+    return auc(y_test, logistic_score(w, (x_test - mu) / sd))

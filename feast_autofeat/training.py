@@ -94,7 +94,8 @@ def _source_columns(store, source) -> set[str]:
 
 def holdout_users(user_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
     """Boolean mask: True for users in the validation share, from a seeded hash of the id (stable, no state)."""
-    h = (np.asarray(user_ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)) >> np.uint64(40)
+    mixed = np.asarray(user_ids, dtype=np.uint64) ^ np.uint64((seed * 0xD6E8FEB86659FD93) % 2**64)
+    h = (mixed * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)  # Fibonacci hashing: the high bits mix best
     return (h % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
 
 
@@ -121,7 +122,7 @@ def user_training_frame(store, as_of: datetime, max_rows: int, seed: int) -> pd.
     return store.get_historical_features(entity_df=events, features=user_feature_refs(store)).to_df()
 
 
-def _split_frame(df: pd.DataFrame, seed: int, share: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_frame(df: pd.DataFrame, seed: int, share: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
     valid = holdout_users(df["user_id"].to_numpy(), share, seed)
     features = df.drop(columns=["user_id", "event_timestamp"])
     return features[~valid].reset_index(drop=True), features[valid].reset_index(drop=True)
@@ -153,7 +154,7 @@ def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, ma
         rows = {"events": len(ev), "positives": len(pos), **split.describe()}
     else:
         frame = user_training_frame(store, as_of, max_rows, seed)
-        train_df, valid_df = _split_frame(frame, seed)
+        train_df, valid_df = split_frame(frame, seed)
         extra["feature_refs"] = user_feature_refs(store)
         fill = behaviour_fill(store)
         if model == "dae":

@@ -51,12 +51,14 @@ class GANConfig:
     critic_hidden: int = 64  # critic width (two hidden layers) = number of realism features before the score
     gp_weight: float = 10.0  # lambda of the gradient penalty, as in the paper
     n_critic: int = 5  # critic steps per generator step, as in the paper
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # Adam betas; a list so the JSON round-trips
+    # The paper's lr 1e-4 / betas (0.5, 0.9) barely moves in a CPU-sized budget; these converge in tens of epochs
+    # on tabular rows (measured on the test fixture and ML-100K user features).
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.9])  # Adam betas; a list so the JSON round-trips
     tau: float = 0.2  # Gumbel-softmax temperature for string columns: low = nearly one-hot, like the real rows
     batch_size: int = 256
-    epochs: int = 300
-    patience: int = 30  # epochs without a better validation fidelity before stopping
+    epochs: int = 100
+    patience: int = 15  # epochs without a better validation fidelity before stopping
     seed: int = 0
     scaling: str = "rankgauss"
     fill: dict[str, float] = field(default_factory=dict)  # documented NaN imputation, see TabularPreprocessor

@@ -58,3 +58,39 @@ def test_train_refuses_an_unapplied_repo(tmp_path):
     from feast_autofeat.cli import main
 
     assert main(["train", "dae", "--repo", str(tmp_path)]) == 2
+
+
+def test_dae_embedding_predicts_next_period_activity_as_well_as_raw_features(ml_store):
+    """Users' features as of weekly cutoffs (point in time); label: active again within 14 days. The DAE is
+    fitted on the training users only; both inputs go through the same logistic regression."""
+    from feast_autofeat.evaluation import downstream_auc, next_period_activity
+    from feast_autofeat.training import behaviour_fill, holdout_users
+
+    df = next_period_activity(ml_store, pd.date_range("1997-10-01", "1998-04-01", freq="7D", tz="UTC"))
+    assert 0.05 < df.label.mean() < 0.5 and len(df) > 10_000
+    test = holdout_users(df.user_id.to_numpy(), 0.3, seed=0)
+    features = df.drop(columns=["user_id", "event_timestamp", "label"])
+    train, held = features[~test], features[test]
+    cut = int(0.9 * len(train))
+    dae = DAE(dim=64, hidden=256, fill=behaviour_fill(ml_store), epochs=20, patience=8, seed=0).fit(
+        train.iloc[:cut], train.iloc[cut:])
+    report = dae.reconstruction_report(held)
+    assert report["reconstruction_mse"] < 0.3 * report["column_mean_mse"], report
+    y_train, y_test = df.label[~test].to_numpy(), df.label[test].to_numpy()
+    pre = dae.preprocessor_
+    raw = downstream_auc(pre.transform(train), y_train, pre.transform(held), y_test)
+    emb = downstream_auc(dae.transform(train), y_train, dae.transform(held), y_test)
+    assert raw > 0.65, raw  # the task is learnable from the features at all
+    assert emb >= raw - 0.01, (emb, raw)
+
+
+def test_train_is_deterministic_under_a_seed(ml_store, ml_repo, tmp_path):
+    from feast_autofeat.training import train
+
+    kwargs = dict(as_of="1998-01-15T00:00:00", seed=7, max_rows=2000, progress=False, epochs=2, dim=8)
+    a = train("dae", ml_repo, root=tmp_path / "a", **kwargs)
+    b = train("dae", ml_repo, root=tmp_path / "b", **kwargs)
+    da, db = DAE.load(tmp_path / "a", a.version), DAE.load(tmp_path / "b", b.version)
+    for key, tensor in da.net_.state_dict().items():
+        assert (tensor == db.net_.state_dict()[key]).all(), key
+    assert da.preprocessor_.state() == db.preprocessor_.state()
