@@ -3,7 +3,8 @@
 Trains the GAN as `feast-autofeat train gan` does (rows = users' features at their interaction times, 10% of
 users held out), samples as many synthetic rows as there are held-out rows, and compares both the GAN and an
 independent-columns sampler with the held-out real rows: per-column distances, pairwise-correlation
-difference, and train-on-synthetic / test-on-real AUC for a hard task: is the user older than the median, from behaviour.
+difference, and train-on-synthetic / test-on-real AUC for a hard task: is the user older than the median,
+from behaviour.
 Saves benchmarks/results/gan_fidelity.json.
 
     python benchmarks/gan_fidelity.py [--data-dir ../shared/data/ml-100k] [--seeds 0 1]

@@ -116,10 +116,12 @@ def user_training_frame(store, as_of: datetime, max_rows: int, seed: int) -> pd.
     """Users' profile + behaviour features as of the moments they interacted (point in time), at most
     ``max_rows`` sampled rows."""
     events = interactions_until(store, as_of)[["user_id", "event_timestamp"]]
+    events = events.sort_values(["event_timestamp", "user_id"], kind="stable", ignore_index=True)
     if len(events) > max_rows:
         events = events.sample(max_rows, random_state=seed)
-    events = events.sort_values(["event_timestamp", "user_id"], ignore_index=True)
-    return store.get_historical_features(entity_df=events, features=user_feature_refs(store)).to_df()
+    frame = store.get_historical_features(entity_df=events, features=user_feature_refs(store)).to_df()
+    # the offline join does not preserve row order; training must not depend on it (determinism by seed)
+    return frame.sort_values(["event_timestamp", "user_id"], kind="stable", ignore_index=True)
 
 
 def split_frame(df: pd.DataFrame, seed: int, share: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
