@@ -12,7 +12,7 @@ Validation holds out whole users (a seeded hash of the user id), so early stoppi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,7 +38,6 @@ class TrainResult:
     rows: dict
     metrics: dict
     seconds: float
-    extra: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"trained {self.model} -> version {self.version} in {self.seconds:.1f}s",

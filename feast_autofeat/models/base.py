@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from feast_autofeat.artifacts import Artifact, load_version, save_version
 from feast_autofeat.errors import AutofeatError
 
 
@@ -208,24 +209,20 @@ def check_matrix(x: np.ndarray, width: int, what: str) -> np.ndarray:
     return x
 
 
-def save_model(root, name: str, net: torch.nn.Module, config: dict, tensors: dict | None = None):
+def save_model(root, name: str, net: torch.nn.Module, config: dict, tensors: dict | None = None) -> Artifact:
     """Save ``net``'s weights (prefixed ``net.``) plus extra tensors and the JSON ``config`` as a version."""
-    from feast_autofeat.artifacts import save_version
-
     weights = {f"net.{k}": v for k, v in net.state_dict().items()}
     return save_version(root, name, {**weights, **(tensors or {})}, {"model": name, **config})
 
 
-def load_model(root, name: str, version: str | None = None):
+def load_model(root, name: str, version: str | None = None) -> Artifact:
     """Load and verify a version of model ``name``; refuse a directory holding another kind of model."""
-    from feast_autofeat.artifacts import load_version
-
     art = load_version(root, name, version)
     if art.config.get("model") != name:
         raise SchemaError(f"{art.path} holds a {art.config.get('model')!r} model, not {name!r}.")
     return art
 
 
-def net_state(art) -> dict:
+def net_state(art: Artifact) -> dict:
     """The ``net.`` tensors of a loaded version, as a state dict."""
     return {k[4:]: v for k, v in art.tensors.items() if k.startswith("net.")}

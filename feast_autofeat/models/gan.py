@@ -14,7 +14,6 @@ are to real ones; ``independent_sampler`` is the baseline that keeps every margi
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -40,8 +39,6 @@ from feast_autofeat.models.base import (
     seed_everything,
 )
 from feast_autofeat.models.metrics import auc, logistic_fit, logistic_score
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

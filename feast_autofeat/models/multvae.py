@@ -7,7 +7,6 @@ which is what request-time session embeddings need. Item vectors are the decoder
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -30,8 +29,6 @@ from feast_autofeat.models.base import (
 )
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import ndcg_at_k
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
