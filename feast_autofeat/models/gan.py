@@ -89,18 +89,21 @@ class _Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, tau: float | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
         """``tau`` given: soft Gumbel-softmax one-hots (differentiable, for training). ``tau=None``: hard one-hots
-        over the vocabulary only -- the "unseen" slot exists for encoding, never for generated rows."""
+        drawn by Gumbel-max over the vocabulary only -- a sample from the same categorical the soft version
+        relaxes (an argmax without noise would always emit each row's mode and collapse rare values). The
+        "unseen" slot exists for encoding, never for generated rows."""
         out = self.body(z)
         parts = [out[:, :self.n_numeric]]
         for start, end in self.blocks:
             logits = out[:, start:end]
+            # own Gumbel noise (not F.gumbel_softmax) so it comes from the caller's seeded generator;
+            # rand is in [0, 1), so only 0 needs guarding against log(0)
+            u = torch.rand(logits.shape, generator=gen).clamp_min_(1e-10)
+            noisy = logits - torch.log(-torch.log(u))
             if tau is not None:
-                # own Gumbel noise (not F.gumbel_softmax) so it comes from the seeded training generator;
-                # rand is in [0, 1), so only 0 needs guarding against log(0)
-                u = torch.rand(logits.shape, generator=gen).clamp_min_(1e-10)
-                parts.append(F.softmax((logits - torch.log(-torch.log(u))) / tau, dim=1))
+                parts.append(F.softmax(noisy / tau, dim=1))
             else:
-                code = logits[:, :-1].argmax(dim=1) if end - start > 1 else torch.zeros(len(z), dtype=torch.long)
+                code = noisy[:, :-1].argmax(dim=1) if end - start > 1 else torch.zeros(len(z), dtype=torch.long)
                 parts.append(F.one_hot(code, end - start).to(out.dtype))
         return torch.cat(parts, dim=1)
 
@@ -210,7 +213,8 @@ class TabularGAN:
         self.net_, self.preprocessor_ = net, pre
         self.schema_ = {c: str(df[c].dtype) for c in df.columns if c in pre.dtypes_}
         with torch.no_grad():
-            fake = net.generator(torch.randn(len(ref), cfg.noise_dim, generator=self._eval_generator()))
+            eval_gen = self._eval_generator()
+            fake = net.generator(torch.randn(len(ref), cfg.noise_dim, generator=eval_gen), gen=eval_gen)
             w = float(net.critic(ref).mean() - net.critic(fake).mean())
         self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1,
                          "best_epoch": stopper.best_epoch + 1, "critic_steps": step,
@@ -227,7 +231,8 @@ class TabularGAN:
     def _validate(self, net: _GAN, ref: torch.Tensor) -> float:
         net.eval()
         # the same noise every epoch, so epochs differ only by the weights
-        fake = net.generator(torch.randn(len(ref), self.config.noise_dim, generator=self._eval_generator()))
+        eval_gen = self._eval_generator()
+        fake = net.generator(torch.randn(len(ref), self.config.noise_dim, generator=eval_gen), gen=eval_gen)
         return _moment_gap(ref, fake)
 
     # ---- inference
@@ -258,7 +263,7 @@ class TabularGAN:
             gen.seed()
         else:
             gen.manual_seed(seed)
-        parts = [net.generator(torch.randn(min(batch_size, n - i), self.config.noise_dim, generator=gen))
+        parts = [net.generator(torch.randn(min(batch_size, n - i), self.config.noise_dim, generator=gen), gen=gen)
                  for i in range(0, n, batch_size)]
         matrix = torch.cat(parts).numpy() if parts else np.zeros((0, self.preprocessor_.width), np.float32)
         return self.inverse_transform(matrix)
