@@ -64,6 +64,12 @@ class EarlyStopping:
             self.bad += 1
         return self.bad >= self.patience
 
+    def restore_best(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Load the best state seen (if any) into ``module`` and switch it to eval mode."""
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
+        return module.eval()
+
     @property
     def best_value(self) -> float:
         return self.best if self.mode == "min" else -self.best

@@ -103,8 +103,7 @@ class DAE:
             bar.set_postfix(train=f"{total / len(x):.4f}", valid=f"{monitor:.4f}")
             if stopper.step(monitor, epoch, net):
                 break
-        net.load_state_dict(stopper.best_state)
-        net.eval()
+        stopper.restore_best(net)
         self.net_ = net
         self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1,
                          "best_epoch": stopper.best_epoch + 1, "monitor_mse": stopper.best_value,

@@ -207,9 +207,7 @@ class TabularGAN:
             bar.set_postfix(d_loss=f"{float(d_loss.detach()):.3f}", gap=f"{gap:.4f}")
             if stopper.step(gap, epoch, net):
                 break
-        if stopper.best_state is not None:
-            net.load_state_dict(stopper.best_state)
-        net.eval()
+        stopper.restore_best(net)
         self.net_, self.preprocessor_ = net, pre
         self.schema_ = {c: str(df[c].dtype) for c in df.columns if c in pre.dtypes_}
         with torch.no_grad():

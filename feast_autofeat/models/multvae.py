@@ -122,9 +122,7 @@ class MultVAE:
                 bar.set_postfix(loss=f"{total / len(users):.1f}", ndcg100=f"{score:.4f}")
                 if stopper.step(score, epoch, net):
                     break
-        if stopper.best_state is not None:
-            net.load_state_dict(stopper.best_state)
-        net.eval()
+        stopper.restore_best(net)
         self.net_ = net
         self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1,
                          "best_epoch": stopper.best_epoch + 1,
