@@ -15,11 +15,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from feast_autofeat.datasets.synthetic import SyntheticConfig
     from feast_autofeat.prepare import prepare
 
+    given = {k: getattr(args, k) for k in ("users", "items", "days", "events") if getattr(args, k) is not None}
     config = None
-    if args.dataset == "synthetic":
-        config = SyntheticConfig(users=args.users, items=args.items, days=args.days, events=args.events,
-                                 seed=args.seed, start=args.start)
-    elif any(v is not None for v in (args.users, args.items, args.days, args.events)):
+    if args.dataset == "synthetic":  # unset options keep SyntheticConfig's defaults
+        config = SyntheticConfig(**given, seed=args.seed, start=args.start)
+    elif given:
         raise AutofeatError("--users/--items/--days/--events apply to --dataset synthetic only.")
     result = prepare(args.dataset, args.repo, raw_dir=args.data_dir, config=config,
                      progress=lambda msg: print(f"  {msg} ...", flush=True))
@@ -104,14 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Synthetic defaults live in SyntheticConfig; argparse passes None for "not given".
-    if getattr(args, "dataset", None) == "synthetic":
-        from feast_autofeat.datasets.synthetic import SyntheticConfig
-
-        defaults = SyntheticConfig()
-        for name in ("users", "items", "days"):
-            if getattr(args, name) is None:
-                setattr(args, name, getattr(defaults, name))
     try:
         return args.func(args)
     except AutofeatError as exc:

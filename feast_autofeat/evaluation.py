@@ -7,6 +7,7 @@ model as history and a target part (20%) it must rank, over the full catalogue, 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,8 +95,6 @@ def tune_ease(split: StrongSplit, grid=(10.0, 50.0, 100.0, 200.0, 500.0, 1000.0,
 
 def strong_generalization_table(split: StrongSplit, seed: int = 0, vae_overrides: dict | None = None) -> dict:
     """Popularity, EASE (tuned on validation) and Mult-VAE (early-stopped on validation) on one split."""
-    import time
-
     from feast_autofeat.models.ease import Popularity
     from feast_autofeat.models.multvae import MultVAE
 
