@@ -1,0 +1,218 @@
+"""Writing embedding vectors to Feast's online store, in the store's own layout.
+
+``RedisVectorWriter`` is the fast path: each row becomes one ``HSET`` (vector, model version, Feast's
+``_ts:<view>`` field) in Feast's Redis layout, built for a whole chunk of rows as one numpy block (no per-cell
+protobuf objects), sent down one connection as a pipelined stream of RESP commands. Other online stores
+(SQLite, ...) get ``FeastStoreWriter``, which hands Feast's own ``online_write_batch`` its protobufs.
+
+Both keep Feast's rule that an online value is never replaced by an older one: Feast checks the stored
+timestamp of every row. Every row of one of our batches has the same timestamp, so the Redis writer keeps a
+per-view watermark (the newest timestamp ever written, raised *before* the rows are written): a batch at or
+after the watermark cannot be older than anything stored and skips the per-row check; an older batch falls back
+to reading each row's stored timestamp.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import FloatList
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.feast.encoding import (
+    FloatVectorCodec,
+    Int64KeyCodec,
+    field_hash,
+    string_value,
+    timestamp_nanos,
+    timestamp_value,
+)
+
+VECTOR_FEATURE = "embedding"
+VERSION_FEATURE = "model_version"
+
+
+class OnlineWriteError(AutofeatError):
+    """The online store failed or went away during a write."""
+
+
+class VectorWriter(Protocol):
+    def write(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> int:
+        """Write one batch; return the number of rows written (rows older than what is stored are skipped)."""
+
+    def close(self) -> None: ...
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+class RedisVectorWriter:
+    """Pipelined HSETs in Feast's Redis layout (single Redis server; one Int64 join key)."""
+
+    def __init__(self, repo_config, view: str, join_key: str, dim: int, chunk_rows: int = 4096):
+        from feast.infra.online_stores.redis import RedisOnlineStore
+        from redis import Redis
+
+        cfg = repo_config.online_store
+        nodes, params = RedisOnlineStore._parse_connection_string(cfg.connection_string)
+        self.address = f"{nodes[0]['host']}:{nodes[0]['port']}"
+        self.client = Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+        self.view, self.dim, self.chunk_rows = view, dim, chunk_rows
+        self.project = repo_config.project.encode()
+        self.keys = Int64KeyCodec(join_key, repo_config.entity_key_serialization_version)
+        self.values = FloatVectorCodec(dim)
+        self.ttl_seconds = cfg.key_ttl_seconds
+        self.skip_dedup = cfg.skip_dedup
+        self.ts_field = f"_ts:{view}".encode()
+        self.watermark_key = b"autofeat:watermark:" + self.project + b":" + view.encode()
+
+    # ---- layout of one row's commands, with slots for the key and the vector
+    def _template(self, model_version: str, ts: datetime) -> tuple[np.ndarray, list[int], int]:
+        key_len = self.keys.width + len(self.project)  # Feast's key: serialized entity key + project name
+        key_slot = b"\0" * self.keys.width
+        vec_slot = b"\0" * self.values.width
+        parts = [b"*8\r\n", _bulk(b"HSET"), b"$%d\r\n" % key_len, None, self.project + b"\r\n",
+                 _bulk(field_hash(self.view, VECTOR_FEATURE)), b"$%d\r\n" % len(vec_slot), "vec", b"\r\n",
+                 _bulk(field_hash(self.view, VERSION_FEATURE)), _bulk(string_value(model_version)),
+                 _bulk(self.ts_field), _bulk(timestamp_value(ts))]
+        if self.ttl_seconds:
+            parts += [b"*3\r\n", _bulk(b"EXPIRE"), b"$%d\r\n" % key_len, None, self.project + b"\r\n",
+                      _bulk(str(int(self.ttl_seconds)).encode())]
+        row, key_offsets, vec_offset = bytearray(), [], -1
+        for part in parts:
+            if part is None:
+                key_offsets.append(len(row))
+                row += key_slot
+            elif part == "vec":
+                vec_offset = len(row)
+                row += vec_slot
+            else:
+                row += part
+        return np.frombuffer(bytes(row), np.uint8), key_offsets, vec_offset
+
+    def write(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> int:
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(ids), self.dim):
+            raise AutofeatError(f"view {self.view}: expected {len(ids)} vectors of {self.dim} values, got "
+                                f"shape {vectors.shape}.")
+        if not len(ids):
+            return 0
+        try:
+            if not self.skip_dedup:
+                keep = self._newer_than_stored(ids, ts)
+                ids, vectors = ids[keep], vectors[keep]
+            self._send(ids, vectors, model_version, ts)
+        except OSError as exc:  # includes ConnectionError, TimeoutError
+            raise self._gone(exc) from exc
+        except Exception as exc:
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+
+            if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+                raise self._gone(exc) from exc
+            raise
+        return len(ids)
+
+    def _gone(self, exc: BaseException) -> OnlineWriteError:
+        return OnlineWriteError(f"Redis at {self.address} failed while writing view {self.view} ({exc}). Rows "
+                                "already written are complete vectors; rerun the same `feast materialize` command "
+                                "once Redis is back (Feast has not recorded this interval as done).")
+
+    def _newer_than_stored(self, ids: np.ndarray, ts: datetime) -> np.ndarray:
+        """Rows to write: all of them when the batch is not older than the view's watermark; otherwise those
+        whose stored timestamp is older (Feast's rule)."""
+        new = timestamp_nanos(timestamp_value(ts))
+        raw = self.client.get(self.watermark_key)
+        mark = int(raw) if raw is not None else -1
+        if new >= mark:
+            if new > mark:
+                self.client.set(self.watermark_key, str(new))
+            return np.ones(len(ids), bool)
+        keys = self.keys.encode(ids)
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(key.tobytes() + self.project, self.ts_field)
+            stored = pipe.execute()
+        return np.array([s is None or timestamp_nanos(s) < new for s in stored], dtype=bool)
+
+    def _send(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> None:
+        template, key_offsets, vec_offset = self._template(model_version, ts)
+        replies_per_row = 2 if self.ttl_seconds else 1
+        conn = self.client.connection_pool.get_connection()
+        ok = False
+        try:
+            sock = conn._sock  # redis-py did the handshake (AUTH, SELECT, TLS); we stream raw RESP on it
+            for start in range(0, len(ids), self.chunk_rows):
+                part_ids, part_vecs = ids[start:start + self.chunk_rows], vectors[start:start + self.chunk_rows]
+                block = np.empty((len(part_ids), len(template)), np.uint8)
+                block[:] = template
+                for off in key_offsets:
+                    self.keys.fill(block[:, off:off + self.keys.width], part_ids)
+                self.values.fill(block[:, vec_offset:vec_offset + self.values.width], part_vecs)
+                sock.sendall(block.reshape(-1))
+                _read_replies(sock, len(part_ids) * replies_per_row, self.view)
+            ok = True
+        finally:
+            if not ok:
+                conn.disconnect()
+            self.client.connection_pool.release(conn)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _read_replies(sock, n: int, view: str) -> None:
+    """Read ``n`` one-line replies (HSET/EXPIRE answer integers; errors are one line too)."""
+    buf, lines = bytearray(), 0
+    while lines < n:
+        data = sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("connection closed by the server")
+        buf += data
+        lines += data.count(b"\n")
+    if buf[:1] == b"-" or b"\n-" in buf:
+        start = 0 if buf[:1] == b"-" else buf.index(b"\n-") + 1
+        message = bytes(buf[start:buf.index(b"\r\n", start)]).decode(errors="replace")
+        raise OnlineWriteError(f"Redis refused a write to view {view}: {message}")
+
+
+class FeastStoreWriter:
+    """Any other online store: Feast's own ``online_write_batch`` with the protobufs it expects."""
+
+    def __init__(self, repo_config, online_store, feature_view, join_key: str, dim: int):
+        self.config, self.store, self.view = repo_config, online_store, feature_view
+        self.join_key, self.dim = join_key, dim
+
+    def write(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> int:
+        version_value = ValueProto(string_val=model_version)
+        rows = [
+            (EntityKeyProto(join_keys=[self.join_key], entity_values=[ValueProto(int64_val=int(i))]),
+             {VECTOR_FEATURE: ValueProto(float_list_val=FloatList(val=v)), VERSION_FEATURE: version_value},
+             ts, None)
+            for i, v in zip(ids.tolist(), np.asarray(vectors, np.float32).tolist())
+        ]
+        try:
+            self.store.online_write_batch(self.config, self.view, rows, None)
+        except Exception as exc:
+            raise OnlineWriteError(f"online store {type(self.store).__name__} failed while writing view "
+                                   f"{self.view.name} ({exc}); rerun `feast materialize` once it is back.") from exc
+        return len(rows)
+
+    def close(self) -> None:
+        pass
+
+
+def vector_writer(repo_config, online_store, feature_view, join_key: str, dim: int) -> VectorWriter:
+    """The fastest writer for the configured online store."""
+    cfg = repo_config.online_store
+    redis_type = getattr(getattr(cfg, "redis_type", None), "value", None)
+    versioned = getattr(repo_config.registry, "enable_online_feature_view_versioning", False)
+    if getattr(cfg, "type", None) == "redis" and redis_type == "redis" and not versioned:
+        return RedisVectorWriter(repo_config, feature_view.name, join_key, dim)
+    return FeastStoreWriter(repo_config, online_store, feature_view, join_key, dim)
