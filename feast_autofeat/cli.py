@@ -52,6 +52,127 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def feast_apply(repo: Path, yaml: str | None = None) -> None:
+    """``feast apply`` in this process (the same code path as Feast's CLI)."""
+    from feast.repo_config import load_repo_config
+    from feast.repo_operations import apply_total
+
+    repo = repo.resolve()
+    cwd = os.getcwd()
+    sys.path.insert(0, str(repo))  # as Feast's CLI does: the repo's modules import by name
+    try:
+        apply_total(load_repo_config(repo, repo / (yaml or "feature_store.yaml")), repo,
+                    skip_source_validation=False)
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(repo))
+
+
+def _deployments(args):
+    from feast_autofeat.feast.embeddings import Deployments
+
+    return Deployments(args.repo)
+
+
+def _finish_deploy(args, deployments, entry, name: str) -> int:
+    before = deployments.path.read_bytes() if deployments.path.exists() else None
+    deployments.save()
+    print(f"{name}: model {entry.model}, live {entry.live}, deployed {', '.join(entry.versions)}")
+    if args.no_apply:
+        print(f"next: cd {args.repo} && feast apply")
+        return 0
+    try:
+        feast_apply(args.repo, args.feature_store_yaml)
+    except Exception as exc:  # put embeddings.json back: the registry still matches the old one
+        if before is None:
+            deployments.path.unlink()
+        else:
+            deployments.path.write_bytes(before)
+        raise AutofeatError(f"`feast apply` failed, so {deployments.path.name} was left unchanged: {exc}") from exc
+    print(f"applied: feature service {name} now serves {name}__{entry.live}")
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from feast_autofeat.artifacts import list_versions, load_version, model_root
+
+    root = model_root(args.model_root, default=args.repo / "models")
+    deployments = _deployments(args)
+    existing = deployments.get(args.name)
+    model = args.model or (existing.model if existing else None)
+    if model is None:
+        raise AutofeatError(f"{args.name} is not deployed yet: say which model computes it (--model dae|gan|multvae).")
+    version = args.version
+    if version in (None, "latest"):
+        versions = list_versions(root, model)
+        if not versions:
+            raise AutofeatError(f"no trained versions of {model} under {root}: run `feast-autofeat train {model}`.")
+        version = versions[-1]
+    load_version(root, model, version)  # exists and is intact
+    entry = deployments.deploy(args.name, model, version, live=args.live)
+    return _finish_deploy(args, deployments, entry, args.name)
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    deployments = _deployments(args)
+    entry = deployments.promote(args.name, args.version)
+    return _finish_deploy(args, deployments, entry, args.name)
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    deployments = _deployments(args)
+    entry = deployments.rollback(args.name)
+    return _finish_deploy(args, deployments, entry, args.name)
+
+
+def _cmd_embeddings(args: argparse.Namespace) -> int:
+    deployments = _deployments(args)
+    if not deployments.entries:
+        print(f"no embeddings deployed in {args.repo} (see `feast-autofeat deploy --help`)")
+    for name, entry in sorted(deployments.entries.items()):
+        print(f"{name}  (model {entry.model})")
+        for v in entry.versions:
+            print(f"  {'*' if v == entry.live else ' '} {name}__{v}")
+    return 0
+
+
+def parse_every(text: str):
+    from datetime import timedelta
+
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    try:
+        return timedelta(**{units[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError, IndexError):
+        raise AutofeatError(f"--every {text!r}: use a number and a unit d/h/m/s, e.g. 1d or 6h.") from None
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    import warnings
+
+    from feast_autofeat.feast.engine import LeakageWarning, backfill
+    from feast_autofeat.training import open_store, parse_as_of
+
+    deployments = _deployments(args)
+    entry = deployments.get(args.name)
+    if entry is None:
+        raise AutofeatError(f"no embedding named {args.name!r} is deployed in {args.repo}.")
+    version = args.version or entry.live
+    matches = [v for v in entry.versions if v.startswith(version or "")]
+    if len(matches) != 1:
+        raise AutofeatError(f"{args.name}: version {version!r} is not deployed ({', '.join(entry.versions)}).")
+    store = open_store(args.repo, args.feature_store_yaml)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LeakageWarning)
+        summary = backfill(store, f"{args.name}__{matches[0]}", parse_as_of(args.start, args.repo),
+                           parse_as_of(args.end, args.repo), parse_every(args.every))
+    for w in caught:
+        if issubclass(w.category, LeakageWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    print(f"backfilled {summary['view']}: {summary['snapshots']} snapshots ({summary['first']} .. "
+          f"{summary['last']}), {summary['rows']:,} rows -> {summary['directory']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="feast-autofeat",
@@ -91,6 +212,50 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     t.add_argument("--dim", type=int, help="embedding dimension")
     t.set_defaults(func=_cmd_train)
+
+    def deploy_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--repo", type=Path, default=Path("feature_repo"))
+        p.add_argument("--feature-store-yaml", "-f", help="YAML inside the repo (default feature_store.yaml)")
+        p.add_argument("--no-apply", action="store_true", help="only edit embeddings.json; run `feast apply` later")
+
+    d = sub.add_parser("deploy", help="deploy a trained model version as an embedding view (beside live ones)",
+                       description="Add a version to <repo>/embeddings.json and `feast apply`: the repo then "
+                       "registers view <name>__<version>. The first version of a name also becomes live.")
+    d.add_argument("name", help="embedding name declared in the repo, e.g. user_dae")
+    d.add_argument("--model", choices=["dae", "gan", "multvae"], help="model (needed the first time)")
+    d.add_argument("--version", help="model version hash (default: the newest trained)")
+    d.add_argument("--live", action="store_true", help="also make it the live version")
+    d.add_argument("--model-root", type=Path)
+    deploy_options(d)
+    d.set_defaults(func=_cmd_deploy)
+
+    pr = sub.add_parser("promote", help="make a deployed version live (one registry change; reversible)")
+    pr.add_argument("name")
+    pr.add_argument("version", help="a deployed version (a unique prefix is enough)")
+    deploy_options(pr)
+    pr.set_defaults(func=_cmd_promote)
+
+    rb = sub.add_parser("rollback", help="make the previous live version live again")
+    rb.add_argument("name")
+    deploy_options(rb)
+    rb.set_defaults(func=_cmd_rollback)
+
+    e = sub.add_parser("embeddings", help="list deployed embedding versions (* = live)")
+    e.add_argument("--repo", type=Path, default=Path("feature_repo"))
+    e.set_defaults(func=_cmd_embeddings)
+
+    b = sub.add_parser("backfill", help="write point-in-time snapshots of an embedding view for past times",
+                       description="For each time START, START+EVERY, ... <= END, encode every entity's inputs "
+                       "as of that time and write the snapshot atomically. Warns when the model's training "
+                       "window overlaps the range (leakage).")
+    b.add_argument("name", help="embedding name, e.g. user_dae")
+    b.add_argument("--start", required=True, help="first snapshot time (ISO 8601, UTC)")
+    b.add_argument("--end", required=True, help="last snapshot time (inclusive)")
+    b.add_argument("--every", default="1d", help="spacing, e.g. 1d, 6h (default 1d)")
+    b.add_argument("--version", help="deployed version (default: the live one)")
+    b.add_argument("--repo", type=Path, default=Path("feature_repo"))
+    b.add_argument("--feature-store-yaml", "-f")
+    b.set_defaults(func=_cmd_backfill)
 
     q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, "
                        "print online features (SQLite, no server)")

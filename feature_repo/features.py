@@ -9,6 +9,7 @@ from datetime import timedelta
 from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
 
 from feast_autofeat.feast.definitions import repo_layout
+from feast_autofeat.feast.embeddings import embedding_view, request_embedding_view, session_embedding_view
 from feast_autofeat.features.snapshots import SNAPSHOT_TTL
 
 layout = repo_layout(__file__)
@@ -53,6 +54,24 @@ item_popularity = FeatureView(
     source=item_popularity_source, online=True, tags=tags,
     description="Trailing 7/30-day counts per event type, distinct users, recency. Missing = no activity.",
 )
+
+# ---- learned embeddings: one view per version deployed in embeddings.json (`feast-autofeat deploy`), plus a
+# feature service named after the embedding that serves its live version (`feast-autofeat promote / rollback`)
+user_inputs = [user_profile, user_behaviour]
+learned = [
+    embedding_view("user_dae", entity=user, model="dae", inputs=user_inputs, dim=64, repo=__file__,
+                   data_dir=layout.data_dir, tags=tags,
+                   description="Denoising-autoencoder bottleneck of the user's profile and behaviour."),
+    embedding_view("user_gan_critic", entity=user, model="gan", inputs=user_inputs, dim=65, repo=__file__,
+                   data_dir=layout.data_dir, tags=tags,
+                   description="GAN critic features (64) and realism score (last) of the user's features."),
+    session_embedding_view("session_multvae", model="multvae", repo=__file__,
+                           description="Mult-VAE fold-in of the request's recent_items."),
+    request_embedding_view("request_dae", model="dae", repo=__file__,
+                           description="DAE embedding of raw features sent with the request."),
+]
+for declaration in learned:
+    globals().update(declaration.feast_objects())
 
 # ---- what a recommender's training set reads (entity_df: user_id, item_id, event_timestamp)
 recommender_features = FeatureService(

@@ -1,0 +1,337 @@
+"""``AutofeatEngine``: Feast's batch engine for embedding views.
+
+``feature_store.yaml``::
+
+    batch_engine:
+      type: feast_autofeat.feast.engine.AutofeatEngine
+      batch_size: 65536      # rows encoded and written per batch
+      device: cpu            # cpu | cuda | auto
+      threads: 2             # torch intra-op threads (default: torch's choice)
+
+``feast materialize START END`` on an embedding view (see ``embeddings.py``) computes, for every entity whose
+input features have rows in ``[START, END]``, the embedding of its inputs *as of END* (Feast's point-in-time
+join, with the input views' TTLs: the same values a training row at END gets), then writes
+
+* the vectors to the online store in Feast's own layout (Redis: ``writer.RedisVectorWriter``), stamped END,
+* the same rows as an offline snapshot at END, ``<snapshots>/at=<END>.parquet``, written atomically.
+
+Every other view goes through Feast's local engine unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from feast.infra.common.materialization_job import MaterializationJobStatus, MaterializationTask
+from feast.infra.compute_engines.local.compute import LocalComputeEngine
+from feast.infra.compute_engines.local.job import LocalMaterializationJob
+from feast.repo_config import FeastConfigBaseModel
+from pydantic import ConfigDict, ValidationError
+
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.feast.embeddings import (
+    KIND_TAG,
+    MODEL_TAG,
+    ROOT_TAG,
+    SNAPSHOT_PREFIX,
+    SNAPSHOT_TS_FORMAT,
+    VERSION_TAG,
+    VIEW_TAG,
+    ensure_snapshot_dir,
+    snapshot_schema,
+)
+from feast_autofeat.feast.runtime import FeatureEncoder, load_encoder, vectors_array
+from feast_autofeat.feast.writer import vector_writer
+
+log = logging.getLogger(__name__)
+
+
+class AutofeatEngineConfig(FeastConfigBaseModel):
+    """Options of ``AutofeatEngine`` in ``feature_store.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = "feast_autofeat.feast.engine.AutofeatEngine"
+    model_root: str | None = None  # overrides the root recorded in each view's tags
+    batch_size: int = 65536
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: int | None = None
+    write_offline: bool = True  # also write the point-in-time snapshot at END
+
+
+def utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+def snapshot_file(directory: Path, at: datetime) -> Path:
+    return directory / f"{SNAPSHOT_PREFIX}{utc(at).strftime(SNAPSHOT_TS_FORMAT)}.parquet"
+
+
+@dataclass
+class EmbeddingSpec:
+    """An embedding view as registered: which model version computes it from which inputs."""
+
+    view: object  # feast FeatureView
+    name: str
+    model: str
+    version: str
+    root: str
+    key: str
+    snapshots: Path
+
+    @classmethod
+    def from_view(cls, fv, registry, project: str, model_root: str | None = None) -> EmbeddingSpec:
+        tags = fv.tags
+        entity = registry.get_entity(fv.entities[0], project)
+        return cls(view=fv, name=tags[VIEW_TAG], model=tags[MODEL_TAG], version=tags[VERSION_TAG],
+                   root=model_root or tags[ROOT_TAG], key=entity.join_key, snapshots=Path(fv.batch_source.path))
+
+
+def is_embedding_view(fv) -> bool:
+    return (getattr(fv, "tags", None) or {}).get(KIND_TAG) == "embedding"
+
+
+class EmbeddingComputer:
+    """Inputs as of a time -> vectors, in batches: shared by ``feast materialize`` and ``backfill``."""
+
+    def __init__(self, spec: EmbeddingSpec, repo_config, offline_store, registry, project: str,
+                 config: AutofeatEngineConfig):
+        self.spec, self.repo_config, self.offline, self.registry = spec, repo_config, offline_store, registry
+        self.project, self.config = project, config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.encoder = load_encoder(spec.root, spec.model, spec.version, config.device)
+        if not isinstance(self.encoder, FeatureEncoder):
+            raise AutofeatError(f"embedding view {spec.view.name}: model {spec.model} encodes item histories; "
+                                "use it through session_embedding_view.")
+        try:
+            self.inputs = [registry.get_feature_view(v, project) for v in self.encoder.input_views]
+        except Exception as exc:
+            raise AutofeatError(f"embedding view {spec.view.name}: an input view of {spec.model}/{spec.version} "
+                                f"({', '.join(self.encoder.input_views)}) is not registered ({exc}); "
+                                "`feast apply` the repo that defines them.") from None
+
+    def entities_with_rows(self, start: datetime | None, end: datetime) -> np.ndarray:
+        """Entity ids with input rows in [start, end] (start None: any time up to end)."""
+        ids = []
+        for view in self.inputs:
+            src = view.batch_source
+            job = self.offline.pull_all_from_table_or_query(
+                config=self.repo_config, data_source=src, join_key_columns=[self.spec.key], feature_name_columns=[],
+                timestamp_field=src.timestamp_field, start_date=start or datetime(1970, 1, 1, tzinfo=timezone.utc),
+                end_date=end)
+            ids.append(job.to_arrow().column(self.spec.key).to_numpy())
+        return np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+
+    def first_seen(self, end: datetime) -> pd.DataFrame:
+        """Each entity's first input row time (up to ``end``), for backfills."""
+        frames = []
+        for view in self.inputs:
+            src = view.batch_source
+            t = self.offline.pull_all_from_table_or_query(
+                config=self.repo_config, data_source=src, join_key_columns=[self.spec.key], feature_name_columns=[],
+                timestamp_field=src.timestamp_field, start_date=datetime(1970, 1, 1, tzinfo=timezone.utc),
+                end_date=end).to_df()
+            frames.append(t.rename(columns={src.timestamp_field: "first_seen"})[[self.spec.key, "first_seen"]])
+        df = pd.concat(frames, ignore_index=True)
+        return df.groupby(self.spec.key, as_index=False)["first_seen"].min()
+
+    def inputs_as_of(self, entity_df: pd.DataFrame) -> pa.Table:
+        """Point-in-time input features for (key, event_timestamp) rows, through Feast's offline store."""
+        job = self.offline.get_historical_features(
+            config=self.repo_config, feature_views=self.inputs, feature_refs=self.encoder.feature_refs,
+            entity_df=entity_df, registry=self.registry, project=self.project, full_feature_names=False)
+        return job.to_arrow().combine_chunks()
+
+    def encode(self, table: pa.Table) -> np.ndarray:
+        return self.encoder.encode_frame(table.select(self.encoder.columns).to_pandas())
+
+    def snapshot_table(self, ids: np.ndarray, at: np.ndarray | datetime, vectors: np.ndarray) -> pa.Table:
+        n = len(ids)
+        ts = pa.array(np.full(n, np.datetime64(utc(at).replace(tzinfo=None), "us")) if isinstance(at, datetime)
+                      else np.asarray(at, "datetime64[us]"), pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
+        emb = vectors_array(vectors).cast(pa.list_(pa.float32()))
+        return pa.Table.from_arrays([pa.array(ids, pa.int64()), ts, emb, pa.array([self.spec.version] * n)],
+                                    schema=snapshot_schema(self.spec.key, self.encoder.dim))
+
+
+class AutofeatEngine(LocalComputeEngine):
+    """Feast batch engine: embedding views encoded in batches (model loaded once per process), other views
+    through Feast's local engine."""
+
+    def __init__(self, *, repo_config, offline_store, online_store, **options):
+        try:
+            self.config = AutofeatEngineConfig(**options)
+        except ValidationError as exc:
+            raise AutofeatError(f"batch_engine options in feature_store.yaml are invalid: {exc}") from None
+        super().__init__(repo_config=repo_config, offline_store=offline_store, online_store=online_store)
+
+    def _materialize_one(self, registry, task: MaterializationTask, **kwargs):
+        if not is_embedding_view(task.feature_view):
+            return super()._materialize_one(registry, task, **kwargs)
+        job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
+        try:
+            rows = self.materialize_embedding(registry, task)
+            log.debug("%s: %d rows", task.feature_view.name, rows)
+            return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
+        except Exception as exc:  # Feast re-raises it and leaves the interval unrecorded
+            return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.ERROR, error=exc)
+
+    def materialize_embedding(self, registry, task: MaterializationTask) -> int:
+        fv = task.feature_view
+        spec = EmbeddingSpec.from_view(fv, registry, task.project, self.config.model_root)
+        comp = EmbeddingComputer(spec, self.repo_config, self.offline_store, registry, task.project, self.config)
+        end = utc(task.end_time)
+        ids = comp.entities_with_rows(utc(task.start_time), end)
+        bar = task.tqdm_builder(len(ids)) if task.tqdm_builder else None
+        writer = vector_writer(self.repo_config, self.online_store, fv, spec.key, comp.encoder.dim)
+        snapshot = None
+        if self.config.write_offline:
+            ensure_snapshot_dir(spec.snapshots, spec.key, comp.encoder.dim)
+            snapshot = _SnapshotWriter(snapshot_file(spec.snapshots, end),
+                                       snapshot_schema(spec.key, comp.encoder.dim))
+        written = 0
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:  # write batch k while batch k+1 is read and encoded
+                pending = None
+                for start in range(0, len(ids), self.config.batch_size):
+                    chunk = ids[start:start + self.config.batch_size]
+                    table = comp.inputs_as_of(pd.DataFrame({spec.key: chunk, "event_timestamp": end}))
+                    keys = table.column(spec.key).to_numpy()
+                    vectors = comp.encode(table)
+                    if pending is not None:
+                        written += pending.result()
+                    pending = pool.submit(writer.write, keys, vectors, spec.version, end)
+                    if snapshot is not None:
+                        snapshot.write(comp.snapshot_table(keys, end, vectors))
+                    if bar is not None:
+                        bar.update(len(keys))
+                if pending is not None:
+                    written += pending.result()
+            if snapshot is not None:
+                snapshot.commit()
+        finally:
+            if snapshot is not None:
+                snapshot.abort()
+            writer.close()
+            if bar is not None:
+                bar.close()
+        return written
+
+    def update(self, project, views_to_delete, views_to_keep, entities_to_delete, entities_to_keep):
+        pass
+
+    def teardown_infra(self, project, fvs, entities):
+        pass
+
+
+class _SnapshotWriter:
+    """Streams batches to a staging file; ``commit`` renames it into place (readers never see a partial file)."""
+
+    def __init__(self, target: Path, schema: pa.Schema):
+        self.target = target
+        self.staging = target.parent.parent / ".staging" / f"{target.parent.name}-{target.name}"
+        self.staging.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(self.staging, schema)
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+
+    def commit(self) -> None:
+        self.writer.close()
+        self.staging.replace(self.target)
+        self.writer = None
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.staging.unlink(missing_ok=True)
+            self.writer = None
+
+
+# ---- backfill: historical snapshots, each from inputs at or before its time
+def snapshot_times(start: datetime, end: datetime, every: timedelta) -> list[datetime]:
+    if every <= timedelta(0):
+        raise AutofeatError(f"--every must be positive, got {every}.")
+    if end < start:
+        raise AutofeatError(f"--end {end.isoformat()} is before --start {start.isoformat()}.")
+    times, t = [], utc(start)
+    while t <= utc(end):
+        times.append(t)
+        t += every
+    return times
+
+
+def leakage_overlap(as_of: str | None, times: list[datetime]) -> list[datetime]:
+    """Snapshot times that fall inside the model's training window (the model saw data after them)."""
+    if not as_of:
+        return []
+    trained_until = utc(datetime.fromisoformat(as_of))
+    return [t for t in times if t < trained_until]
+
+
+def backfill(store, view: str, start: datetime, end: datetime, every: timedelta = timedelta(days=1),
+             config: AutofeatEngineConfig | None = None, progress: bool = True) -> dict:
+    """Write point-in-time snapshots of embedding view ``view`` (a registered ``<name>__<version>``) at
+    ``start, start+every, ... <= end``: each from every entity's inputs as of that time. Returns a summary."""
+    from tqdm.auto import tqdm
+
+    config = config or _engine_config(store)
+    fv = store.get_feature_view(view)
+    if not is_embedding_view(fv):
+        raise AutofeatError(f"{view} is not an embedding view (no {KIND_TAG} tag); list them with "
+                            "`feast-autofeat embeddings`.")
+    registry, project = store.registry, store.project
+    offline = store._get_provider().offline_store
+    spec = EmbeddingSpec.from_view(fv, registry, project, config.model_root)
+    comp = EmbeddingComputer(spec, store.config, offline, registry, project, config)
+    times = snapshot_times(start, end, every)
+    leaked = leakage_overlap(comp.encoder.as_of, times)
+    if leaked:
+        warnings.warn(
+            f"{view}: model {spec.model}/{spec.version} was trained on data up to {comp.encoder.as_of}; "
+            f"{len(leaked)} of the {len(times)} snapshots ({leaked[0].date()} .. {leaked[-1].date()}) fall inside "
+            "that window, so training sets that use them see a model fitted on later data (leakage). Evaluate "
+            "only after the training window, or backfill with a model trained up to --start.",
+            LeakageWarning, stacklevel=2)
+    seen = comp.first_seen(utc(end))
+    ensure_snapshot_dir(spec.snapshots, spec.key, comp.encoder.dim)
+    rows = 0
+    for at in tqdm(times, desc=f"backfill {spec.name}", unit="snapshot", disable=not progress):
+        ids = seen.loc[seen["first_seen"] <= pd.Timestamp(at), spec.key].to_numpy()
+        target = snapshot_file(spec.snapshots, at)
+        writer = _SnapshotWriter(target, snapshot_schema(spec.key, comp.encoder.dim))
+        try:
+            for s in range(0, len(ids), config.batch_size):
+                table = comp.inputs_as_of(pd.DataFrame({spec.key: ids[s:s + config.batch_size],
+                                                        "event_timestamp": at}))
+                writer.write(comp.snapshot_table(table.column(spec.key).to_numpy(), at, comp.encode(table)))
+            writer.commit()
+        finally:
+            writer.abort()
+        rows += len(ids)
+    return {"view": view, "model": spec.model, "version": spec.version, "snapshots": len(times), "rows": rows,
+            "first": times[0].isoformat() if times else None, "last": times[-1].isoformat() if times else None,
+            "leakage_snapshots": len(leaked), "directory": str(spec.snapshots)}
+
+
+class LeakageWarning(UserWarning):
+    """Backfilled snapshots overlap the model's training window."""
+
+
+def _engine_config(store) -> AutofeatEngineConfig:
+    raw = store.config.batch_engine_config
+    if isinstance(raw, dict) and str(raw.get("type", "")).endswith("AutofeatEngine"):
+        return AutofeatEngineConfig(**raw)
+    return AutofeatEngineConfig()

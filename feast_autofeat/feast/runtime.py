@@ -1,0 +1,210 @@
+"""What runs inside Feast: encoders loaded once per process, and Arrow-batch-in / vectors-out transforms.
+
+The batch engine, a distributed engine's workers and on-demand views' UDFs all call these functions with a
+literal (model root, model, version); the model is loaded, hash-verified and cached on first use in each
+process, never per call or batch, and never stored in Feast's registry.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.models.base import SchemaError
+
+FEATURE_MODELS = ("dae", "gan")  # models whose inputs are feature rows
+SESSION_MODELS = ("multvae",)  # models whose inputs are item-id histories
+
+_lock = threading.Lock()
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AutofeatError("device 'cuda' requested but torch sees no CUDA device; use device: cpu or auto.")
+    return torch.device(device)
+
+
+@dataclass
+class FeatureEncoder:
+    """A DAE (bottleneck) or GAN (critic features + score) over the feature rows it was trained on."""
+
+    model: str
+    version: str
+    dim: int
+    feature_refs: list[str]  # "view:feature" as at training time
+    as_of: str | None  # end of the training window
+    _pre: object
+    _forward: torch.nn.Module | object
+    device: torch.device
+
+    @property
+    def columns(self) -> list[str]:
+        """The raw input columns the model reads (columns it dropped at training, e.g. ids, are not needed)."""
+        return self._pre.columns
+
+    @property
+    def input_views(self) -> list[str]:
+        return list(dict.fromkeys(ref.split(":", 1)[0] for ref in self.feature_refs))
+
+    def encode_frame(self, df: pd.DataFrame, batch_size: int = 65536) -> np.ndarray:
+        """Feature rows -> float32 vectors (n x dim). Missing columns / NaN without a fill: ``SchemaError``."""
+        x = torch.from_numpy(self._pre.transform(df))
+        if not len(x):
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode():
+            out = [self._forward(x[s:s + batch_size].to(self.device)).cpu() for s in range(0, len(x), batch_size)]
+        return torch.cat(out).numpy()
+
+
+class _CriticFeatures(torch.nn.Module):
+    def __init__(self, critic):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, x):
+        h, score = self.critic.features(x)
+        return torch.cat([h, score[:, None]], dim=1)
+
+
+@dataclass
+class SessionEncoder:
+    """The Mult-VAE's encoder (posterior mean) as numpy: folding a short history in costs microseconds."""
+
+    model: str
+    version: str
+    dim: int
+    item_ids: np.ndarray  # sorted
+    _order: np.ndarray  # position in the model's item axis of each sorted id
+    _w1: np.ndarray  # n_items x hidden (first layer, transposed)
+    _b1: np.ndarray
+    _w2: np.ndarray  # hidden x dim (posterior mean head)
+    _b2: np.ndarray
+
+    def positions(self, items) -> np.ndarray:
+        """Model positions of the known ids among ``items`` (unknown ids dropped, duplicates once)."""
+        ids = np.asarray(items)
+        if ids.dtype == object or not np.issubdtype(ids.dtype, np.integer):
+            if ids.size == 0:
+                return np.zeros(0, np.int64)
+            raise SchemaError(f"item ids must be integers, got {ids.dtype} values like {ids.ravel()[:3].tolist()}.")
+        ids = np.unique(ids.astype(np.int64, copy=False))
+        at = np.searchsorted(self.item_ids, ids).clip(0, len(self.item_ids) - 1)
+        return self._order[at[self.item_ids[at] == ids]]
+
+    def encode_positions(self, pos: np.ndarray) -> np.ndarray:
+        scale = 1.0 / np.sqrt(len(pos)) if len(pos) else 0.0  # L2-normalized binary history, as in training
+        h = np.tanh(self._w1[pos].sum(axis=0) * scale + self._b1)
+        return (h @ self._w2 + self._b2).astype(np.float32)
+
+    def encode(self, histories: list) -> tuple[np.ndarray, np.ndarray]:
+        """Histories (lists of item ids) -> (vectors n x dim, number of known items per history)."""
+        pos = [self.positions(h if h is not None else []) for h in histories]
+        vecs = np.stack([self.encode_positions(p) for p in pos]) if pos else np.zeros((0, self.dim), np.float32)
+        return vecs, np.array([len(p) for p in pos], dtype=np.int64)
+
+
+@lru_cache(maxsize=32)
+def load_encoder(root: str, model: str, version: str, device: str = "cpu") -> FeatureEncoder | SessionEncoder:
+    """Load, verify (content hash) and cache one model version for this process."""
+    with _lock:
+        return _load(root, model, version, device)
+
+
+def _load(root: str, model: str, version: str, device: str):
+    dev = resolve_device(device)
+    if model == "dae":
+        from feast_autofeat.models.dae import DAE
+
+        fitted = DAE.load(root, version)
+        forward, dim = fitted.net_.encoder, fitted.config.dim
+    elif model == "gan":
+        from feast_autofeat.models.gan import TabularGAN
+
+        fitted = TabularGAN.load(root, version)
+        forward, dim = _CriticFeatures(fitted.net_.critic), fitted.config.critic_hidden + 1
+    elif model == "multvae":
+        from feast_autofeat.models.multvae import MultVAE
+
+        fitted = MultVAE.load(root, version)
+        net = fitted.net_
+        order = np.argsort(fitted.item_ids_, kind="stable")
+        dim = fitted.config.dim
+        return SessionEncoder(
+            model=model, version=version, dim=dim, item_ids=fitted.item_ids_[order].astype(np.int64),
+            _order=order, _w1=net.enc.weight.detach().numpy().T.copy(), _b1=net.enc.bias.detach().numpy().copy(),
+            _w2=net.mu_logvar.weight.detach().numpy()[:dim].T.copy(),
+            _b2=net.mu_logvar.bias.detach().numpy()[:dim].copy())
+    else:
+        raise AutofeatError(f"model {model!r} cannot back an embedding; use one of "
+                            f"{', '.join(FEATURE_MODELS + SESSION_MODELS)}.")
+    from feast_autofeat.artifacts import load_version
+
+    config = load_version(root, model, version).config
+    refs = config.get("feature_refs")
+    if not refs:
+        raise AutofeatError(f"model {model}/{version} records no feature_refs (it was not trained from a feature "
+                            "store); retrain it with `feast-autofeat train`.")
+    forward.eval().to(dev)
+    return FeatureEncoder(model=model, version=version, dim=dim, feature_refs=list(refs),
+                          as_of=(config.get("training_window") or {}).get("as_of"), _pre=fitted.preprocessor_,
+                          _forward=forward, device=dev)
+
+
+def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def encode_batch(batch: pa.RecordBatch | pa.Table, *, root: str, model: str, version: str, key: str,
+                 device: str = "cpu") -> pa.RecordBatch:
+    """The core transform: a batch of (key, input features...) -> a batch of (key, embedding, model_version).
+    Pure and per-batch, with the model cached per process, so any worker (local, Ray) can run it."""
+    enc = load_encoder(root, model, version, device)
+    if not isinstance(enc, FeatureEncoder):
+        raise AutofeatError(f"model {model} encodes item histories, not feature rows.")
+    vectors = enc.encode_frame(batch.to_pandas())
+    n = batch.num_rows
+    return pa.RecordBatch.from_arrays(
+        [batch.column(key), vectors_array(vectors), pa.array([version] * n, pa.string())],
+        names=[key, "embedding", "model_version"])
+
+
+# ---- on-demand views call these from their UDFs (python mode: dict of lists in, dict of lists out)
+def session_embeddings(histories: list, *, root: str, model: str, version: str, output: str) -> dict:
+    """Fold each request's recent item ids into the Mult-VAE. Unknown ids are ignored; an empty history (or
+    one with no known id) gives the model's empty-history vector, with ``<output>_known_items`` = 0."""
+    enc = load_encoder(root, model, version)
+    if not isinstance(enc, SessionEncoder):
+        raise AutofeatError(f"model {model} does not encode item histories.")
+    if not isinstance(histories, (list, tuple)):
+        raise SchemaError(f"{output}: expected a list of item-id lists, got {type(histories).__name__}.")
+    try:
+        vecs, known = enc.encode(list(histories))
+    except SchemaError as exc:
+        raise SchemaError(f"{output}: {exc}") from None
+    return {output: vecs.tolist(), f"{output}_known_items": known.tolist()}
+
+
+def feature_embeddings(inputs: dict, *, root: str, model: str, version: str, output: str) -> dict:
+    """Encode request-supplied raw feature rows (the model's own input columns) with a DAE/GAN."""
+    enc = load_encoder(root, model, version)
+    if not isinstance(enc, FeatureEncoder):
+        raise AutofeatError(f"model {model} does not encode feature rows.")
+    missing = [c for c in enc.columns if c not in inputs]
+    if missing:
+        raise SchemaError(f"{output}: request lacks {missing}; send every input column of {model}/{version}.")
+    frame = pd.DataFrame({c: inputs[c] for c in enc.columns})
+    try:
+        vecs = enc.encode_frame(frame)
+    except SchemaError as exc:
+        raise SchemaError(f"{output}: {exc}") from None
+    return {output: vecs.tolist()}
