@@ -34,7 +34,8 @@ def ml100k_dir() -> Path:
 
 def copy_repo(dest: Path) -> Path:
     """A fresh copy of feature_repo/ (definitions and YAML only, no data or registry)."""
-    shutil.copytree(REPO_TEMPLATE, dest, ignore=shutil.ignore_patterns("data", "store", "__pycache__", "data.*"))
+    shutil.copytree(REPO_TEMPLATE, dest, ignore=shutil.ignore_patterns("data", "store", "__pycache__", "data.*", "models",
+                                                                    "embeddings.json"))
     return dest
 
 
@@ -47,11 +48,11 @@ def _free_port() -> int:
 class RedisServer:
     """A real redis-server on a free loopback port, owned by the test session."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()):
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server not found: install it (`apt-get install -y redis-server`, or run .ci/setup).")
-        self.binary, self.workdir = binary, workdir
+        self.binary, self.workdir, self.extra_args = binary, workdir, list(extra_args)
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -62,7 +63,7 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "yes"],
+             "--dir", str(self.workdir), "--protected-mode", "yes", *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         import redis

@@ -1,0 +1,95 @@
+"""Pure logic of the embedding views: Feast's byte layout, the deployment lock, backfill times, fold-in."""
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import FloatList, Value
+
+from feast_autofeat.cli import parse_every
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.feast.embeddings import DeploymentError, Deployments
+from feast_autofeat.feast.encoding import FloatVectorCodec, Int64KeyCodec
+from feast_autofeat.feast.engine import leakage_overlap, snapshot_times
+from feast_autofeat.feast.runtime import SessionEncoder
+from feast_autofeat.models.base import SchemaError
+from feast_autofeat.models.interactions import Histories
+from feast_autofeat.models.multvae import MultVAE
+
+UTC = timezone.utc
+
+
+def test_key_and_vector_bytes_equal_feasts_own_serialization():
+    rng = np.random.default_rng(0)
+    ids = np.array([0, 1, -1, 2**62, -(2**63), 943], dtype=np.int64)
+    keys = Int64KeyCodec("user_id").encode(ids)
+    for i, row in zip(ids, keys):
+        proto = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=int(i))])
+        assert row.tobytes() == serialize_entity_key(proto, entity_key_serialization_version=3)
+    for dim in (1, 31, 64, 200):
+        vecs = rng.normal(size=(5, dim)).astype(np.float32)
+        codec = FloatVectorCodec(dim)
+        out = np.empty((5, codec.width), np.uint8)
+        codec.fill(out, vecs)
+        for v, row in zip(vecs, out):
+            assert row.tobytes() == Value(float_list_val=FloatList(val=v.tolist())).SerializeToString()
+
+
+def test_deployments_promote_rollback_and_persistence(tmp_path):
+    dep = Deployments(tmp_path)
+    dep.deploy("user_dae", "dae", "aaaa1111")  # first version becomes live
+    dep.deploy("user_dae", "dae", "bbbb2222")  # beside it, not live
+    assert dep.get("user_dae").live == "aaaa1111"
+    dep.promote("user_dae", "bbbb")  # unique prefix
+    dep.save()
+    again = Deployments(tmp_path)
+    assert again.get("user_dae").live == "bbbb2222" and again.get("user_dae").previous == ["aaaa1111"]
+    again.rollback("user_dae")
+    assert again.get("user_dae").live == "aaaa1111"
+    with pytest.raises(DeploymentError, match="no earlier live version"):
+        again.rollback("user_dae")
+    with pytest.raises(DeploymentError, match="no deployed version"):
+        again.promote("user_dae", "cccc")
+    with pytest.raises(DeploymentError, match="not gan"):
+        again.deploy("user_dae", "gan", "dddd")
+    (tmp_path / "embeddings.json").write_text('{"x": {"modell": "dae"}}')
+    with pytest.raises(DeploymentError, match="malformed"):
+        Deployments(tmp_path)
+
+
+def test_snapshot_times_and_leakage_window():
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    times = snapshot_times(start, start + timedelta(days=3), timedelta(days=1))
+    assert [t.day for t in times] == [1, 2, 3, 4]
+    assert leakage_overlap("2024-01-03T00:00:00+00:00", times) == times[:2]  # trained on data up to Jan 3
+    assert leakage_overlap(None, times) == []
+    with pytest.raises(AutofeatError, match="before --start"):
+        snapshot_times(start, start - timedelta(days=1), timedelta(days=1))
+    assert parse_every("6h") == timedelta(hours=6)
+    with pytest.raises(AutofeatError, match="unit"):
+        parse_every("1w")
+
+
+def test_session_encoder_matches_multvae_fold_in():
+    rng = np.random.default_rng(1)
+    n_users, n_items = 200, 60
+    rows = [np.unique(rng.integers(0, n_items, rng.integers(2, 12))) for _ in range(n_users)]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    item_ids = np.arange(n_items) * 10 + 7  # external ids are not positions
+    model = MultVAE(hidden=32, dim=8, epochs=2, seed=0).fit(Histories(indptr, np.concatenate(rows), n_items),
+                                                            item_ids=item_ids)
+    net = model.net_
+    order = np.argsort(model.item_ids_)
+    enc = SessionEncoder(model="multvae", version="v", dim=8, item_ids=model.item_ids_[order], _order=order,
+                         _w1=net.enc.weight.detach().numpy().T.copy(), _b1=net.enc.bias.detach().numpy(),
+                         _w2=net.mu_logvar.weight.detach().numpy()[:8].T.copy(),
+                         _b2=net.mu_logvar.bias.detach().numpy()[:8])
+    histories = [[17, 27, 597], [], [5, 99999], [17, 17, 37]]
+    vecs, known = enc.encode(histories)
+    for h, v in zip(histories, vecs):
+        np.testing.assert_allclose(v, model.fold_in(h), atol=1e-5)
+    assert known.tolist() == [3, 0, 0, 2]
+    with pytest.raises(SchemaError, match="must be integers"):
+        enc.encode([["a"]])
