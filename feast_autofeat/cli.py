@@ -60,6 +60,8 @@ def feast_apply(repo: Path, yaml: str | None = None) -> None:
     repo = repo.resolve()
     cwd = os.getcwd()
     sys.path.insert(0, str(repo))  # as Feast's CLI does: the repo's modules import by name
+    for path in repo.rglob("*.py"):  # re-read definitions an earlier apply (of any repo) imported by these names
+        sys.modules.pop(".".join(path.relative_to(repo).with_suffix("").parts), None)
     try:
         apply_total(load_repo_config(repo, repo / (yaml or "feature_store.yaml")), repo,
                     skip_source_validation=False)

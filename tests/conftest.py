@@ -34,8 +34,8 @@ def ml100k_dir() -> Path:
 
 def copy_repo(dest: Path) -> Path:
     """A fresh copy of feature_repo/ (definitions and YAML only, no data or registry)."""
-    shutil.copytree(REPO_TEMPLATE, dest, ignore=shutil.ignore_patterns("data", "store", "__pycache__", "data.*", "models",
-                                                                    "embeddings.json"))
+    ignore = shutil.ignore_patterns("data", "store", "__pycache__", "data.*", "models", "embeddings.json")
+    shutil.copytree(REPO_TEMPLATE, dest, ignore=ignore)
     return dest
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureView, Field, FileSource, OnDemandFeatureView, RequestSource
+from feast.data_format import ParquetFormat
 from feast.types import Array, Float32, Float64, Int64, String
 
 from feast_autofeat.artifacts import load_version, model_root
@@ -232,7 +233,7 @@ def embedding_view(name: str, *, entity, model: str, inputs: list[FeatureView], 
             schema=[Field(name="embedding", dtype=Array(Float32), vector_length=dim),
                     Field(name="model_version", dtype=String)],
             source=FileSource(name=f"{view_name(name, version)}_snapshots", path=str(directory),
-                              timestamp_field="event_timestamp"),
+                              file_format=ParquetFormat(), timestamp_field="event_timestamp"),
             description=f"{model} embedding of {entity.name}, model version {version}. {description}".strip(),
             tags={**(tags or {}), KIND_TAG: "embedding", VIEW_TAG: name, MODEL_TAG: model, VERSION_TAG: version,
                   ROOT_TAG: str(root), "autofeat.dim": str(dim),

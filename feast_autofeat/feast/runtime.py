@@ -101,9 +101,10 @@ class SessionEncoder:
         return self._order[at[self.item_ids[at] == ids]]
 
     def encode_positions(self, pos: np.ndarray) -> np.ndarray:
-        scale = 1.0 / np.sqrt(len(pos)) if len(pos) else 0.0  # L2-normalized binary history, as in training
-        h = np.tanh(self._w1[pos].sum(axis=0) * scale + self._b1)
-        return (h @ self._w2 + self._b2).astype(np.float32)
+        # L2-normalized binary history, as in training; float32 throughout (a float64 scalar would upcast W2)
+        scale = np.float32(1.0 / np.sqrt(len(pos))) if len(pos) else np.float32(0.0)
+        h = np.tanh(self._w1[pos].sum(axis=0, dtype=np.float32) * scale + self._b1)
+        return h @ self._w2 + self._b2
 
     def encode(self, histories: list) -> tuple[np.ndarray, np.ndarray]:
         """Histories (lists of item ids) -> (vectors n x dim, number of known items per history)."""
