@@ -99,6 +99,7 @@ class TabularPreprocessor:
     std_: list[float] = field(default_factory=list)
     dtypes_: dict[str, str] = field(default_factory=dict)
     dropped_: list[str] = field(default_factory=list)
+    _ties: list | None = field(default=None, init=False, repr=False, compare=False)  # derived from quantiles_
 
     @property
     def columns(self) -> list[str]:
@@ -167,14 +168,7 @@ class TabularPreprocessor:
             raise NotFittedError("preprocessing is not fitted; call fit() or load a trained model.")
         x = self._numeric(df)
         if self.scaling == "rankgauss" and x.shape[1]:
-            probs = np.linspace(0, 1, _QUANTILES)
-            q = np.asarray(self.quantiles_)
-            # ties (e.g. many zero counts) map to the middle of their probability range
-            u = np.column_stack([
-                0.5 * (np.interp(x[:, j], q[j], probs) + np.interp(-x[:, j], -q[j][::-1], probs[::-1]))
-                for j in range(x.shape[1])
-            ])
-            u = np.clip(u, 1e-3, 1 - 1e-3)
+            u = np.clip(self._ranks(x), 1e-3, 1 - 1e-3)
             x = torch.special.ndtri(torch.from_numpy(u)).numpy()
         elif x.shape[1]:
             x = (x - np.asarray(self.mean_)) / np.asarray(self.std_)
@@ -189,6 +183,31 @@ class TabularPreprocessor:
             onehot[np.arange(len(df)), np.where(codes < 0, len(vocab), codes)] = 1.0
             parts.append(onehot)
         return np.concatenate(parts, axis=1)
+
+    def _ranks(self, x: np.ndarray) -> np.ndarray:
+        """Each value's probability under its column's training quantiles (linear between them). A value equal to
+        a tied quantile (e.g. the many zero counts) gets the middle of the tied probabilities: the mean of
+        interpolating from below and from above, computed as one interpolation plus a lookup of the ties."""
+        probs = np.linspace(0, 1, _QUANTILES)
+        q = np.asarray(self.quantiles_)
+        if self._ties is None:
+            self._ties = []
+            for qj in q:
+                values, first, counts = np.unique(qj, return_index=True, return_counts=True)
+                tied = counts > 1
+                mid = 0.5 * (probs[first[tied]] + probs[first[tied] + counts[tied] - 1])
+                self._ties.append((values[tied], mid))
+        u = np.empty_like(x)
+        for j in range(x.shape[1]):
+            col = x[:, j]
+            uj = np.interp(col, q[j], probs)
+            values, mid = self._ties[j]
+            if len(values):
+                k = np.minimum(np.searchsorted(values, col), len(values) - 1)
+                hit = values[k] == col
+                uj[hit] = mid[k[hit]]
+            u[:, j] = uj
+        return u
 
     def state(self) -> dict:
         return {"scaling": self.scaling, "fill": self.fill, "max_categories": self.max_categories,

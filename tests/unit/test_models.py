@@ -176,3 +176,25 @@ def test_metrics_by_hand():
     ndcg = ndcg_at_k(scores, targets, 3, exclude=history)
     np.testing.assert_allclose(ndcg[0], (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3)))
     assert ndcg[1] == 0.0
+
+
+def test_rankgauss_ranks_equal_the_two_sided_interpolation():
+    """The one-interpolation rank (with a lookup of tied quantiles) equals the definition: the mean of
+    interpolating from below and from above, on columns full of ties (counts) and without."""
+    import numpy as np
+    import pandas as pd
+
+    from feast_autofeat.models.base import _QUANTILES, TabularPreprocessor
+
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"counts": rng.poisson(0.3, 5000).astype(float), "cont": rng.normal(size=5000),
+                          "steps": rng.integers(0, 4, 5000).astype(float)})
+    pre = TabularPreprocessor().fit(train)
+    x = np.column_stack([np.concatenate([train[c].to_numpy()[:500], rng.normal(size=50) * 3,
+                                         np.array(pre.quantiles_[j])]) for j, c in enumerate(train.columns)])
+    probs = np.linspace(0, 1, _QUANTILES)
+    q = np.asarray(pre.quantiles_)
+    want = np.column_stack([0.5 * (np.interp(x[:, j], q[j], probs) + np.interp(-x[:, j], -q[j][::-1], probs[::-1]))
+                            for j in range(x.shape[1])])
+    np.testing.assert_allclose(pre._ranks(x), want, rtol=0, atol=1e-12)
+    assert len(pre._ties[0][0]) >= 1  # the count column really has tied quantiles
