@@ -4,7 +4,7 @@
 
     batch_engine:
       type: feast_autofeat.feast.engine.AutofeatEngine
-      batch_size: 65536      # rows encoded and written per batch
+      batch_size: 16384      # rows per pipeline step (encode | online write | snapshot write)
       device: cpu            # cpu | cuda | auto
       threads: 2             # torch intra-op threads (default: torch's choice)
 
@@ -64,7 +64,7 @@ class AutofeatEngineConfig(FeastConfigBaseModel):
 
     type: str = "feast_autofeat.feast.engine.AutofeatEngine"
     model_root: str | None = None  # overrides the root recorded in each view's tags
-    batch_size: int = 65536
+    batch_size: int = 16384  # rows per pipeline step: small enough that encoding and writing overlap well
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = None
     write_offline: bool = True  # also write the point-in-time snapshot at END
@@ -187,6 +187,33 @@ class EmbeddingComputer:
                                     schema=snapshot_schema(self.spec.key, self.encoder.dim))
 
 
+def encode_and_write(comp: EmbeddingComputer, inputs: pa.Table, writer, at: datetime, batch_size: int,
+                     snapshot: _SnapshotWriter | None = None, bar=None) -> int:
+    """Encode ``inputs`` in batches; write each batch online in one thread and to the snapshot in another, so
+    encoding batch k+1 overlaps writing batch k (all three release the GIL for most of their work). Returns
+    the rows written online."""
+    written, online, offline = 0, [], []
+    with ThreadPoolExecutor(max_workers=1) as online_pool, ThreadPoolExecutor(max_workers=1) as offline_pool:
+        for start in range(0, inputs.num_rows, batch_size):
+            table = inputs.slice(start, batch_size)
+            keys = table.column(comp.spec.key).to_numpy()
+            vectors = comp.encode(table)
+            online.append(online_pool.submit(writer.write, keys, vectors, comp.spec.version, at))
+            if snapshot is not None:
+                offline.append(offline_pool.submit(snapshot.write, comp.snapshot_table(keys, at, vectors)))
+            while len(online) > 1:  # at most one batch queued behind the one being written: bounded memory
+                written += online.pop(0).result()
+            while len(offline) > 1:
+                offline.pop(0).result()
+            if bar is not None:
+                bar.update(len(keys))
+        for future in online:
+            written += future.result()
+        for future in offline:
+            future.result()
+    return written
+
+
 class AutofeatEngine(LocalComputeEngine):
     """Feast batch engine: embedding views encoded in batches (model loaded once per process), other views
     through Feast's local engine."""
@@ -222,23 +249,8 @@ class AutofeatEngine(LocalComputeEngine):
             ensure_snapshot_dir(spec.snapshots, spec.key, comp.encoder.dim)
             snapshot = _SnapshotWriter(snapshot_file(spec.snapshots, end),
                                        snapshot_schema(spec.key, comp.encoder.dim))
-        written = 0
         try:
-            with ThreadPoolExecutor(max_workers=1) as pool:  # write batch k while batch k+1 is read and encoded
-                pending = None
-                for start in range(0, inputs.num_rows, self.config.batch_size):
-                    table = inputs.slice(start, self.config.batch_size)
-                    keys = table.column(spec.key).to_numpy()
-                    vectors = comp.encode(table)
-                    if pending is not None:
-                        written += pending.result()
-                    pending = pool.submit(writer.write, keys, vectors, spec.version, end)
-                    if snapshot is not None:
-                        snapshot.write(comp.snapshot_table(keys, end, vectors))
-                    if bar is not None:
-                        bar.update(len(keys))
-                if pending is not None:
-                    written += pending.result()
+            written = encode_and_write(comp, inputs, writer, end, self.config.batch_size, snapshot, bar)
             if snapshot is not None:
                 snapshot.commit()
         finally:
@@ -263,7 +275,8 @@ class _SnapshotWriter:
         self.target = target
         self.staging = target.parent.parent / ".staging" / f"{target.parent.name}-{target.name}"
         self.staging.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = pq.ParquetWriter(self.staging, schema)
+        # float vectors do not dictionary-encode: trying costs time for nothing
+        self.writer = pq.ParquetWriter(self.staging, schema, use_dictionary=["model_version"])
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table)

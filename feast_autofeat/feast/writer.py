@@ -9,7 +9,8 @@ Both keep Feast's rule that an online value is never replaced by an older one: F
 timestamp of every row. Every row of one of our batches has the same timestamp, so the Redis writer keeps a
 per-view watermark (the newest timestamp ever written, raised *before* the rows are written): a batch at or
 after the watermark cannot be older than anything stored and skips the per-row check; an older batch falls back
-to reading each row's stored timestamp.
+to reading each row's stored timestamp. (Embedding views are written only by this engine: they have no push
+source, so the watermark sees every write to them.)
 """
 
 from __future__ import annotations
