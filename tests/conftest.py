@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_TEMPLATE = ROOT / "feature_repo"
@@ -39,58 +39,30 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A real redis-server on a free loopback port, owned by the test session."""
-
-    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()):
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server not found: install it (`apt-get install -y redis-server`, or run .ci/setup).")
-        self.binary, self.workdir, self.extra_args = binary, workdir, list(extra_args)
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "yes", *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+def make_redis_server(workdir: Path, extra_args: tuple[str, ...] = ()) -> RedisServer:
+    try:
+        return RedisServer(workdir, extra_args)
+    except AutofeatError as exc:  # a missing binary fails the test with the install hint, never skips it
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server = make_redis_server(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """The session's redis-server, emptied for this test (tests share the project name and entity ids)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    client.flushall()
+    client.close()
+    return redis_server
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,9 @@ from feast_autofeat.feast.engine import LeakageWarning, backfill
 from feast_autofeat.models.dae import DAE
 from feast_autofeat.models.multvae import MultVAE
 from feast_autofeat.quickstart import feast_executable, run_feast
+from feast_autofeat.testing import free_port
 from feast_autofeat.training import train
-from tests.conftest import RedisServer, copy_repo
+from tests.conftest import copy_repo, make_redis_server
 
 MID = "1998-03-01T00:00:00"
 END = "1998-04-23T00:00:00"
@@ -105,7 +106,7 @@ def test_feast_materialize_writes_model_output(backend, emb_template, tmp_path, 
     repo = _copy(emb_template, tmp_path / "repo")
     yaml = None
     if backend == "redis":
-        monkeypatch.setenv("REDIS_CONNECTION_STRING", request.getfixturevalue("redis_server").url)
+        monkeypatch.setenv("REDIS_CONNECTION_STRING", request.getfixturevalue("redis_db").url)
         yaml = "feature_store.redis.yaml"
     v1, _, _ = _versions(repo)
     view = f"user_dae__{v1}"
@@ -248,9 +249,7 @@ def test_on_demand_session_embedding_online_historical_http(emb_template, tmp_pa
     # Feast's HTTP feature server, unmodified
     import requests
 
-    from tests.conftest import _free_port
-
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([feast_executable(), "serve", "-h", "127.0.0.1", "-p", str(port)],
                             cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -277,8 +276,8 @@ def test_redis_killed_mid_materialize_then_rerun(emb_template, tmp_path, monkeyp
     v1, _, _ = _versions(repo)
     view = f"user_dae__{v1}"
     yaml_path = repo / "feature_store.redis.yaml"
-    yaml_path.write_text(yaml_path.read_text().replace("batch_size: 65536", "batch_size: 40"))
-    server = RedisServer(tmp_path / "redis", extra_args=("--appendonly", "yes", "--appendfsync", "always"))
+    yaml_path.write_text(yaml_path.read_text().replace("batch_size: 16384", "batch_size: 40"))
+    server = make_redis_server(tmp_path / "redis", extra_args=("--appendonly", "yes", "--appendfsync", "always"))
     (tmp_path / "redis").mkdir()
     server.start()
     env = {"REDIS_CONNECTION_STRING": server.url}

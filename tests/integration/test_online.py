@@ -54,7 +54,7 @@ def test_materialize_then_incremental(backend, ml_repo_copy, request, monkeypatc
     repo = ml_repo_copy
     yaml = None
     if backend == "redis":
-        server = request.getfixturevalue("redis_server")
+        server = request.getfixturevalue("redis_db")
         monkeypatch.setenv("REDIS_CONNECTION_STRING", server.url)
         yaml = "feature_store.redis.yaml"
     start_s, end_s = load_manifest(repo / "data").materialize_window()

@@ -81,15 +81,17 @@ def test_session_encoder_matches_multvae_fold_in():
     model = MultVAE(hidden=32, dim=8, epochs=2, seed=0).fit(Histories(indptr, np.concatenate(rows), n_items),
                                                             item_ids=item_ids)
     net = model.net_
-    order = np.argsort(model.item_ids_)
-    enc = SessionEncoder(model="multvae", version="v", dim=8, item_ids=model.item_ids_[order], _order=order,
+    enc = SessionEncoder(model="multvae", version="v", dim=8, item_ids=model.item_ids_,
                          _w1=net.enc.weight.detach().numpy().T.copy(), _b1=net.enc.bias.detach().numpy(),
                          _w2=net.mu_logvar.weight.detach().numpy()[:8].T.copy(),
                          _b2=net.mu_logvar.bias.detach().numpy()[:8])
-    histories = [[17, 27, 597], [], [5, 99999], [17, 17, 37]]
+    histories = [[17, 27, 597], [], [5, 99999, -3], [17, 17, 37], np.array([597, 27]), None]
     vecs, known = enc.encode(histories)
     for h, v in zip(histories, vecs):
-        np.testing.assert_allclose(v, model.fold_in(h), atol=1e-5)
-    assert known.tolist() == [3, 0, 0, 2]
-    with pytest.raises(SchemaError, match="must be integers"):
-        enc.encode([["a"]])
+        np.testing.assert_allclose(v, model.fold_in([] if h is None else h), atol=1e-5)
+    assert known.tolist() == [3, 0, 0, 2, 2, 0]
+    one, _ = enc.encode([[17, 27, 597]])  # a single request gives the same vector as inside a batch
+    np.testing.assert_allclose(one[0], vecs[0], atol=1e-6)
+    for bad in (["a"], [1.0], [True], np.array([1.5])):
+        with pytest.raises(SchemaError, match="must be integers"):
+            enc.encode([bad])
