@@ -33,22 +33,50 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "versions": versions}
+            "platform": platform.platform(), "versions": versions,
+            "load_average": os.getloadavg()}  # 1/5/15 min: other work on the machine skews timings
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
-    """Run ``fn`` warmup + repeats times; seconds of the timed runs with median, p50, p99, min, max."""
-    for _ in range(warmup):
-        fn()
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
+def _stats(runs: list[float]) -> dict:
     ordered = sorted(runs)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return {"runs_s": runs, "median_s": statistics.median(runs), "p50_s": statistics.median(runs),
             "p99_s": p99, "min_s": ordered[0], "max_s": ordered[-1]}
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1, setup: Callable[[], object] | None = None,
+          ) -> dict:
+    """Run ``fn`` warmup + repeats times; seconds of the timed runs with median, p50, p99, min, max.
+    ``setup`` (untimed) runs before every call, e.g. to empty the online store."""
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    runs = []
+    for _ in range(repeats):
+        if setup is not None:
+            setup()
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return _stats(runs)
+
+
+def timed_rounds(fns: dict[str, Callable[[], object]], repeats: int,
+                 setup: Callable[[], object] | dict[str, Callable[[], object]] | None = None) -> dict[str, dict]:
+    """Time several functions in interleaved rounds (every round runs each once, in order), so a change in the
+    machine's load mid-benchmark hits every figure alike. ``setup`` (untimed) runs before each call: one
+    function for all, or one per label. Per label: ``timed``'s statistics. No warm-up."""
+    runs: dict[str, list[float]] = {label: [] for label in fns}
+    for _ in range(repeats):
+        for label, fn in fns.items():
+            prepare = setup.get(label) if isinstance(setup, dict) else setup
+            if prepare is not None:
+                prepare()
+            t = time.perf_counter()
+            fn()
+            runs[label].append(time.perf_counter() - t)
+    return {label: _stats(r) for label, r in runs.items()}
 
 
 def save(name: str, result: dict) -> Path:
@@ -73,9 +101,57 @@ def ml100k_repo(data_dir: Path = ML100K):
     work = Path(tempfile.mkdtemp(prefix="autofeat-bench-"))
     try:
         repo = work / "feature_repo"
-        shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "store", "models"))
+        ignore = shutil.ignore_patterns("data", "store", "models", "embeddings.json", "__pycache__")
+        shutil.copytree(ROOT / "feature_repo", repo, ignore=ignore)
         prepare("movielens-100k", repo, raw_dir=data_dir)
         run_feast(repo, "apply", capture=True)
         yield repo
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def percentiles_ms(seconds: list[float]) -> dict:
+    """p50 / p99 / mean of per-call latencies, in milliseconds."""
+    ordered = sorted(seconds)
+    p50 = statistics.median(ordered) * 1e3
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1e3
+    return {"n": len(ordered), "p50_ms": p50, "median_ms": p50, "p99_ms": p99,
+            "mean_ms": statistics.fmean(ordered) * 1e3, "min_ms": ordered[0] * 1e3}
+
+
+@contextmanager
+def redis_server():
+    """A private redis-server on a free loopback port (no persistence), with ``url`` (host:port) and ``pid``."""
+    from feast_autofeat.testing import redis_server as private_redis
+
+    with private_redis() as server:
+        yield server
+
+
+class CpuMonitor:
+    """CPU time other processes used while a benchmark ran: on a shared machine they skew the timings.
+    ``own_pids``: processes of the benchmark's own that it has not waited for (e.g. its redis-server)."""
+
+    def __init__(self, own_pids: tuple[int, ...] = ()) -> None:
+        self.own_pids = own_pids
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        hz = os.sysconf("SC_CLK_TCK")
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / hz  # all but idle and iowait
+        t = os.times()  # this process and its waited-for children (feast CLI runs)
+        own = t.user + t.system + t.children_user + t.children_system
+        for pid in self.own_pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                own += (int(fields[11]) + int(fields[12])) / hz  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
+        return time.monotonic(), busy, own
+
+    def report(self) -> dict:
+        (w0, b0, o0), (w1, b1, o1) = self.start, self._sample()
+        wall, others = w1 - w0, max(0.0, (b1 - b0) - (o1 - o0))
+        return {"wall_s": wall, "machine_busy_cpu_s": b1 - b0, "own_cpu_s": o1 - o0, "others_cpu_s": others,
+                "others_share_of_machine": others / (wall * (os.cpu_count() or 1))}
