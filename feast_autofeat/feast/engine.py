@@ -51,7 +51,7 @@ from feast_autofeat.feast.embeddings import (
     ensure_snapshot_dir,
     snapshot_schema,
 )
-from feast_autofeat.feast.runtime import FeatureEncoder, load_encoder, vectors_array
+from feast_autofeat.feast.runtime import FeatureEncoder, batch_vectors, encode_batch, load_encoder, vectors_array
 from feast_autofeat.feast.writer import vector_writer
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,10 @@ class EmbeddingComputer:
         return job.to_arrow().combine_chunks()
 
     def encode(self, table: pa.Table) -> np.ndarray:
-        return self.encoder.encode_frame(table.select(self.encoder.columns).to_pandas())
+        """Vectors of the rows of ``table`` through the core transform ``runtime.encode_batch``."""
+        out = encode_batch(table, root=self.spec.root, model=self.spec.model, version=self.spec.version,
+                           key=self.spec.key, device=self.config.device)
+        return batch_vectors(out)
 
     def snapshot_table(self, ids: np.ndarray, at: np.ndarray | datetime, vectors: np.ndarray) -> pa.Table:
         n = len(ids)

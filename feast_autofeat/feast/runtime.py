@@ -184,15 +184,23 @@ def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
 def encode_batch(batch: pa.RecordBatch | pa.Table, *, root: str, model: str, version: str, key: str,
                  device: str = "cpu") -> pa.RecordBatch:
     """The core transform: a batch of (key, input features...) -> a batch of (key, embedding, model_version).
-    Pure and per-batch, with the model cached per process, so any worker (local, Ray) can run it."""
+    Pure and per-batch, with the model cached per process, so any worker (local, Ray) runs the same code; the
+    batch engine calls it for every batch."""
     enc = load_encoder(root, model, version, device)
     if not isinstance(enc, FeatureEncoder):
         raise AutofeatError(f"model {model} encodes item histories, not feature rows.")
-    vectors = enc.encode_frame(batch.to_pandas())
-    n = batch.num_rows
+    vectors = enc.encode_frame(batch.select(enc.columns).to_pandas())
+    keys = batch.column(key)
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys  # a Table's column
     return pa.RecordBatch.from_arrays(
-        [batch.column(key), vectors_array(vectors), pa.array([version] * n, pa.string())],
+        [keys, vectors_array(vectors), pa.repeat(pa.scalar(version), batch.num_rows)],
         names=[key, "embedding", "model_version"])
+
+
+def batch_vectors(batch: pa.RecordBatch) -> np.ndarray:
+    """The ``embedding`` column of ``encode_batch``'s output as an (n x dim) float32 array (no copy)."""
+    col = batch.column("embedding")
+    return col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
 
 
 # ---- on-demand views call these from their UDFs (python mode: dict of lists in, dict of lists out)
