@@ -37,6 +37,7 @@ from feast.types import Array, Float32, Float64, Int64, String
 
 from feast_autofeat.artifacts import load_version, model_root
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.feast.runtime import model_dim
 
 LOCK_FILE = "embeddings.json"
 KIND_TAG, MODEL_TAG, VERSION_TAG, ROOT_TAG, VIEW_TAG = (
@@ -220,10 +221,10 @@ def embedding_view(name: str, *, entity, model: str, inputs: list[FeatureView], 
     key = entity.join_key
     for version in entry.versions if entry else []:
         config = load_version(root, model, version).config  # verifies the content hash
-        model_dim = _model_dim(model, config)
-        if model_dim != dim:
-            raise DeploymentError(f"embedding view {name}: model {model}/{version} outputs {model_dim}-d vectors, "
-                                  f"the declaration says dim={dim}. Declare dim={model_dim} or deploy a version "
+        out_dim = model_dim(model, config)
+        if out_dim != dim:
+            raise DeploymentError(f"embedding view {name}: model {model}/{version} outputs {out_dim}-d vectors, "
+                                  f"the declaration says dim={dim}. Declare dim={out_dim} or deploy a version "
                                   f"with {dim} dimensions.")
         _check_refs(name, version, config.get("feature_refs") or [], inputs)
         directory = data_dir / "embeddings" / name / version
@@ -241,11 +242,6 @@ def embedding_view(name: str, *, entity, model: str, inputs: list[FeatureView], 
         )
     return EmbeddingDeclaration(name, views, _live_service(name, views, entry.live if entry else None,
                                                            description))
-
-
-def _model_dim(model: str, config: dict) -> int:
-    arch = config.get("architecture", {})
-    return int(arch["critic_hidden"]) + 1 if model == "gan" else int(arch["dim"])
 
 
 _SESSION_UDF = '''def {fn}(inputs):
@@ -281,7 +277,7 @@ def session_embedding_view(name: str, *, model: str = "multvae", repo, field: st
     entry = Deployments(repo_dir).get(name)
     views = {}
     for version in entry.versions if entry else []:
-        dim = _model_dim(model, load_version(root, model, version).config)
+        dim = model_dim(model, load_version(root, model, version).config)
         udf, source = _udf(_SESSION_UDF, fn=f"{name}_{version}", field=field, root=str(root), model=model,
                            version=version, output=name)
         request = RequestSource(name=f"{view_name(name, version)}_request", schema=[Field(name=field,
@@ -313,7 +309,7 @@ def request_embedding_view(name: str, *, model: str = "dae", repo, root: str | o
         request = RequestSource(name=f"{view_name(name, version)}_request", schema=schema)
         views[version] = OnDemandFeatureView(
             name=view_name(name, version), sources=[request], mode="python", udf=udf, udf_string=source,
-            schema=[Field(name=name, dtype=Array(Float32), vector_length=_model_dim(model, config))],
+            schema=[Field(name=name, dtype=Array(Float32), vector_length=model_dim(model, config))],
             description=f"Request-time {model} embedding, version {version}. {description}".strip(),
             tags={KIND_TAG: "request", VIEW_TAG: name, MODEL_TAG: model, VERSION_TAG: version, ROOT_TAG: str(root)})
     return EmbeddingDeclaration(name, views, _live_service(name, views, entry.live if entry else None,

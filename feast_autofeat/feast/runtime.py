@@ -25,6 +25,12 @@ SESSION_MODELS = ("multvae",)  # models whose inputs are item-id histories
 _lock = threading.Lock()
 
 
+def model_dim(model: str, config: dict) -> int:
+    """Output size of a saved model version, from its JSON: the GAN's critic features plus its score."""
+    arch = config.get("architecture", {})
+    return int(arch["critic_hidden"]) + 1 if model == "gan" else int(arch["dim"])
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -143,12 +149,12 @@ def _load(root: str, model: str, version: str, device: str):
         from feast_autofeat.models.dae import DAE
 
         fitted = DAE.load(root, version)
-        forward, dim = fitted.net_.encoder, fitted.config.dim
+        forward = fitted.net_.encoder
     elif model == "gan":
         from feast_autofeat.models.gan import TabularGAN
 
         fitted = TabularGAN.load(root, version)
-        forward, dim = _CriticFeatures(fitted.net_.critic), fitted.config.critic_hidden + 1
+        forward = _CriticFeatures(fitted.net_.critic)
     elif model == "multvae":
         from feast_autofeat.models.multvae import MultVAE
 
@@ -171,7 +177,7 @@ def _load(root: str, model: str, version: str, device: str):
         raise AutofeatError(f"model {model}/{version} records no feature_refs (it was not trained from a feature "
                             "store); retrain it with `feast-autofeat train`.")
     forward.eval().to(dev)
-    return FeatureEncoder(model=model, version=version, dim=dim, feature_refs=list(refs),
+    return FeatureEncoder(model=model, version=version, dim=model_dim(model, config), feature_refs=list(refs),
                           as_of=(config.get("training_window") or {}).get("as_of"), _pre=fitted.preprocessor_,
                           _forward=forward, device=dev)
 
