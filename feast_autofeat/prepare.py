@@ -15,7 +15,7 @@ from feast_autofeat import __version__
 from feast_autofeat.datasets import get_spec, movielens, synthetic
 from feast_autofeat.datasets.base import MANIFEST, Manifest, staged_directory, write_parquet_atomic
 from feast_autofeat.errors import DataError
-from feast_autofeat.features.snapshots import build_snapshots, snapshot_range
+from feast_autofeat.features.snapshots import build_snapshots, recent_items_table, snapshot_range
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -69,6 +69,7 @@ def prepare(
 
     say("computing behaviour snapshots in DuckDB")
     snaps = build_snapshots(tables["interactions"], tables["items"], spec)
+    snaps["user_recent_items"] = recent_items_table(tables["interactions"], spec)
     ts = tables["interactions"]["event_timestamp"]
     first = min(pc.min(t[c]).as_py() for t in tables.values() for c in t.column_names if c.endswith("timestamp"))
     manifest = Manifest(

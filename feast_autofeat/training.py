@@ -111,10 +111,11 @@ def behaviour_fill(store) -> dict[str, float]:
     return fill
 
 
-def user_training_frame(store, as_of: datetime, max_rows: int, seed: int) -> pd.DataFrame:
+def user_training_frame(store, as_of: datetime, max_rows: int, seed: int,
+                        events: pd.DataFrame | None = None) -> pd.DataFrame:
     """Users' profile + behaviour features as of the moments they interacted (point in time), at most
-    ``max_rows`` sampled rows."""
-    events = interactions_until(store, as_of)[["user_id", "event_timestamp"]]
+    ``max_rows`` sampled rows; ``events`` restricts the moments (default: every interaction up to ``as_of``)."""
+    events = (interactions_until(store, as_of) if events is None else events)[["user_id", "event_timestamp"]]
     events = events.sort_values(["event_timestamp", "user_id"], kind="stable", ignore_index=True)
     if len(events) > max_rows:
         events = events.sample(max_rows, random_state=seed)
@@ -130,8 +131,12 @@ def split_frame(df: pd.DataFrame, seed: int, share: float = 0.1) -> tuple[pd.Dat
 
 
 def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, max_rows: int = 50_000,
-          progress: bool = True, yaml: str | None = None, **overrides) -> TrainResult:
-    """Build the training set for ``model`` from the store as of ``as_of``, fit, save a verified version."""
+          progress: bool = True, yaml: str | None = None, events: pd.DataFrame | None = None,
+          **overrides) -> TrainResult:
+    """Build the training set for ``model`` from the store as of ``as_of``, fit, save a verified version.
+
+    ``events`` (user_id, item_id, event_timestamp), e.g. an evaluation's history part, replaces "every
+    interaction up to ``as_of``" as what the model may learn from (Mult-VAE: taken as positives)."""
     if model not in MODELS:
         raise AutofeatError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}.")
     t0 = time.perf_counter()
@@ -146,15 +151,18 @@ def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, ma
         from feast_autofeat.models.multvae import MultVAE
 
         spec = get_spec(extra["dataset"])
-        ev = interactions_until(store, as_of)
-        pos = duckdb.sql(f"SELECT user_id, item_id FROM ev e WHERE {spec.positive}").df()
+        if events is None:
+            ev = interactions_until(store, as_of)
+            pos = duckdb.sql(f"SELECT user_id, item_id FROM ev e WHERE {spec.positive}").df()
+        else:
+            ev = pos = events[["user_id", "item_id"]]
         split = strong_generalization_split(pos.user_id.to_numpy(), pos.item_id.to_numpy(), heldout_share=0.1,
                                             seed=seed)
         fitted = MultVAE(seed=seed, **overrides).fit(split.train, split.item_ids,
                                                       valid=(split.valid_in, split.valid_out), progress=progress)
         rows = {"events": len(ev), "positives": len(pos), **split.describe()}
     else:
-        frame = user_training_frame(store, as_of, max_rows, seed)
+        frame = user_training_frame(store, as_of, max_rows, seed, events)
         train_df, valid_df = split_frame(frame, seed)
         extra["feature_refs"] = user_feature_refs(store)
         fill = behaviour_fill(store)

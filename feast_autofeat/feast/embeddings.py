@@ -171,6 +171,11 @@ class EmbeddingDeclaration:
     views: dict[str, FeatureView | OnDemandFeatureView]  # version -> view
     live: FeatureService | None
 
+    @property
+    def live_view(self):
+        """The live version projected under the embedding's own name (for a FeatureService), or None."""
+        return self.views[self.live.tags[VERSION_TAG]].with_name(self.name) if self.live is not None else None
+
     def feast_objects(self) -> dict:
         """Module globals for Feast to discover (``globals().update(decl.feast_objects())``)."""
         objects = {f"_autofeat_{v.name}": v for v in self.views.values()}

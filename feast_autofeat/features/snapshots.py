@@ -148,6 +148,26 @@ def build_snapshots(interactions: pa.Table, items: pa.Table, spec: DatasetSpec,
         con.close()
 
 
+RECENT_ITEMS = 100  # items kept per user in user_recent_items (newest first)
+
+
+def recent_items_table(interactions: pa.Table, spec: DatasetSpec, limit: int = RECENT_ITEMS) -> pa.Table:
+    """``user_recent_items``: per user, their last ``limit`` distinct positive items (newest first), stamped
+    with the time of the newest. What serving reads as a user's history (the session embedding's input and
+    the items never to recommend again); feedback pushes replace it (issue 6)."""
+    con = connect()
+    try:
+        con.register("e", interactions)
+        return fetch_arrow(con, f"""
+            WITH p AS (SELECT user_id, item_id, max(event_timestamp) AS ts FROM e WHERE {spec.positive}
+                       GROUP BY user_id, item_id)
+            SELECT user_id, list(item_id ORDER BY ts DESC, item_id DESC)[1:{int(limit)}] AS recent_items,
+                   max(ts) AS event_timestamp
+            FROM p GROUP BY user_id ORDER BY user_id""")
+    finally:
+        con.close()
+
+
 def snapshot_range(tables: dict[str, pa.Table]) -> tuple[str, str]:
     ts = tables["user_behaviour"]["event_timestamp"]
     if len(ts) == 0:

@@ -1,0 +1,387 @@
+"""Two-tower retrieval (Covington et al. 2016; Yi et al. 2019, "Sampling-bias-corrected neural modeling for
+large corpus item recommendations").
+
+The query tower maps what is known about a user at request time (profile, behaviour aggregates, learned
+embeddings, the session embedding of recent items, optionally a user-id embedding) to a unit vector; the
+candidate tower maps an item (profile, learned item vectors, an item-id embedding) to a unit vector. The score
+is their cosine over a temperature. The towers are separate modules so item vectors are computed once,
+materialized and indexed apart from the query side.
+
+Training: in-batch sampled softmax. Every other positive of the batch is a negative, so popular items are
+over-sampled as negatives; the logQ correction subtracts log(sampling probability) from each logit, which
+removes that bias from the learned scores. Duplicate items in a batch are masked (an item is not its own
+negative). Early stopping on Recall@20 of a validation period, over the full catalogue.
+
+Inputs are frames of raw columns: tabular columns (numbers, categories) go through the same
+``TabularPreprocessor`` as the encoders; list columns (embeddings) are stacked and standardized, a missing
+vector (no snapshot yet) becoming the training mean.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from feast_autofeat.artifacts import Artifact
+from feast_autofeat.models.base import (
+    EarlyStopping,
+    NotFittedError,
+    SchemaError,
+    TabularPreprocessor,
+    batches,
+    load_model,
+    net_state,
+    save_model,
+    seed_everything,
+)
+from feast_autofeat.models.interactions import Histories
+from feast_autofeat.models.metrics import recall_at_k
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    query_columns: tuple[str, ...] = ()  # tabular query features
+    query_vectors: tuple[str, ...] = ()  # list-valued query features (learned embeddings)
+    item_columns: tuple[str, ...] = ()
+    item_vectors: tuple[str, ...] = ()
+    history: str | None = None  # a list column of item ids pooled (mean of learned item embeddings) in the query
+    user_ids: bool = True  # a user-id embedding in the query tower (row 0: unknown users)
+    item_ids: bool = True
+    dim: int = 64  # output vector size of both towers
+    hidden: int = 256
+    id_dim: int = 64
+    dropout: float = 0.3
+    id_dropout: float = 0.1  # share of training rows whose user id is hidden, so unknown users get a trained row
+    temperature: float = 0.1
+    logq: bool = True
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    batch_size: int = 1024
+    epochs: int = 60
+    patience: int = 5
+    seed: int = 0
+    fill: dict = field(default_factory=dict)  # documented imputation of tabular columns (as in the encoders)
+
+
+class _Tower(nn.Module):
+    def __init__(self, width: int, n_ids: int, cfg: TwoTowerConfig, use_ids: bool, n_history: int = 0):
+        super().__init__()
+        self.ids = nn.Embedding(n_ids + 1, cfg.id_dim) if use_ids else None
+        if self.ids is not None:
+            nn.init.normal_(self.ids.weight, std=0.1)
+        # the bag of history items: mean of their embeddings (row 0 never used: unknown ids are dropped)
+        self.history = nn.EmbeddingBag(n_history + 1, cfg.id_dim, mode="mean") if n_history else None
+        if self.history is not None:
+            nn.init.normal_(self.history.weight, std=0.1)
+        in_dim = width + (cfg.id_dim if use_ids else 0) + (cfg.id_dim if n_history else 0)
+        if in_dim == 0:
+            raise SchemaError("a tower needs at least one input: feature columns or ids.")
+        self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.hidden, cfg.dim))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, bags: tuple | None = None) -> torch.Tensor:
+        parts = [x] if x.shape[1] else []
+        if self.ids is not None:
+            parts.append(self.ids(ids))
+        if self.history is not None:
+            parts.append(self.history(*bags))
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
+
+
+class _Net(nn.Module):
+    def __init__(self, q_width: int, c_width: int, n_users: int, n_items: int, cfg: TwoTowerConfig):
+        super().__init__()
+        self.query = _Tower(q_width, n_users, cfg, cfg.user_ids, n_items if cfg.history else 0)
+        self.candidate = _Tower(c_width, n_items, cfg, cfg.item_ids)
+
+
+@dataclass
+class _Inputs:
+    """Raw frame -> dense float32 matrix: tabular columns preprocessed, vector columns standardized."""
+
+    columns: tuple[str, ...]
+    vectors: tuple[str, ...]
+    fill: dict
+    pre_: TabularPreprocessor | None = None
+    widths_: list[int] = field(default_factory=list)
+    mean_: np.ndarray | None = None
+    std_: np.ndarray | None = None
+
+    def fit(self, df: pd.DataFrame) -> _Inputs:
+        if self.columns:
+            self.pre_ = TabularPreprocessor(fill=dict(self.fill)).fit(df[list(self.columns)])
+        raw = self._stack(df, fitting=True)
+        ok = ~np.isnan(raw).any(axis=1) if raw.shape[1] else np.ones(len(raw), bool)
+        self.mean_ = raw[ok].mean(axis=0) if ok.any() else np.zeros(raw.shape[1], np.float32)
+        self.std_ = raw[ok].std(axis=0) + 1e-6 if ok.any() else np.ones(raw.shape[1], np.float32)
+        return self
+
+    def _stack(self, df: pd.DataFrame, fitting: bool = False) -> np.ndarray:
+        blocks = []
+        for j, col in enumerate(self.vectors):
+            if col not in df:
+                if fitting:
+                    raise SchemaError(f"missing vector column {col!r}; the model reads {list(self.vectors)}.")
+                values = np.full(len(df), None, dtype=object)  # no vector at all: the training mean
+            else:
+                values = df[col].to_numpy()
+            present = ~pd.isna(values)
+            width = len(values[present][0]) if present.any() else (self.widths_[j] if not fitting else 0)
+            if fitting:
+                self.widths_.append(width)
+            elif width != self.widths_[j]:
+                raise SchemaError(f"vector column {col!r} has {width} values per row; the model was trained "
+                                  f"on {self.widths_[j]}.")
+            block = np.full((len(df), self.widths_[j]), np.nan, np.float32)
+            if present.any():
+                block[present] = np.stack(values[present]).astype(np.float32)
+            blocks.append(block)
+        return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(df), 0), np.float32)
+
+    def transform(self, df: pd.DataFrame) -> np.ndarray:
+        raw = self._stack(df)
+        if np.isinf(raw).any():
+            raise SchemaError(f"infinite values in vector columns {list(self.vectors)}.")
+        vec = np.nan_to_num((raw - self.mean_) / self.std_, nan=0.0)  # missing vector -> the training mean
+        if self.pre_ is not None:
+            # online reads of one row arrive as Python objects (None for missing): numbers again, or an error
+            loose = [c for c in self.pre_.numeric_ if c in df and df[c].dtype == object]
+            try:
+                df = df.assign(**{c: pd.to_numeric(df[c]) for c in loose}) if loose else df
+            except (ValueError, TypeError) as exc:
+                raise SchemaError(f"non-numeric values in numeric feature column(s) {loose}: {exc}") from None
+        tab = self.pre_.transform(df) if self.pre_ is not None else np.zeros((len(df), 0), np.float32)
+        return np.concatenate([tab, vec], axis=1).astype(np.float32)
+
+    @property
+    def width(self) -> int:
+        return (self.pre_.width if self.pre_ is not None else 0) + int(sum(self.widths_))
+
+    def state(self) -> dict:
+        return {"preprocessor": self.pre_.state() if self.pre_ is not None else None, "widths": self.widths_}
+
+    def tensors(self, prefix: str) -> dict:
+        return {f"{prefix}.mean": torch.from_numpy(np.asarray(self.mean_, np.float32)),
+                f"{prefix}.std": torch.from_numpy(np.asarray(self.std_, np.float32))}
+
+    @classmethod
+    def restore(cls, columns, vectors, fill, state: dict, tensors: dict, prefix: str) -> _Inputs:
+        out = cls(tuple(columns), tuple(vectors), dict(fill))
+        if state["preprocessor"] is not None:
+            out.pre_ = TabularPreprocessor.from_state(state["preprocessor"])
+        out.widths_ = list(state["widths"])
+        out.mean_, out.std_ = tensors[f"{prefix}.mean"].numpy(), tensors[f"{prefix}.std"].numpy()
+        return out
+
+
+@dataclass
+class _Bags:
+    """Item-id lists as CSR (item positions + 1; unknown ids dropped), sliced per batch for ``EmbeddingBag``."""
+
+    indptr: np.ndarray
+    values: np.ndarray
+
+    def take(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        from feast_autofeat.models.interactions import _ranges
+
+        starts, lens = self.indptr[rows], np.diff(self.indptr)[rows]
+        offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        return torch.from_numpy(self.values[_ranges(starts, lens)]), torch.from_numpy(offsets)
+
+
+class TwoTower:
+    """``TwoTower(config).fit(train, items, valid=...)``; ``query_vectors(frame)``, ``item_vectors()``.
+
+    ``train``: one row per positive (user, item, time) with ``user_id``, ``item_id`` and the query columns as
+    of that time. ``items``: the catalogue, one row per ``item_id`` with the item columns. ``valid``:
+    (query frame with one row per validation user, their target items as ``Histories`` over the catalogue's
+    positions, their history to exclude).
+    """
+
+    name = "two_tower"
+
+    def __init__(self, config: TwoTowerConfig | None = None, **overrides):
+        self.config = TwoTowerConfig(**{**asdict(config or TwoTowerConfig()), **overrides})
+        self.net_: _Net | None = None
+        self.metrics_: dict = {}
+
+    # ---- vocabularies
+    def item_rows(self, item_ids) -> np.ndarray:
+        """Rows of the item-id embedding: 1.. for catalogue items, 0 for items the model never saw."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        pos = np.searchsorted(self.item_ids_, ids).clip(0, len(self.item_ids_) - 1)
+        return np.where(self.item_ids_[pos] == ids, pos + 1, 0)
+
+    def item_positions(self, item_ids) -> np.ndarray:
+        """Catalogue positions of item ids; unknown ids are an error naming them."""
+        ids = np.asarray(item_ids, dtype=np.int64)
+        pos = np.searchsorted(self.item_ids_, ids).clip(0, len(self.item_ids_) - 1)
+        bad = self.item_ids_[pos] != ids
+        if bad.any():
+            raise SchemaError(f"item ids {ids[bad][:5].tolist()} are not in the model's catalogue of "
+                              f"{len(self.item_ids_)} items.")
+        return pos
+
+    def user_positions(self, user_ids) -> np.ndarray:
+        """Rows of the user-id embedding: 1.. for users seen in training, 0 for anyone else."""
+        ids = np.asarray(user_ids, dtype=np.int64)
+        if not len(self.user_ids_):
+            return np.zeros(len(ids), np.int64)
+        pos = np.searchsorted(self.user_ids_, ids).clip(0, len(self.user_ids_) - 1)
+        return np.where(self.user_ids_[pos] == ids, pos + 1, 0)
+
+    def bags(self, frame: pd.DataFrame) -> _Bags | None:
+        """The ``history`` column as bags of catalogue positions (+1); ids the catalogue lacks are ignored."""
+        col = self.config.history
+        if not col:
+            return None
+        if col not in frame:
+            raise SchemaError(f"missing column {col!r} (item ids the user interacted with, most recent first).")
+        lists = [() if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in frame[col].to_numpy()]
+        lens = np.fromiter(map(len, lists), np.int64, len(lists))
+        flat = np.fromiter((i for v in lists for i in v), np.int64, int(lens.sum()))
+        pos = np.searchsorted(self.item_ids_, flat).clip(0, max(len(self.item_ids_) - 1, 0))
+        known = self.item_ids_[pos] == flat if len(flat) else np.zeros(0, bool)
+        keep_lens = np.bincount(np.repeat(np.arange(len(lists)), lens)[known], minlength=len(lists))
+        return _Bags(np.concatenate([[0], np.cumsum(keep_lens)]).astype(np.int64), (pos[known] + 1).astype(np.int64))
+
+    # ---- training
+    def fit(self, train: pd.DataFrame, items: pd.DataFrame,
+            valid: tuple[pd.DataFrame, Histories, Histories] | None = None, progress: bool = False) -> TwoTower:
+        cfg = self.config
+        gen = seed_everything(cfg.seed)
+        t0 = time.perf_counter()
+        if train.empty:
+            raise SchemaError("no training rows.")
+        items = items.sort_values("item_id", ignore_index=True)
+        if items.item_id.duplicated().any():
+            raise SchemaError("the item catalogue lists an item_id twice.")
+        self.item_ids_ = items.item_id.to_numpy(np.int64)
+        self.user_ids_ = np.unique(train.user_id.to_numpy(np.int64)) if cfg.user_ids else np.zeros(0, np.int64)
+        self.query_in_ = _Inputs(cfg.query_columns, cfg.query_vectors, cfg.fill).fit(train)
+        self.item_in_ = _Inputs(cfg.item_columns, cfg.item_vectors, cfg.fill).fit(items)
+        self.item_x_ = torch.from_numpy(self.item_in_.transform(items))
+        xq = torch.from_numpy(self.query_in_.transform(train))
+        uid = torch.from_numpy(self.user_positions(train.user_id))
+        ipos = torch.from_numpy(self.item_positions(train.item_id))
+        bags = self.bags(train)
+        freq = np.bincount(ipos.numpy(), minlength=len(self.item_ids_)) / len(ipos)
+        log_q = torch.from_numpy(np.log(np.maximum(freq, 1e-12)).astype(np.float32))
+        net = _Net(xq.shape[1], self.item_x_.shape[1], len(self.user_ids_), len(self.item_ids_), cfg)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        stopper = EarlyStopping(patience=cfg.patience, mode="max")
+        item_rows = torch.arange(len(self.item_ids_)) + 1
+        bar = tqdm(range(cfg.epochs), desc="two-tower", disable=not progress, leave=False)
+        for epoch in bar:
+            net.train()
+            total = 0.0
+            for idx in batches(len(ipos), cfg.batch_size, gen):
+                if len(idx) < 2:
+                    continue
+                users = uid[idx]
+                if cfg.user_ids and cfg.id_dropout > 0:
+                    users = users * (torch.rand(len(idx), generator=gen) >= cfg.id_dropout)
+                it = ipos[idx]
+                q = net.query(xq[idx], users, bags.take(idx.numpy()) if bags is not None else None)
+                c = net.candidate(self.item_x_[it], item_rows[it])
+                logits = q @ c.T / cfg.temperature
+                if cfg.logq:
+                    logits = logits - log_q[it][None, :]
+                dup = it[None, :] == it[:, None]
+                dup.fill_diagonal_(False)
+                loss = F.cross_entropy(logits.masked_fill(dup, float("-inf")), torch.arange(len(idx)))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            self.net_ = net.eval()
+            if valid is not None:
+                vq, targets, exclude = valid
+                score = float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)[targets.lengths > 0]))
+                bar.set_postfix(loss=f"{total / len(ipos):.3f}", recall20=f"{score:.4f}")
+                if stopper.step(score, epoch, net):
+                    break
+        if valid is not None:
+            stopper.restore_best(net)
+        self.net_ = net.eval()
+        self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1,
+                         "best_epoch": stopper.best_epoch + 1 if valid is not None else epoch + 1,
+                         "valid_recall@20": stopper.best_value if valid is not None else None,
+                         "train_rows": len(ipos), "users": len(self.user_ids_), "items": len(self.item_ids_)}
+        return self
+
+    # ---- inference
+    def _net(self) -> _Net:
+        if self.net_ is None:
+            raise NotFittedError("TwoTower is not fitted; call fit() or TwoTower.load().")
+        return self.net_
+
+    @torch.no_grad()
+    def query_vectors(self, frame: pd.DataFrame) -> np.ndarray:
+        """Unit query vectors of each row (``user_id`` plus the query columns); unknown users use row 0."""
+        net = self._net()
+        x = torch.from_numpy(self.query_in_.transform(frame))
+        users = torch.from_numpy(self.user_positions(frame["user_id"]) if "user_id" in frame
+                                 else np.zeros(len(frame), np.int64))
+        bags = self.bags(frame)
+        return net.query(x, users, bags.take(np.arange(len(frame))) if bags is not None else None).numpy()
+
+    @torch.no_grad()
+    def item_vectors(self, items: pd.DataFrame | None = None) -> np.ndarray:
+        """Unit candidate vectors of the catalogue (default, in ``item_ids_`` order) or of item rows
+        (``item_id`` plus item columns): catalogue items keep the features they were trained with; items the
+        model never saw are encoded from their columns (a missing learned vector counts as the mean) with the
+        unknown-item id row."""
+        net = self._net()
+        if items is None:
+            return net.candidate(self.item_x_, torch.arange(len(self.item_ids_)) + 1).numpy()
+        rows = self.item_rows(items["item_id"])
+        x = torch.zeros((len(items), self.item_x_.shape[1]))
+        known = rows > 0
+        x[torch.from_numpy(known)] = self.item_x_[torch.from_numpy(rows[known] - 1)]
+        if (~known).any():
+            x[torch.from_numpy(~known)] = torch.from_numpy(self.item_in_.transform(items[~known]))
+        return net.candidate(x, torch.from_numpy(rows)).numpy()
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        """Scores over the whole catalogue (columns in ``item_ids_`` order) for each query row."""
+        return self.query_vectors(frame) @ self.item_vectors().T / self.config.temperature
+
+    # ---- persistence
+    def save(self, root, extra: dict | None = None) -> Artifact:
+        cfg = asdict(self.config)
+        config = {"architecture": cfg, "query_inputs": self.query_in_.state(), "item_inputs": self.item_in_.state(),
+                  "n_users": len(self.user_ids_), "n_items": len(self.item_ids_),
+                  "input_schema": {"query": list(self.config.query_columns) + list(self.config.query_vectors),
+                                   "item": list(self.config.item_columns) + list(self.config.item_vectors)},
+                  "metrics": self.metrics_, **(extra or {})}
+        tensors = {"user_ids": torch.from_numpy(self.user_ids_), "item_ids": torch.from_numpy(self.item_ids_),
+                   "item_x": self.item_x_, **self.query_in_.tensors("query"), **self.item_in_.tensors("item")}
+        return save_model(root, self.name, self._net(), config, tensors)
+
+    @classmethod
+    def load(cls, root, version: str | None = None) -> TwoTower:
+        art = load_model(root, cls.name, version)
+        arch = dict(art.config["architecture"])
+        for key in ("query_columns", "query_vectors", "item_columns", "item_vectors"):
+            arch[key] = tuple(arch[key])
+        model = cls(TwoTowerConfig(**arch))
+        cfg = model.config
+        model.user_ids_, model.item_ids_ = art.tensors["user_ids"].numpy(), art.tensors["item_ids"].numpy()
+        model.item_x_ = art.tensors["item_x"]
+        model.query_in_ = _Inputs.restore(cfg.query_columns, cfg.query_vectors, cfg.fill,
+                                          art.config["query_inputs"], art.tensors, "query")
+        model.item_in_ = _Inputs.restore(cfg.item_columns, cfg.item_vectors, cfg.fill,
+                                         art.config["item_inputs"], art.tensors, "item")
+        net = _Net(model.query_in_.width, model.item_x_.shape[1], art.config["n_users"], art.config["n_items"], cfg)
+        net.load_state_dict(net_state(art))
+        model.net_ = net.eval()
+        model.metrics_, model.version_ = art.config.get("metrics", {}), art.version
+        return model

@@ -1,0 +1,181 @@
+"""Fit the two-tower recommender from the feature store (``feast-autofeat train two-tower``).
+
+Training rows are positive events; each row's query features are what the ``two_tower_query`` service
+returns as of the event (point in time), its ``recent_items`` the user's positives strictly before it. Items
+are the whole catalogue with their profile and the live Mult-VAE's item vectors. The number of epochs is
+chosen by early stopping on the same cut repeated inside the training events (each user's last 20% are
+validation targets), then the model is refit on all training events for that many epochs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.models.two_tower import TwoTower, TwoTowerConfig
+from feast_autofeat.recommend.data import (
+    GROUPS,
+    RECENT_FIELD,
+    Cut,
+    attach_history,
+    catalogue,
+    histories,
+    per_user_cut,
+    positive_events,
+    query_columns,
+    query_frame,
+)
+
+ITEM_MULTVAE = "item_multvae"
+
+
+def live_version(repo, name: str) -> str | None:
+    from feast_autofeat.feast.embeddings import Deployments
+
+    entry = Deployments(repo).get(name)
+    return entry.live if entry else None
+
+
+def item_vectors(repo, root) -> dict:
+    """Learned item vectors for the candidate tower: the live session Mult-VAE's output-layer rows."""
+    version = live_version(repo, "session_multvae")
+    if version is None:
+        return {}
+    from feast_autofeat.models.multvae import MultVAE
+
+    vae = MultVAE.load(root, version)
+    return {ITEM_MULTVAE: (vae.item_ids_, vae.item_vectors())}
+
+
+def training_rows(events: pd.DataFrame) -> pd.DataFrame:
+    """One row per positive event with the user's positives strictly before it as ``recent_items``."""
+    return attach_history(events[["user_id", "item_id", "event_timestamp"]], events, strictly_before=True)
+
+
+@dataclass
+class TrainingSet:
+    """Everything a two-tower fit reads, built once: the catalogue (profile + learned item vectors), the
+    point-in-time query frame of every training event, and the inner cut used to choose the epoch count."""
+
+    events: pd.DataFrame
+    items: pd.DataFrame
+    frame: pd.DataFrame
+    inner: Cut
+    valid: tuple
+    fill: dict
+
+    @classmethod
+    def build(cls, store, repo, train_events: pd.DataFrame, root=None) -> TrainingSet:
+        from feast_autofeat.artifacts import model_root
+
+        root = model_root(root, default=Path(repo) / "models")
+        items = catalogue(store, repo, item_vectors(repo, root))
+        events = train_events[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
+        frame = query_frame(store, training_rows(events))
+        inner = per_user_cut(events)
+        item_cols = [c for c in items.columns if c.startswith("item_profile__")]
+        return cls(events, items, frame, inner, validation(store, inner, items.item_id.to_numpy()),
+                   {**_fill(store, frame.columns), **_profile_fill(frame), **_item_fill(items, item_cols)})
+
+    def config(self, groups=tuple(GROUPS), item_groups=("profile", "multvae"), history: bool = True,
+               **overrides) -> TwoTowerConfig:
+        """``groups``: query feature groups of ``two_tower_query`` (``recommend.data.GROUPS``); ``item_groups``:
+        item profile and/or the Mult-VAE's item vectors; ``history``: pool the request's recent items in the
+        query tower; ``user_ids`` / ``item_ids`` (overrides): id embeddings.
+        ``groups=(), item_groups=(), history=False``: ids only."""
+        qcols, qvecs = query_columns(self.frame, groups)
+        item_cols = tuple(c for c in self.items.columns if c.startswith("item_profile__")) \
+            if "profile" in item_groups else ()
+        vecs = (ITEM_MULTVAE,) if "multvae" in item_groups and ITEM_MULTVAE in self.items else ()
+        fill = {k: v for k, v in self.fill.items() if k in qcols or k in item_cols}
+        return TwoTowerConfig(query_columns=qcols, query_vectors=qvecs, item_columns=item_cols, item_vectors=vecs,
+                              history=RECENT_FIELD if history else None, fill=fill, **overrides)
+
+    def fit(self, config: TwoTowerConfig, tune: bool = True, progress: bool = True) -> TwoTower:
+        """``tune``: choose the epoch count on the inner cut, then refit on every training event."""
+        if not tune:
+            return TwoTower(config).fit(self.frame, self.items, progress=progress)
+        inner_rows = self.frame.iloc[_row_positions(self.events, self.inner.history)]
+        tuned = TwoTower(config).fit(inner_rows, self.items, valid=self.valid, progress=progress)
+        best = tuned.metrics_["best_epoch"]
+        model = TwoTower(config, epochs=best).fit(self.frame, self.items, progress=progress)
+        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": tuned.metrics_["valid_recall@20"]})
+        return model
+
+
+def fit_two_tower(store, repo, train_events: pd.DataFrame, root=None, tune: bool = True, progress: bool = True,
+                  **variant) -> TwoTower:
+    """Fit one two-tower on ``train_events`` (``variant``: ``TrainingSet.config`` arguments)."""
+    data = TrainingSet.build(store, repo, train_events, root)
+    return data.fit(data.config(**variant), tune=tune, progress=progress)
+
+
+def validation(store, cut: Cut, item_ids: np.ndarray):
+    """(query frame, targets, history to exclude) of a cut, users in the query frame's order."""
+    q = query_frame(store, cut.queries())
+    users = q.user_id.to_numpy()
+    return q, histories(cut.future, users, item_ids), histories(cut.history, users, item_ids)
+
+
+def _row_positions(events: pd.DataFrame, subset: pd.DataFrame) -> np.ndarray:
+    """Positions in ``events`` (reset index) of the rows of ``subset`` (same user, item, time)."""
+    key = ["user_id", "item_id", "event_timestamp"]
+    ev = events[key].reset_index(drop=True).assign(_pos=np.arange(len(events)))
+    pos = subset[key].merge(ev, on=key, how="left")["_pos"]
+    if pos.isna().any():
+        raise AutofeatError("a subset row is not among the events.")
+    return pos.to_numpy(np.int64)
+
+
+def _fill(store, columns) -> dict:
+    """The behaviour views' documented imputation, under the service's full feature names."""
+    from feast_autofeat.training import behaviour_fill
+
+    fill = {f"user_behaviour__{k}": v for k, v in behaviour_fill(store).items()}
+    return {c: v for c, v in fill.items() if c in columns}
+
+
+def _profile_fill(frame: pd.DataFrame) -> dict:
+    """Documented imputation for users the store does not know (a new user with only a session): a missing
+    profile number becomes the training median, a missing category the "unseen" slot."""
+    cols = [c for c in frame.columns if c.startswith("user_profile__")]
+    return {c: float(frame[c].median()) if pd.api.types.is_numeric_dtype(frame[c]) else 0.0 for c in cols}
+
+
+def _item_fill(items: pd.DataFrame, columns) -> dict:
+    """Documented imputation of item attributes: a missing number (e.g. an unknown release year) becomes the
+    catalogue's median."""
+    return {c: float(items[c].median()) for c in columns
+            if pd.api.types.is_numeric_dtype(items[c]) and items[c].isna().any()}
+
+
+def train_two_tower(repo, as_of=None, root=None, seed: int = 0, progress: bool = True, yaml: str | None = None,
+                    **overrides):
+    """``feast-autofeat train two-tower``: fit on every positive event up to ``as_of`` with the live encoders'
+    features, save a verified version. Its ``feature_refs`` name the item view, so ``embedding_view(...,
+    model="two_tower", inputs=[item_profile])`` materializes its candidate vectors."""
+    from feast_autofeat.artifacts import model_root
+    from feast_autofeat.training import TrainResult, open_store, parse_as_of
+
+    t0 = time.perf_counter()
+    repo = Path(repo)
+    store = open_store(repo, yaml)
+    as_of = parse_as_of(as_of, repo)
+    events = positive_events(store, repo)
+    events = events[events.event_timestamp <= pd.Timestamp(as_of)].reset_index(drop=True)
+    if events.empty:
+        raise AutofeatError(f"no positive interactions at or before {as_of.isoformat()}.")
+    model = fit_two_tower(store, repo, events, root=root, progress=progress, seed=seed, **overrides)
+    encoders = {n: live_version(repo, n) for n in ("user_dae", "user_gan_critic", "session_multvae")}
+    item_view = store.get_feature_view("item_profile")
+    art = model.save(model_root(root, default=repo / "models"), extra={
+        "feast_project": store.project, "seed": seed, "training_window": {"as_of": as_of.isoformat()},
+        "encoders": encoders, "feature_refs": [f"item_profile:{f.name}" for f in item_view.features]})
+    rows = {"events": len(events), "users": model.metrics_["users"], "items": model.metrics_["items"]}
+    return TrainResult(model="two_tower", version=art.version, path=art.path, as_of=as_of.isoformat(), rows=rows,
+                       metrics=model.metrics_, seconds=time.perf_counter() - t0)
