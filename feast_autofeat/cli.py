@@ -46,8 +46,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("dim", args.dim)) if v is not None}
     print(f"training {args.model} from {args.repo} as of {args.as_of or 'the last event'} ...", flush=True)
-    result = train(args.model, args.repo, as_of=args.as_of, root=args.model_root, seed=args.seed,
-                   max_rows=args.max_rows, yaml=args.feature_store_yaml, **overrides)
+    if args.model == "two-tower":
+        from feast_autofeat.recommend.train import train_two_tower
+
+        result = train_two_tower(args.repo, as_of=args.as_of, root=args.model_root, seed=args.seed,
+                                 yaml=args.feature_store_yaml, **overrides)
+    else:
+        result = train(args.model, args.repo, as_of=args.as_of, root=args.model_root, seed=args.seed,
+                       max_rows=args.max_rows, yaml=args.feature_store_yaml, **overrides)
     print(result.summary())
     return 0
 
@@ -138,6 +144,14 @@ def _cmd_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from feast_autofeat.recommend.service import serve
+
+    print(f"serving {args.repo} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
+    serve(args.repo, host=args.host, port=args.port, index=args.index, yaml=args.feature_store_yaml)
+    return 0
+
+
 def parse_every(text: str):
     from datetime import timedelta
 
@@ -199,11 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start", default="2025-01-01", help="first day of the period (UTC)")
     p.set_defaults(func=_cmd_prepare)
 
-    t = sub.add_parser("train", help="train an encoder (dae, multvae, gan) from the store's point-in-time data",
+    t = sub.add_parser("train", help="train an encoder (dae, multvae, gan) or the two-tower recommender from the "
+                       "store's point-in-time data",
                        description="Build a training set through Feast (get_historical_features / the offline "
                        "store) with only data at or before --as-of, train with early stopping on held-out users, "
                        "and save a hash-verified version (safetensors + JSON).")
-    t.add_argument("model", choices=["dae", "multvae", "gan"])
+    t.add_argument("model", choices=["dae", "multvae", "gan", "two-tower"],
+                   help="two-tower reads the live encoders' features: deploy and backfill them first")
     t.add_argument("--repo", type=Path, default=Path("feature_repo"))
     t.add_argument("--feature-store-yaml", "-f", help="YAML inside the repo (default feature_store.yaml)")
     t.add_argument("--as-of", help="use data at or before this time (ISO 8601, UTC); default: the last event")
@@ -224,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Add a version to <repo>/embeddings.json and `feast apply`: the repo then "
                        "registers view <name>__<version>. The first version of a name also becomes live.")
     d.add_argument("name", help="embedding name declared in the repo, e.g. user_dae")
-    d.add_argument("--model", choices=["dae", "gan", "multvae"], help="model (needed the first time)")
+    d.add_argument("--model", choices=["dae", "gan", "multvae", "two_tower"], help="model (needed the first time)")
     d.add_argument("--version", help="model version hash (default: the newest trained)")
     d.add_argument("--live", action="store_true", help="also make it the live version")
     d.add_argument("--model-root", type=Path)
@@ -258,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repo", type=Path, default=Path("feature_repo"))
     b.add_argument("--feature-store-yaml", "-f")
     b.set_defaults(func=_cmd_backfill)
+
+    sv = sub.add_parser("serve", help="serve recommendations over HTTP (GET /recommend, /healthz; docs at /docs)")
+    sv.add_argument("--repo", type=Path, default=Path("feature_repo"))
+    sv.add_argument("--feature-store-yaml", "-f", help="YAML inside the repo (e.g. feature_store.redis.yaml)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--index", choices=["auto", "exact", "hnsw"], default="auto")
+    sv.set_defaults(func=_cmd_serve)
 
     q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, "
                        "print online features (SQLite, no server)")

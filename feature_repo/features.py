@@ -6,7 +6,8 @@ repo serves the synthetic quickstart data and MovieLens.
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Array, Int64
 
 from feast_autofeat.feast.definitions import repo_layout
 from feast_autofeat.feast.embeddings import embedding_view, request_embedding_view, session_embedding_view
@@ -29,6 +30,10 @@ user_behaviour_source = FileSource(
     name="user_behaviour_snapshots", path=layout.table("user_behaviour"), timestamp_field="event_timestamp",
     description="Daily snapshots computed in DuckDB from events strictly before each snapshot time.",
 )
+user_recent_items_source = FileSource(
+    name="user_recent_items", path=layout.table("user_recent_items"), timestamp_field="event_timestamp",
+    description="Each user's latest positive items, newest first (feedback pushes keep it fresh).",
+)
 item_popularity_source = FileSource(
     name="item_popularity_snapshots", path=layout.table("item_popularity"), timestamp_field="event_timestamp",
 )
@@ -48,6 +53,12 @@ user_behaviour = FeatureView(
     source=user_behaviour_source, online=True, tags=tags,
     description="Trailing 7/30-day counts per event type and category, distinct items, recency. "
     "Missing = no activity in the last 30 days.",
+)
+user_recent_items = FeatureView(
+    name="user_recent_items", entities=[user], ttl=timedelta(0), online=True, tags=tags,
+    schema=[Field(name="recent_items", dtype=Array(Int64))], source=user_recent_items_source,
+    description="The user's latest positive items, newest first: serving's history for the session embedding "
+    "and the items not to recommend again.",
 )
 item_popularity = FeatureView(
     name="item_popularity", entities=[item], ttl=SNAPSHOT_TTL, schema=layout.item_popularity,
@@ -69,11 +80,23 @@ learned = [
                            description="Mult-VAE fold-in of the request's recent_items."),
     request_embedding_view("request_dae", model="dae", repo=__file__,
                            description="DAE embedding of raw features sent with the request."),
+    embedding_view("item_two_tower", entity=item, model="two_tower", inputs=[item_profile], dim=64, repo=__file__,
+                   data_dir=layout.data_dir, tags=tags,
+                   description="The two-tower recommender's candidate vectors (its item index is built from them)."),
 ]
 for declaration in learned:
     globals().update(declaration.feast_objects())
 
 # ---- what a recommender's training set reads (entity_df: user_id, item_id, event_timestamp)
+# the two-tower's query side: what is known about a user at request time (the session embedding reads the
+# request's recent_items); learned views appear once deployed and live
+two_tower_query = FeatureService(
+    name="two_tower_query",
+    features=[user_profile, user_behaviour,
+              *[d.live_view for d in learned
+                if d.name in ("user_dae", "user_gan_critic", "session_multvae") and d.live_view is not None]],
+    description="Point-in-time query features of the two-tower recommender (user_id, recent_items).",
+)
 recommender_features = FeatureService(
     name="recommender_features",
     features=[user_profile, user_behaviour, item_profile, item_popularity],

@@ -19,7 +19,7 @@ import torch
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import SchemaError
 
-FEATURE_MODELS = ("dae", "gan")  # models whose inputs are feature rows
+FEATURE_MODELS = ("dae", "gan", "two_tower")  # models whose inputs are feature rows (two_tower: item rows)
 SESSION_MODELS = ("multvae",)  # models whose inputs are item-id histories
 
 _lock = threading.Lock()
@@ -81,6 +81,23 @@ class _CriticFeatures(torch.nn.Module):
     def forward(self, x):
         h, score = self.critic.features(x)
         return torch.cat([h, score[:, None]], dim=1)
+
+
+@dataclass
+class CandidateEncoder(FeatureEncoder):
+    """A two-tower's candidate tower over item rows (``item_id`` plus the item view's features): catalogue
+    items keep their training-time vectors; items the model never saw are encoded from their features."""
+
+    _prefix: str = "item_profile__"
+
+    @property
+    def columns(self) -> list[str]:
+        return ["item_id"] + [r.split(":", 1)[1] for r in self.feature_refs]
+
+    def encode_frame(self, df: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
+        frame = df.rename(columns={c: self._prefix + c for c in df.columns if c != "item_id"})
+        return np.concatenate([self._pre.item_vectors(frame.iloc[s:s + batch_size])
+                               for s in range(0, len(frame), batch_size)] or [np.zeros((0, self.dim), np.float32)])
 
 
 @dataclass
@@ -166,6 +183,16 @@ def _load(root: str, model: str, version: str, device: str):
             _w1=net.enc.weight.detach().numpy().T.copy(), _b1=net.enc.bias.detach().numpy().copy(),
             _w2=net.mu_logvar.weight.detach().numpy()[:dim].T.copy(),
             _b2=net.mu_logvar.bias.detach().numpy()[:dim].copy())
+    elif model == "two_tower":
+        from feast_autofeat.artifacts import load_version
+        from feast_autofeat.models.two_tower import TwoTower
+
+        fitted = TwoTower.load(root, version)
+        config = load_version(root, model, version).config
+        return CandidateEncoder(model=model, version=version, dim=fitted.config.dim,
+                                feature_refs=list(config.get("feature_refs") or []),
+                                as_of=(config.get("training_window") or {}).get("as_of"), _pre=fitted,
+                                _forward=None, device=dev)
     else:
         raise AutofeatError(f"model {model!r} cannot back an embedding; use one of "
                             f"{', '.join(FEATURE_MODELS + SESSION_MODELS)}.")

@@ -1,0 +1,59 @@
+"""``feast-autofeat serve``: the recommender over HTTP (FastAPI; OpenAPI docs at ``/docs``).
+
+``GET /recommend?user_id=1&k=10[&recent_items=50,172,133]`` -> items, scores, model version, source.
+``GET /healthz`` -> status, live model version, catalogue size, online-store round trip.
+Bad input (non-integer ids, k out of range) answers 422 with the reason; an unknown user answers 200 with
+the popularity fallback (``source: "popularity"``); a failing online store answers 503.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.models.base import SchemaError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(recommender):
+    from fastapi import FastAPI, HTTPException, Query
+
+    app = FastAPI(title="feast-autofeat recommender", version=recommender.version,
+                  description="Two-tower recommendations served from Feast online features.")
+
+    @app.get("/recommend")
+    def recommend(user_id: int, k: int = Query(10, description="how many items"),
+                  recent_items: str | None = Query(None, description="comma-separated item ids (optional; "
+                                                   "default: the user's stored history)")) -> dict:
+        try:
+            recent = None if recent_items is None else [int(x) for x in recent_items.split(",") if x.strip()]
+        except ValueError:
+            raise HTTPException(422, f"recent_items must be comma-separated integers, got {recent_items!r}.") from None
+        try:
+            return recommender.recommend(user_id, k, recent).to_dict()
+        except SchemaError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except AutofeatError as exc:
+            raise HTTPException(500, str(exc)) from None
+        except Exception as exc:  # the online store (Redis) going away: the client may retry
+            log.exception("recommend failed")
+            raise HTTPException(503, f"online store unavailable: {type(exc).__name__}: {exc}") from None
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        try:
+            return recommender.healthz()
+        except Exception as exc:
+            raise HTTPException(503, f"unhealthy: {type(exc).__name__}: {exc}") from None
+
+    return app
+
+
+def serve(repo, host: str = "127.0.0.1", port: int = 8000, index: str = "auto", yaml: str | None = None) -> None:
+    import uvicorn
+
+    from feast_autofeat.recommend.recommender import Recommender
+
+    app = create_app(Recommender(repo, index=index, yaml=yaml))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,171 @@
+"""The bundled two-tower recommender end to end on ML-100K with the real Feast CLI and a real redis-server:
+encoders trained, deployed and backfilled; a two-tower trained from a point-in-time training set; its item
+vectors materialized by `feast materialize`; recommendations served from Redis (in process and over HTTP) and
+checked against a brute-force scoring computed independently (offline features, the model's own vectors)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from feast import FeatureStore
+
+from feast_autofeat.cli import feast_apply
+from feast_autofeat.feast.embeddings import Deployments
+from feast_autofeat.feast.engine import LeakageWarning, backfill
+from feast_autofeat.models.base import SchemaError
+from feast_autofeat.models.two_tower import TwoTower
+from feast_autofeat.quickstart import run_feast
+from feast_autofeat.recommend.data import QUERY_SERVICE
+from feast_autofeat.recommend.recommender import Recommender
+from feast_autofeat.recommend.train import train_two_tower
+from feast_autofeat.testing import free_port
+from feast_autofeat.training import train
+from tests.conftest import copy_repo
+
+pytestmark = pytest.mark.integration
+UTC = timezone.utc
+REDIS_YAML = "feature_store.redis.yaml"
+# an hour after ML-100K's last daily snapshot (1998-04-23 00:00): inside the behaviour view's 1-day TTL, so the
+# offline point-in-time read and the online read (Feast applies no TTL online) see the same snapshot
+NOW = "1998-04-23T01:00:00"
+
+
+@pytest.fixture(scope="module")
+def rec_repo(ml_repo, tmp_path_factory, redis_server):
+    """ML-100K with small encoders and a two-tower deployed live, everything materialized into Redis."""
+    repo = copy_repo(tmp_path_factory.mktemp("rec") / "feature_repo")
+    shutil.copytree(ml_repo / "data", repo / "data")
+    feast_apply(repo)
+    versions = {"user_dae": ("dae", train("dae", repo, epochs=2, progress=False).version),
+                "user_gan_critic": ("gan", train("gan", repo, epochs=2, progress=False).version),
+                "session_multvae": ("multvae", train("multvae", repo, epochs=3, progress=False).version)}
+    dep = Deployments(repo)
+    for name, (model, version) in versions.items():
+        dep.deploy(name, model, version, live=True)
+    dep.save()
+    feast_apply(repo)
+    store = FeatureStore(repo_path=str(repo))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LeakageWarning)
+        for name in ("user_dae", "user_gan_critic"):
+            backfill(store, f"{name}__{versions[name][1]}", datetime(1997, 9, 19, tzinfo=UTC),
+                     datetime(1998, 4, 23, tzinfo=UTC), progress=False)
+    result = train_two_tower(repo, progress=False, epochs=3)
+    dep = Deployments(repo)
+    dep.deploy("item_two_tower", "two_tower", result.version, live=True)
+    dep.save()
+    os.environ["REDIS_CONNECTION_STRING"] = redis_server.url
+    run_feast(repo, "apply", yaml=REDIS_YAML, capture=True)
+    run_feast(repo, "materialize", "1997-01-01T00:00:00", NOW, yaml=REDIS_YAML, capture=True)
+    return repo, result.version
+
+
+@pytest.fixture(scope="module")
+def recommender(rec_repo):
+    repo, _ = rec_repo
+    return Recommender(repo, yaml=REDIS_YAML, clock=lambda: datetime.fromisoformat(NOW).replace(tzinfo=UTC))
+
+
+def brute_force(repo, version: str, users, histories, k: int):
+    """Top-k by scoring every item with the model's own candidate vectors (not the materialized ones), query
+    features from the OFFLINE store as of the materialization time (not Redis), history items excluded."""
+    store = FeatureStore(repo_path=str(repo))
+    model = TwoTower.load(repo / "models", version)
+    rows = pd.DataFrame({"user_id": users, "event_timestamp": pd.Timestamp(NOW, tz="UTC"),
+                         "recent_items": histories})
+    frame = store.get_historical_features(entity_df=rows, features=store.get_feature_service(QUERY_SERVICE),
+                                          full_feature_names=True).to_df()
+    frame = frame.set_index("user_id").loc[users].reset_index()
+    scores = model.query_vectors(frame) @ model.item_vectors().T
+    for row, items in enumerate(histories):
+        scores[row, model.item_positions([i for i in items if i in set(model.item_ids_)])] = -np.inf
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return model.item_ids_[top], np.take_along_axis(scores, top, axis=1)
+
+
+def test_recommendations_equal_brute_force(rec_repo, recommender):
+    repo, version = rec_repo
+    stored = pd.read_parquet(repo / "data" / "user_recent_items.parquet").set_index("user_id")
+    users = [1, 7, 50, 405, 655]
+    histories = [list(stored.recent_items.loc[u]) for u in users]
+    want_ids, want_scores = brute_force(repo, version, users, histories, 10)
+    for row, user in enumerate(users):
+        rec = recommender.recommend(user, k=10)
+        assert rec.source == "two-tower" and rec.model_version == version
+        assert rec.history_items == len(histories[row]) > 0
+        np.testing.assert_allclose(rec.scores, want_scores[row], atol=1e-4)
+        assert rec.items == want_ids[row].tolist()
+        assert not set(rec.items) & set(histories[row])  # already-seen items never come back
+
+
+def test_recent_items_override_unknown_user_and_bad_input(rec_repo, recommender):
+    repo, version = rec_repo
+    # a request's own recent items replace the stored history: excluded, and they change the result
+    base = recommender.recommend(1, k=20)
+    session = base.items[:3]
+    rec = recommender.recommend(1, k=20, recent_items=session)
+    assert not set(rec.items) & set(session) and rec.history_items == 3
+    want_ids, _ = brute_force(repo, version, [1], [session], 20)
+    assert rec.items == want_ids[0].tolist()
+    # unknown user, no history: the documented popularity fallback (most positive interactions, offline)
+    ev = pd.read_parquet(repo / "data" / "interactions.parquet")
+    first = ev[ev.rating >= 4].groupby(["user_id", "item_id"]).size().reset_index()
+    popular = first.groupby("item_id").size().sort_values(ascending=False, kind="stable")
+    fallback = recommender.recommend(999_999, k=5)
+    assert fallback.source == "popularity" and fallback.items == popular.index[:5].tolist()
+    assert fallback.scores == popular.iloc[:5].astype(float).tolist()
+    # unknown user with a session: the two-tower with the unknown-user row, not the fallback
+    cold = recommender.recommend(999_999, k=5, recent_items=[50, 181])
+    assert cold.source == "two-tower" and not {50, 181} & set(cold.items)
+    for bad, match in (({"k": 0}, "k must be between"), ({"k": 10_000}, "k must be between"),
+                       ({"k": 2.5}, "k must be an integer"), ({"recent_items": "50,181"}, "list of item ids"),
+                       ({"recent_items": [50, "x"]}, "must be an integer")):
+        with pytest.raises(SchemaError, match=match):
+            recommender.recommend(1, **bad)
+    with pytest.raises(SchemaError, match="user_id must be an integer"):
+        recommender.recommend("1")
+
+
+def test_http_service(rec_repo):
+    repo, version = rec_repo
+    recommender = Recommender(repo, yaml=REDIS_YAML)  # the server's clock: now (every behaviour row expired)
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f",
+                             REDIS_YAML, "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                health = requests.get(f"{url}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"server did not start: {proc.stdout.read() if proc.poll() else ''}") from None
+                time.sleep(0.5)
+        assert health.status_code == 200 and health.json()["model_version"] == version
+        got = requests.get(f"{url}/recommend", params={"user_id": 7, "k": 10}, timeout=10).json()
+        assert got["items"] == recommender.recommend(7, k=10).items and got["source"] == "two-tower"
+        got = requests.get(f"{url}/recommend", params={"user_id": 7, "k": 5, "recent_items": "50,181"},
+                           timeout=10).json()
+        assert got["items"] == recommender.recommend(7, k=5, recent_items=[50, 181]).items
+        bad = requests.get(f"{url}/recommend", params={"user_id": 7, "k": 0}, timeout=10)
+        assert bad.status_code == 422 and "k must be between" in bad.json()["detail"]
+        bad = requests.get(f"{url}/recommend", params={"user_id": 7, "recent_items": "1,x"}, timeout=10)
+        assert bad.status_code == 422 and "comma-separated integers" in bad.json()["detail"]
+        assert requests.get(f"{url}/openapi.json", timeout=10).json()["paths"].keys() >= {"/recommend", "/healthz"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
