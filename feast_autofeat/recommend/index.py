@@ -42,7 +42,7 @@ class HnswIndex:
     kind = "hnsw"
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, connectivity: int = 16, expansion_add: int = 128,
-                 expansion_search: int = 128, threads: int = 0):
+                 expansion_search: int = 256, threads: int = 0):
         from usearch.index import Index
 
         self.ids = np.asarray(ids, np.int64)

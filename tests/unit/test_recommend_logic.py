@@ -1,0 +1,159 @@
+"""Pure logic of the recommender: evaluation splits, history lists, the two-tower model, the item indexes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feast_autofeat.models.base import SchemaError
+from feast_autofeat.models.two_tower import TwoTower, TwoTowerConfig
+from feast_autofeat.recommend.data import attach_history, cold_users_cut, histories, per_user_cut
+from feast_autofeat.recommend.evaluate import protocol_g
+from feast_autofeat.recommend.index import ExactIndex, HnswIndex, build_index
+
+
+def events(n_users=30, per_user=12, n_items=50, seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        items = rng.choice(n_items, per_user + u % 5, replace=False) + 100
+        ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(np.sort(rng.integers(0, 10**6, len(items))),
+                                                                    unit="s")
+        rows.append(pd.DataFrame({"user_id": u, "item_id": items, "event_timestamp": ts}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_per_user_cut_takes_each_users_last_fifth():
+    ev = events()
+    cut = per_user_cut(ev, share=0.2)
+    for u, g in ev.sort_values(["user_id", "event_timestamp", "item_id"]).groupby("user_id"):
+        n_future = max(1, round(0.2 * len(g)))
+        assert cut.future[cut.future.user_id == u].item_id.tolist() == g.item_id.tolist()[-n_future:]
+        assert cut.history[cut.history.user_id == u].item_id.tolist() == g.item_id.tolist()[:-n_future]
+    # the query of each user is at their first target time, with their whole history newest first
+    q = cut.queries().set_index("user_id")
+    first = cut.future.groupby("user_id").event_timestamp.min()
+    assert (q.event_timestamp == first.loc[q.index]).all()
+    h = cut.history[cut.history.user_id == 3].sort_values("event_timestamp", ascending=False)
+    assert q.loc[3, "recent_items"] == h.item_id.tolist()
+
+
+def test_cold_users_are_absent_from_training_and_know_five_items():
+    ev = events(n_users=200)
+    train, cut = cold_users_cut(ev, share=0.1, known=5, seed=1)
+    cold = set(cut.history.user_id)
+    assert 8 <= len(cold) <= 35 and not cold & set(train.user_id)
+    assert (cut.history.groupby("user_id").size() == 5).all()
+    for u in list(cold)[:5]:
+        g = ev[ev.user_id == u].sort_values(["event_timestamp", "item_id"])
+        assert cut.history[cut.history.user_id == u].item_id.tolist() == g.item_id.tolist()[:5]
+        assert cut.future[cut.future.user_id == u].item_id.tolist() == g.item_id.tolist()[5:]
+    assert len(train) + len(cut.history) + len(cut.future) == len(ev)
+
+
+def test_global_split_is_one_time_for_everyone():
+    ev = events()
+    p = protocol_g(ev)
+    t = p.cut.future.event_timestamp.min()
+    assert p.train_events.event_timestamp.max() < t and (p.cut.history.event_timestamp < t).all()
+    assert set(p.cut.future.user_id) <= set(p.train_events.user_id)
+    assert abs(len(p.train_events) / len(ev) - 0.8) < 0.01
+
+
+def test_attach_history_strictly_before_matches_pandas():
+    ev = events()
+    rows = ev.sample(40, random_state=0)[["user_id", "item_id", "event_timestamp"]]
+    got = attach_history(rows, ev, strictly_before=True, limit=4)
+    for r in got.itertuples():
+        earlier = ev[(ev.user_id == r.user_id) & (ev.event_timestamp < r.event_timestamp)]
+        want = earlier.sort_values(["event_timestamp", "item_id"], ascending=False).item_id.tolist()[:4]
+        assert r.recent_items == want
+    assert got.item_id.tolist() == rows.item_id.tolist()  # row order kept
+
+
+def planted(n_users=300, n_items=60, n_groups=3, per_user=15, seed=0):
+    """Users like the items of one hidden group; a feature column says which group (noisily)."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, n_groups, n_users)
+    item_group = np.arange(n_items) % n_groups
+    rows = []
+    for u in range(n_users):
+        mine = np.flatnonzero(item_group == group[u])
+        items = rng.choice(mine, per_user, replace=True)
+        rows.append(pd.DataFrame({"user_id": u + 1, "item_id": items + 1,
+                                  "taste": np.float64(group[u]) + rng.normal(0, 0.1, per_user),
+                                  "recent_items": [list(rng.choice(mine, 3) + 1)] * per_user}))
+    items = pd.DataFrame({"item_id": np.arange(1, n_items + 1), "kind": [f"k{g}" for g in item_group]})
+    return pd.concat(rows, ignore_index=True), items, group, item_group
+
+
+def test_two_tower_learns_planted_groups_and_round_trips(tmp_path):
+    train, items, group, item_group = planted()
+    cfg = TwoTowerConfig(query_columns=("taste",), item_columns=("kind",), user_ids=False, epochs=15, seed=0,
+                         history="recent_items")
+    model = TwoTower(cfg).fit(train, items)
+    queries = pd.DataFrame({"user_id": [10_001, 10_002, 10_003], "taste": [0.0, 1.0, 2.0],
+                            "recent_items": [[], [], []]})
+    top = np.argsort(-model.score(queries), axis=1)[:, :10]
+    for g in range(3):  # an unseen user with taste g gets group g's items
+        assert (item_group[top[g]] == g).mean() >= 0.9
+    art = model.save(tmp_path)
+    again = TwoTower.load(tmp_path, art.version)
+    np.testing.assert_allclose(again.score(queries), model.score(queries), atol=1e-5)
+    np.testing.assert_allclose(again.item_vectors(), model.item_vectors(), atol=1e-6)
+    # an item the model never saw is encoded from its columns: it lands with its kind's items
+    new = again.item_vectors(pd.DataFrame({"item_id": [999], "kind": ["k1"]}))
+    nearest = np.argsort(-(again.item_vectors() @ new[0]))[:10]
+    assert (item_group[nearest] == 1).mean() >= 0.8
+    with pytest.raises(SchemaError, match="not in the model's catalogue"):
+        model.item_positions([12345])
+    with pytest.raises(SchemaError, match="non-numeric"):
+        model.query_vectors(queries.assign(taste=["a", "b", "c"]).astype({"taste": object}))
+
+
+def test_two_tower_ids_only_and_validation_early_stopping():
+    train, items, _, _ = planted(seed=1)
+    cut = per_user_cut(train.assign(event_timestamp=pd.Timestamp("2024-01-01", tz="UTC")
+                                    + pd.to_timedelta(np.arange(len(train)), unit="s")))
+    users = np.unique(cut.future.user_id)
+    valid = (pd.DataFrame({"user_id": users}), histories(cut.future, users, items.item_id.to_numpy()),
+             histories(cut.history, users, items.item_id.to_numpy()))
+    model = TwoTower(user_ids=True, epochs=40, patience=3, seed=0).fit(cut.history, items, valid=valid)
+    m = model.metrics_
+    assert m["epochs"] < 40 and 1 <= m["best_epoch"] <= m["epochs"] - 2
+    assert m["valid_recall@20"] > 0.5  # 20 of 60 items, all in the user's group of 20: far above chance (1/3)
+    with pytest.raises(SchemaError, match="at least one input"):
+        TwoTower(user_ids=False, item_ids=False).fit(cut.history, items)
+
+
+def test_exact_index_equals_brute_force_and_excludes():
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(500, 16)).astype(np.float32)
+    ids = np.arange(500) * 3 + 7
+    q = rng.normal(size=(4, 16)).astype(np.float32)
+    exclude = [set(), {int(ids[np.argmax(vecs @ q[1])])}, set(ids[:250].tolist()), set()]
+    got_ids, got_scores = ExactIndex(ids, vecs).search(q, 10, exclude)
+    for row in range(4):
+        s = vecs @ q[row]
+        s[np.isin(ids, list(exclude[row]))] = -np.inf
+        order = np.argsort(-s, kind="stable")[:10]
+        assert got_ids[row].tolist() == ids[order].tolist()
+        np.testing.assert_allclose(got_scores[row], s[order], rtol=1e-5)
+
+
+def test_hnsw_recall_against_brute_force():
+    rng = np.random.default_rng(1)
+    vecs = rng.normal(size=(20_000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    ids = np.arange(len(vecs)) + 1
+    q = vecs[rng.choice(len(vecs), 50)] + rng.normal(0, 0.3, (50, 32)).astype(np.float32)
+    exact, _ = ExactIndex(ids, vecs).search(q, 100)
+    approx, scores = HnswIndex(ids, vecs).search(q, 100, exclude=[{int(exact[0, 0])}] + [set()] * 49)
+    assert exact[0, 0] not in approx[0]
+    recall = np.mean([len(set(a) & set(e)) / 100 for a, e in zip(approx[1:], exact[1:])])
+    assert recall >= 0.95
+    np.testing.assert_allclose(scores[1], vecs[approx[1] - 1] @ q[1], atol=1e-4)
+    assert build_index(ids[:10], vecs[:10]).kind == "exact"
+    with pytest.raises(Exception, match="materialize"):
+        build_index(np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
