@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import time
-import warnings
 from datetime import datetime, timezone
 
 import numpy as np
@@ -19,17 +18,13 @@ import pytest
 import requests
 from feast import FeatureStore
 
-from feast_autofeat.cli import feast_apply
-from feast_autofeat.feast.embeddings import Deployments
-from feast_autofeat.feast.engine import LeakageWarning, backfill
 from feast_autofeat.models.base import SchemaError
 from feast_autofeat.models.two_tower import TwoTower
 from feast_autofeat.quickstart import run_feast
 from feast_autofeat.recommend.data import QUERY_SERVICE
+from feast_autofeat.recommend.pipeline import build_recommender
 from feast_autofeat.recommend.recommender import Recommender
-from feast_autofeat.recommend.train import train_two_tower
 from feast_autofeat.testing import free_port
-from feast_autofeat.training import train
 from tests.conftest import copy_repo
 
 pytestmark = pytest.mark.integration
@@ -45,29 +40,11 @@ def rec_repo(ml_repo, tmp_path_factory, redis_server):
     """ML-100K with small encoders and a two-tower deployed live, everything materialized into Redis."""
     repo = copy_repo(tmp_path_factory.mktemp("rec") / "feature_repo")
     shutil.copytree(ml_repo / "data", repo / "data")
-    feast_apply(repo)
-    versions = {"user_dae": ("dae", train("dae", repo, epochs=2, progress=False).version),
-                "user_gan_critic": ("gan", train("gan", repo, epochs=2, progress=False).version),
-                "session_multvae": ("multvae", train("multvae", repo, epochs=3, progress=False).version)}
-    dep = Deployments(repo)
-    for name, (model, version) in versions.items():
-        dep.deploy(name, model, version, live=True)
-    dep.save()
-    feast_apply(repo)
-    store = FeatureStore(repo_path=str(repo))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LeakageWarning)
-        for name in ("user_dae", "user_gan_critic"):
-            backfill(store, f"{name}__{versions[name][1]}", datetime(1997, 9, 19, tzinfo=UTC),
-                     datetime(1998, 4, 23, tzinfo=UTC), progress=False)
-    result = train_two_tower(repo, progress=False, epochs=3)
-    dep = Deployments(repo)
-    dep.deploy("item_two_tower", "two_tower", result.version, live=True)
-    dep.save()
     os.environ["REDIS_CONNECTION_STRING"] = redis_server.url
     run_feast(repo, "apply", yaml=REDIS_YAML, capture=True)
-    run_feast(repo, "materialize", "1997-01-01T00:00:00", NOW, yaml=REDIS_YAML, capture=True)
-    return repo, result.version
+    versions = build_recommender(repo, yaml=REDIS_YAML, end=NOW,
+                                 epochs={"dae": 2, "gan": 2, "multvae": 3, "two_tower": 3})
+    return repo, versions["item_two_tower"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +56,7 @@ def recommender(rec_repo):
 def brute_force(repo, version: str, users, histories, k: int):
     """Top-k by scoring every item with the model's own candidate vectors (not the materialized ones), query
     features from the OFFLINE store as of the materialization time (not Redis), history items excluded."""
-    store = FeatureStore(repo_path=str(repo))
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)  # its offline store: DuckDB
     model = TwoTower.load(repo / "models", version)
     rows = pd.DataFrame({"user_id": users, "event_timestamp": pd.Timestamp(NOW, tz="UTC"),
                          "recent_items": histories})
