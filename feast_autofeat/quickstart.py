@@ -1,4 +1,5 @@
-"""``feast-autofeat quickstart``: synthetic data -> ``feast apply`` -> ``feast materialize`` -> online features.
+"""``feast-autofeat quickstart``: synthetic data -> ``feast apply`` -> ``feast materialize`` -> online features
+-> learned encoders and the two-tower recommender -> recommendations for a few users.
 
 Runs Feast's real CLI in the feature repo, exactly as a user would, then reads the online store through
 ``FeatureStore.get_online_features``. Embedded only: DuckDB offline, SQLite online, no server.
@@ -16,6 +17,9 @@ from pathlib import Path
 from feast_autofeat.datasets.synthetic import SyntheticConfig
 from feast_autofeat.errors import AutofeatError, RepoError
 from feast_autofeat.prepare import prepare
+
+# a demo, not a benchmark: a few epochs each (early stopping would take a few minutes more on 2 cores)
+QUICK_EPOCHS = {"dae": 5, "gan": 5, "multvae": 20, "two_tower": 5}
 
 
 def feast_executable() -> str:
@@ -49,7 +53,7 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     def banner(text: str) -> None:
         nonlocal step
         step += 1
-        print(f"\n[{step}/4] {text}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(f"\n[{step}/6] {text}  ({time.perf_counter() - t0:.0f}s)", flush=True)
 
     banner(f"feast-autofeat prepare --dataset synthetic --users {users} --repo {repo}")
     result = prepare("synthetic", repo, config=SyntheticConfig(users=users, items=max(100, users // 4)))
@@ -76,5 +80,21 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     online = store.get_online_features(features=feats, entity_rows=[{"user_id": u} for u in top]).to_df()
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(online.round(2).to_string(index=False))
-    print(f"\ndone in {time.perf_counter() - t0:.0f}s. Feature repo: {repo}; try `cd {repo} && feast "
-          "feature-views list`, or see the README for Redis and training sets.")
+    banner("train encoders (DAE, GAN, Mult-VAE) and the two-tower, deploy, backfill, feast materialize")
+    from feast_autofeat.recommend.pipeline import build_recommender
+
+    build_recommender(repo, epochs=QUICK_EPOCHS, say=lambda m: print(f"  {m}", flush=True))
+
+    banner("Recommender(repo).recommend(user_id, k=5) from the online store")
+    from feast_autofeat.recommend.recommender import Recommender
+
+    rec = Recommender(repo)
+    items = pd.read_parquet(result.data_dir / "items.parquet").set_index("item_id")
+    label = [c for c in ("category", "brand", "title") if c in items.columns]
+    for user in top[:3] + [10**9]:
+        r = rec.recommend(int(user), k=5)
+        shown = ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)
+                          for i in r.items)
+        print(f"  user {user} [{r.source}, {r.history_items} known items]: {shown}")
+    print(f"\ndone in {time.perf_counter() - t0:.0f}s. Feature repo: {repo}; try `feast-autofeat serve --repo {repo}`"
+          f" (then http://127.0.0.1:8000/docs), `cd {repo} && feast feature-views list`, or see the README.")

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +35,17 @@ def build_recommender(repo: str | Path, yaml: str | None = None, epochs: dict | 
 
     repo = Path(repo)
     epochs = epochs or {}
+
+    def apply() -> None:  # Feast prints the whole registry diff; keep it for failures only
+        out = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out):
+                feast_apply(repo, yaml)
+        except BaseException:
+            print(out.getvalue())
+            raise
+        say("feast apply")
+
     t0 = time.perf_counter()
     versions = {}
     for name, model in ENCODERS:
@@ -44,7 +57,7 @@ def build_recommender(repo: str | Path, yaml: str | None = None, epochs: dict | 
     for name, model in ENCODERS:
         dep.deploy(name, model, versions[name], live=True)
     dep.save()
-    feast_apply(repo, yaml)
+    apply()
     manifest = load_manifest(repo / "data")
     start, stop = manifest.materialize_window()
     lo = datetime.fromisoformat(manifest.time_range[0]).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -63,7 +76,7 @@ def build_recommender(repo: str | Path, yaml: str | None = None, epochs: dict | 
     dep = Deployments(repo)
     dep.deploy("item_two_tower", "two_tower", tt.version, live=True)
     dep.save()
-    feast_apply(repo, yaml)
+    apply()
     run_feast(repo, "materialize", start, end or stop, yaml=yaml, capture=True)
     say(f"feast materialize {start} {end or stop} ({time.perf_counter() - t0:.0f}s in all)")
     return versions
