@@ -164,6 +164,9 @@ def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, ma
     else:
         frame = user_training_frame(store, as_of, max_rows, seed, events)
         train_df, valid_df = split_frame(frame, seed)
+        if valid_df.empty or train_df.empty:
+            raise AutofeatError(f"the {len(frame):,} training rows hold too few users for a 10% validation "
+                                "hold-out; train on more events.")
         extra["feature_refs"] = user_feature_refs(store)
         fill = behaviour_fill(store)
         if model == "dae":

@@ -22,6 +22,7 @@ from feast_autofeat.models.interactions import Histories
 QUERY_SERVICE = "two_tower_query"
 RECENT_ITEMS = 200  # a Mult-VAE fold-in reads the whole bag; this only caps pathological histories
 RECENT_FIELD = "recent_items"
+COLD_SALT = 1_000_003
 
 # the query tower's feature groups, by column prefix of the service's full feature names (for ablations)
 GROUPS = {
@@ -80,7 +81,9 @@ def cold_users_cut(events: pd.DataFrame, share: float = 0.1, known: int = 5, see
     from feast_autofeat.training import holdout_users
 
     users = events.user_id.unique()
-    cold = users[holdout_users(users, share, seed)]
+    # a different hash stream than the encoders' validation hold-out (same share, seed 0): otherwise every
+    # validation user of the encoders would be a cold user, absent from their training events
+    cold = users[holdout_users(users, share, seed + COLD_SALT)]
     ev = events.sort_values(["user_id", "event_timestamp", "item_id"], ignore_index=True)
     is_cold = ev.user_id.isin(cold).to_numpy()
     held = ev[is_cold].reset_index(drop=True)
