@@ -121,20 +121,18 @@ class Recommender:
                                              entity_rows=[{"user_id": user_id}]).to_dict()
         return out["recent_items"][0]
 
-    def recommend(self, user_id, k: int = 10, recent_items: list[int] | None = None) -> Recommendation:
+    def query(self, user_id, recent_items: list[int] | None = None) -> tuple[np.ndarray | None, list[int]]:
+        """(the query tower's vector for this request, the history it used); the vector is None for a user
+        the store does not know who brings no history (the popularity fallback's case)."""
         user_id = _int(user_id, "user_id")
-        k = _int(k, "k")
-        if not 1 <= k <= len(self.index):
-            raise SchemaError(f"k must be between 1 and the catalogue size {len(self.index)}, got {k}.")
         if recent_items is not None:
             if not isinstance(recent_items, (list, tuple, np.ndarray)):
                 raise SchemaError(f"recent_items must be a list of item ids, got {type(recent_items).__name__}.")
             recent_items = [_int(i, "each of recent_items") for i in recent_items]
-        history = recent_items if recent_items is not None else self.history(user_id)
+        history = list((recent_items if recent_items is not None else self.history(user_id)) or [])
         # Feast cannot type an empty request list; an id no model knows folds in exactly like an empty history
-        sent = list(history) if history else [EMPTY_HISTORY]
         feats = self.store.get_online_features(
-            features=self.service, entity_rows=[{"user_id": user_id, RECENT_FIELD: sent}],
+            features=self.service, entity_rows=[{"user_id": user_id, RECENT_FIELD: history or [EMPTY_HISTORY]}],
             full_feature_names=True).to_dict(include_event_timestamps=bool(self._ttl))
         if self._ttl:
             now = self.clock().timestamp()
@@ -143,13 +141,22 @@ class Recommender:
                     feats[col] = [None]
         known_user = self._profile_col is not None and feats.get(self._profile_col, [None])[0] is not None
         if not known_user and not history:
+            return None, history
+        frame = pd.DataFrame(feats)
+        frame[RECENT_FIELD] = [history]
+        return self.model.query_vectors(frame)[0], history
+
+    def recommend(self, user_id, k: int = 10, recent_items: list[int] | None = None) -> Recommendation:
+        k = _int(k, "k")
+        if not 1 <= k <= len(self.index):
+            raise SchemaError(f"k must be between 1 and the catalogue size {len(self.index)}, got {k}.")
+        query, history = self.query(user_id, recent_items)
+        user_id = int(user_id)
+        if query is None:
             return Recommendation(user_id, self.popular[:k].tolist(), self.popular_counts[:k].tolist(),
                                   self.version, "popularity", 0)
-        frame = pd.DataFrame(feats)
-        frame[RECENT_FIELD] = [list(history or [])]
-        query = self.model.query_vectors(frame)
-        seen = set(history or ())
-        ids, scores = self.index.search(query, k, exclude=[seen])
+        seen = set(history)
+        ids, scores = self.index.search(query[None, :], k, exclude=[seen])
         ok = ids[0] >= 0
         return Recommendation(user_id, ids[0][ok].tolist(), scores[0][ok].astype(float).tolist(), self.version,
                               "two-tower", len(seen))

@@ -1,0 +1,183 @@
+"""Recommendation latency with a real redis-server.
+
+1. In process, ML-100K's catalogue (1,682 items, exact index): ``Recommender.recommend(user, k=10)`` p50/p99,
+   next to the anchor measured in the same rounds: Feast's own ``get_online_features`` of the same
+   ``two_tower_query`` service (what any Feast recommender pays before its own work).
+2. A synthetic 1M-item catalogue (the real item vectors plus noise, unit length) behind an HNSW index
+   (usearch): build time, recall@100 against brute force for real users' query vectors, and ``recommend``
+   p50/p99 with that index.
+3. HTTP: ``feast-autofeat serve`` (uvicorn, one process) for ``--http-seconds`` at concurrency 8 (threads of
+   this script, on the same 2 cores): p50/p99, throughput, errors.
+
+Targets (issue 5): p99 <= 5 ms (ML-100K) and <= 10 ms (1M items).
+
+    python benchmarks/recommend_latency.py [--items 1000000] [--http-seconds 60] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save, timed_rounds  # noqa: E402
+
+from feast_autofeat.quickstart import run_feast  # noqa: E402
+from feast_autofeat.recommend.index import ExactIndex, HnswIndex  # noqa: E402
+from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
+from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
+from feast_autofeat.testing import free_port  # noqa: E402
+
+YAML = "feature_store.redis.yaml"
+# latency does not depend on how well the models fit: a few epochs, the production architecture
+EPOCHS = {"dae": 3, "gan": 3, "multvae": 5, "two_tower": 3}
+
+
+def ms(stats: dict) -> dict:
+    return percentiles_ms(stats["runs_s"])
+
+
+def http_load(repo: Path, users: np.ndarray, seconds: float, concurrency: int = 8) -> dict:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f", YAML,
+                             "--port", str(port)], env={**os.environ}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                requests.get(f"{url}/healthz", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("feast-autofeat serve did not start") from None
+                time.sleep(0.5)
+        lat: list[list[float]] = [[] for _ in range(concurrency)]
+        errors = [0] * concurrency
+        stop = time.perf_counter() + seconds
+
+        def client(i: int) -> None:
+            rng = np.random.default_rng(i)
+            with requests.Session() as s:
+                while time.perf_counter() < stop:
+                    t = time.perf_counter()
+                    try:
+                        r = s.get(f"{url}/recommend", params={"user_id": int(rng.choice(users)), "k": 10},
+                                  timeout=10)
+                        ok = r.status_code == 200 and len(r.json()["items"]) == 10
+                    except requests.RequestException:
+                        ok = False
+                    lat[i].append(time.perf_counter() - t)
+                    errors[i] += not ok
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        flat = [x for row in lat for x in row]
+        return {"seconds": wall, "concurrency": concurrency, "requests": len(flat), "errors": sum(errors),
+                "throughput_rps": len(flat) / wall, **percentiles_ms(flat)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--http-seconds", type=float, default=60.0)
+    ap.add_argument("--rounds", type=int, default=2000)
+    ap.add_argument("--quick", action="store_true", help="100k items, 300 rounds, 10 s of HTTP")
+    args = ap.parse_args()
+    if args.quick:
+        args.items, args.rounds, args.http_seconds = 100_000, 300, 10.0
+    torch.set_num_threads(1)  # one request at a time: intra-op threads only add overhead
+    result = {}
+    with redis_server() as redis, ml100k_repo() as repo:
+        os.environ["REDIS_CONNECTION_STRING"] = redis.url
+        run_feast(repo, "apply", yaml=YAML, capture=True)
+        print("training small models and materializing into Redis ...", flush=True)
+        build_recommender(repo, yaml=YAML, epochs=EPOCHS)
+        rec = Recommender(repo, yaml=YAML)
+        rng = np.random.default_rng(0)
+        users = rng.choice(np.arange(1, 944), args.rounds)
+        it = iter(range(10**9))
+
+        def anchor():
+            u = int(users[next(it) % len(users)])
+            rec.store.get_online_features(features=rec.service, entity_rows=[
+                {"user_id": u, "recent_items": rec.history(u)}], full_feature_names=True).to_dict()
+
+        def recommend():
+            rec.recommend(int(users[next(it) % len(users)]), k=10)
+
+        for _ in range(50):  # warm-up: caches, lazy imports
+            recommend()
+            anchor()
+        monitor = CpuMonitor(own_pids=(redis.pid,))
+        t = timed_rounds({"feast_get_online_features_anchor": anchor, "recommend_ml100k_exact": recommend},
+                         args.rounds)
+        small = {k: ms(v) for k, v in t.items()}
+        small["recommend_over_anchor_p50"] = small["recommend_ml100k_exact"]["p50_ms"] / small[
+            "feast_get_online_features_anchor"]["p50_ms"]
+        result["ml100k"] = {"items": len(rec.index), "index": rec.index.kind, **small,
+                            "cpu": monitor.report()}
+        print(f"ML-100K ({len(rec.index)} items, exact): recommend p50 {small['recommend_ml100k_exact']['p50_ms']:.2f}"
+              f" ms p99 {small['recommend_ml100k_exact']['p99_ms']:.2f} ms; Feast's get_online_features alone "
+              f"p50 {small['feast_get_online_features_anchor']['p50_ms']:.2f} ms", flush=True)
+
+        # ---- a 1M-item catalogue behind HNSW
+        base = rec.index.vectors
+        n = args.items
+        noise = np.random.default_rng(1).normal(0, 0.35, (n, base.shape[1])).astype(np.float32)
+        big = base[np.arange(n) % len(base)] + noise * np.float32(1 / np.sqrt(base.shape[1]))
+        big /= np.linalg.norm(big, axis=1, keepdims=True)
+        big_ids = np.arange(1, n + 1, dtype=np.int64)
+        t0 = time.perf_counter()
+        hnsw = HnswIndex(big_ids, big)
+        build_s = time.perf_counter() - t0
+        queries = np.stack([rec.query(int(u))[0] for u in rng.choice(np.arange(1, 944), 200)])
+        exact_ids, _ = ExactIndex(big_ids, big).search(queries, 100)
+        t0 = time.perf_counter()
+        approx_ids, _ = hnsw.search(queries, 100)
+        search_s = (time.perf_counter() - t0) / len(queries)
+        recall = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(approx_ids, exact_ids)]))
+        rec.index = hnsw
+        t = timed_rounds({"recommend_1m_hnsw": recommend}, args.rounds)
+        result["catalogue_1m"] = {"items": n, "index": "hnsw (usearch, M=16, ef_construction=128, ef=256)",
+                                  "build_seconds": build_s, "recall@100_vs_brute_force": recall,
+                                  "search_only_ms_per_query_k100": search_s * 1e3,
+                                  "recommend_1m_hnsw": ms(t["recommend_1m_hnsw"])}
+        print(f"{n:,} items (HNSW, built in {build_s:.0f} s): recall@100 {recall:.3f}; recommend p50 "
+              f"{result['catalogue_1m']['recommend_1m_hnsw']['p50_ms']:.2f} ms p99 "
+              f"{result['catalogue_1m']['recommend_1m_hnsw']['p99_ms']:.2f} ms", flush=True)
+
+        # ---- HTTP
+        result["http"] = http_load(repo, np.arange(1, 944), args.http_seconds)
+        h = result["http"]
+        print(f"HTTP, {h['concurrency']} clients for {h['seconds']:.0f} s: {h['requests']:,} requests, "
+              f"{h['errors']} errors, {h['throughput_rps']:.0f} req/s, p50 {h['p50_ms']:.1f} ms p99 "
+              f"{h['p99_ms']:.1f} ms", flush=True)
+    result["targets"] = {"ml100k_p99_ms<=5": result["ml100k"]["recommend_ml100k_exact"]["p99_ms"] <= 5,
+                         "1m_p99_ms<=10": result["catalogue_1m"]["recommend_1m_hnsw"]["p99_ms"] <= 10,
+                         "hnsw_recall@100>=0.95": result["catalogue_1m"]["recall@100_vs_brute_force"] >= 0.95,
+                         "http_zero_errors": result["http"]["errors"] == 0}
+    name = "recommend_latency_quick" if args.quick else "recommend_latency"
+    print(f"saved {save(name, {'rounds': args.rounds, **result})}")
+
+
+if __name__ == "__main__":
+    main()
