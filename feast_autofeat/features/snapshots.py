@@ -112,7 +112,11 @@ def _snapshot_sql(spec: DatasetSpec, table: str, until_day: int) -> str:
 def connect() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection in UTC, without DuckDB's own progress bar (we show ours)."""
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'; SET enable_progress_bar = false")
+    con.execute("SET TimeZone = 'UTC'")
+    try:
+        con.execute("SET enable_progress_bar = false")
+    except duckdb.InvalidInputException:  # inside Jupyter without ipywidgets DuckDB refuses the setting (and
+        pass  # shows no bar anyway)
     return con
 
 
