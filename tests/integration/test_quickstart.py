@@ -15,7 +15,8 @@ def test_quickstart_prints_online_features(fresh_repo):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    for step in ("[1/4]", "[2/4] feast apply", "[3/4] feast materialize", "[4/4]"):
+    for step in ("[1/6]", "[2/6] feast apply", "[3/6] feast materialize", "[4/6]", "[5/6] train encoders",
+                 "[6/6] Recommender"):
         assert step in out
     # the three most active users are printed with the values the online store holds for them
     ev = pd.read_parquet(fresh_repo / "data" / "interactions.parquet")
@@ -24,7 +25,12 @@ def test_quickstart_prints_online_features(fresh_repo):
     online = store.get_online_features(features=["user_behaviour:events_30d"],
                                        entity_rows=[{"user_id": u} for u in top]).to_df()
     assert online["events_30d"].notna().all()
-    table = out.split("[4/4]")[1]
+    table = out.split("[4/6]")[1].split("[5/6]")[0]
     for u, n in zip(online["user_id"], online["events_30d"]):
         assert any(line.split()[:1] == [str(u)] and str(int(n)) in line.split() for line in table.splitlines()), \
             f"user {u} with events_30d={n} not printed:\n{table}"
+    # and it ends with recommendations: the same three users from the two-tower, an unknown one from popularity
+    recs = out.split("[6/6]")[1]
+    for u in top:
+        assert f"user {u} [two-tower" in recs
+    assert "user 1000000000 [popularity, 0 known items]" in recs

@@ -8,7 +8,12 @@ import pytest
 
 from feast_autofeat.datasets.synthetic import SPEC
 from feast_autofeat.errors import DataError
-from feast_autofeat.features.snapshots import build_snapshots, item_popularity_fields, user_behaviour_fields
+from feast_autofeat.features.snapshots import (
+    build_snapshots,
+    item_popularity_fields,
+    recent_items_table,
+    user_behaviour_fields,
+)
 
 T0 = pd.Timestamp("2025-01-01", tz="UTC")
 
@@ -97,3 +102,12 @@ def test_missing_column_and_empty_log_are_refused():
         build_snapshots(ev.drop_columns(["event_type"]), items, SPEC)
     with pytest.raises(DataError, match="empty"):
         build_snapshots(ev.slice(0, 0), items, SPEC)
+
+
+def test_recent_items_are_positives_newest_first():
+    ev, _ = _events()
+    got = recent_items_table(ev, SPEC).to_pandas()  # synthetic: anything deeper than a browse is positive
+    assert got.user_id.tolist() == [1]  # user 2 only browsed
+    assert list(got.recent_items[0]) == [2, 1]  # purchase on day 5, click on day 0
+    assert got.event_timestamp[0] == T0 + pd.Timedelta(days=5, hours=8)
+    assert list(recent_items_table(ev, SPEC, limit=1).to_pandas().recent_items[0]) == [2]
