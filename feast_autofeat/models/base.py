@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,6 +100,8 @@ class TabularPreprocessor:
     dtypes_: dict[str, str] = field(default_factory=dict)
     dropped_: list[str] = field(default_factory=list)
     _ties: list | None = field(default=None, init=False, repr=False, compare=False)  # derived from quantiles_
+    _index: dict | None = field(default=None, init=False, repr=False, compare=False)  # vocabularies as dicts
+    _tie_maps: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def columns(self) -> list[str]:
@@ -150,7 +152,10 @@ class TabularPreprocessor:
                                                         or pd.api.types.is_bool_dtype(block[c]))]
         if non_numeric:
             raise SchemaError(f"column(s) {non_numeric} must be numeric, as at training time.")
-        x = block.to_numpy(dtype=np.float64, na_value=np.nan)
+        return self._filled(block.to_numpy(dtype=np.float64, na_value=np.nan))
+
+    def _filled(self, x: np.ndarray) -> np.ndarray:
+        """Documented fills for NaN; any NaN or infinity left is an error naming its column."""
         fills = np.array([self.fill.get(c, np.nan) for c in self.numeric_])
         nan = np.isnan(x)
         if nan.any():
@@ -166,13 +171,7 @@ class TabularPreprocessor:
         """Rows of ``df`` -> float32 matrix of ``width`` columns."""
         if not self.dtypes_:
             raise NotFittedError("preprocessing is not fitted; call fit() or load a trained model.")
-        x = self._numeric(df)
-        if self.scaling == "rankgauss" and x.shape[1]:
-            u = np.clip(self._ranks(x), 1e-3, 1 - 1e-3)
-            x = torch.special.ndtri(torch.from_numpy(u)).numpy()
-        elif x.shape[1]:
-            x = (x - np.asarray(self.mean_)) / np.asarray(self.std_)
-        parts = [x.astype(np.float32)]
+        parts = [self._scaled(self._numeric(df))]
         for col, vocab in self.categorical_.items():
             s = df[col]
             if s.isna().any() and col not in self.fill:
@@ -181,6 +180,41 @@ class TabularPreprocessor:
             codes = pd.Categorical(s.astype("string"), categories=vocab).codes  # -1 = unseen / missing
             onehot = np.zeros((len(df), len(vocab) + 1), dtype=np.float32)
             onehot[np.arange(len(df)), np.where(codes < 0, len(vocab), codes)] = 1.0
+            parts.append(onehot)
+        return np.concatenate(parts, axis=1)
+
+    def _scaled(self, x: np.ndarray) -> np.ndarray:
+        if self.scaling == "rankgauss" and x.shape[1]:
+            u = np.clip(self._ranks(x), 1e-3, 1 - 1e-3)
+            x = torch.special.ndtri(torch.from_numpy(u)).numpy()
+        elif x.shape[1]:
+            x = (x - np.asarray(self.mean_)) / np.asarray(self.std_)
+        return x.astype(np.float32)
+
+    def transform_record(self, record: Mapping) -> np.ndarray:
+        """One row given as {column: value} (None = missing) -> a 1 x ``width`` float32 matrix equal to
+        ``transform`` of that row, without pandas: the per-request serving path."""
+        if not self.dtypes_:
+            raise NotFittedError("preprocessing is not fitted; call fit() or load a trained model.")
+        missing = [c for c in self.columns if c not in record]
+        if missing:
+            raise SchemaError(f"input lacks column(s) {missing} that the model was trained on; pass the same "
+                              "features as at training time.")
+        bad = [c for c in self.numeric_ if record[c] is not None and (
+            isinstance(record[c], (str, bytes)) or not np.isscalar(record[c]))]
+        if bad:
+            raise SchemaError(f"column(s) {bad} must be numeric, as at training time.")
+        x = np.array([[np.nan if record[c] is None else float(record[c]) for c in self.numeric_]], np.float64)
+        parts = [self._scaled(self._filled(x.reshape(1, len(self.numeric_))))]
+        if self._index is None:
+            self._index = {col: {v: i for i, v in enumerate(vocab)} for col, vocab in self.categorical_.items()}
+        for col, vocab in self.categorical_.items():
+            value = record[col]
+            if value is None and col not in self.fill:
+                raise SchemaError(f"missing values in categorical column {col!r}; fill them or train with a "
+                                  "fill for it.")
+            onehot = np.zeros((1, len(vocab) + 1), dtype=np.float32)
+            onehot[0, self._index[col].get(str(value), len(vocab)) if value is not None else len(vocab)] = 1.0
             parts.append(onehot)
         return np.concatenate(parts, axis=1)
 
@@ -197,6 +231,8 @@ class TabularPreprocessor:
                 tied = counts > 1
                 mid = 0.5 * (probs[first[tied]] + probs[first[tied] + counts[tied] - 1])
                 self._ties.append((values[tied], mid))
+        if x.shape[0] == 1:
+            return self._ranks_row(x[0], q, probs)[None, :]
         u = np.empty_like(x)
         for j in range(x.shape[1]):
             col = x[:, j]
@@ -207,6 +243,25 @@ class TabularPreprocessor:
                 hit = values[k] == col
                 uj[hit] = mid[k[hit]]
             u[:, j] = uj
+        return u
+
+    def _ranks_row(self, x: np.ndarray, q: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """``_ranks`` of one row, vectorized across columns (np.interp's rule: the segment with
+        q[j] <= x < q[j+1], the end probabilities outside), then the tied-quantile middles by dict lookup."""
+        n = q.shape[1]
+        j = (q <= x[:, None]).sum(axis=1) - 1
+        jj = np.clip(j, 0, n - 2)
+        cols = np.arange(len(x))
+        lo, hi = q[cols, jj], q[cols, jj + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slope = (probs[jj + 1] - probs[jj]) / (hi - lo)
+            u = probs[jj] + slope * (x - lo)
+        u = np.where(j < 0, probs[0], np.where(j >= n - 1, probs[-1], u))
+        if self._tie_maps is None:
+            self._tie_maps = [dict(zip(values.tolist(), mid.tolist())) for values, mid in self._ties]
+        for c, ties in enumerate(self._tie_maps):
+            if ties and x[c] in ties:
+                u[c] = ties[x[c]]
         return u
 
     def state(self) -> dict:

@@ -20,6 +20,7 @@ vector (no snapshot yet) becoming the training mean.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -158,6 +159,26 @@ class _Inputs:
             except (ValueError, TypeError) as exc:
                 raise SchemaError(f"non-numeric values in numeric feature column(s) {loose}: {exc}") from None
         tab = self.pre_.transform(df) if self.pre_ is not None else np.zeros((len(df), 0), np.float32)
+        return np.concatenate([tab, vec], axis=1).astype(np.float32)
+
+    def transform_record(self, record: Mapping) -> np.ndarray:
+        """One row as {column: value} -> 1 x width, equal to ``transform`` of that row (the serving path)."""
+        blocks = []
+        for j, col in enumerate(self.vectors):
+            v = record.get(col)
+            if v is None:
+                blocks.append(np.full(self.widths_[j], np.nan, np.float32))
+                continue
+            v = np.asarray(v, np.float32)
+            if v.shape != (self.widths_[j],):
+                raise SchemaError(f"vector column {col!r} has {v.size} values; the model was trained on "
+                                  f"{self.widths_[j]}.")
+            blocks.append(v)
+        raw = np.concatenate(blocks)[None, :] if blocks else np.zeros((1, 0), np.float32)
+        if np.isinf(raw).any():
+            raise SchemaError(f"infinite values in vector columns {list(self.vectors)}.")
+        vec = np.nan_to_num((raw - self.mean_) / self.std_, nan=0.0)
+        tab = self.pre_.transform_record(record) if self.pre_ is not None else np.zeros((1, 0), np.float32)
         return np.concatenate([tab, vec], axis=1).astype(np.float32)
 
     @property
@@ -332,6 +353,20 @@ class TwoTower:
                                  else np.zeros(len(frame), np.int64))
         bags = self.bags(frame)
         return net.query(x, users, bags.take(np.arange(len(frame))) if bags is not None else None).numpy()
+
+    @torch.inference_mode()
+    def query_vector(self, record: Mapping) -> np.ndarray:
+        """The unit query vector of one request given as {column: value} (``user_id``, the query columns, the
+        history list): the same vector as ``query_vectors`` of that row, without pandas (serving's path)."""
+        net = self._net()
+        x = torch.from_numpy(self.query_in_.transform_record(record))
+        users = torch.from_numpy(self.user_positions([record.get("user_id", -1)]))
+        bags = None
+        if self.config.history:
+            items = np.asarray(record.get(self.config.history) or [], np.int64)
+            rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
+            bags = (torch.from_numpy(rows[rows > 0]), torch.zeros(1, dtype=torch.int64))  # ids it lacks: ignored
+        return net.query(x, users, bags)[0].numpy()
 
     @torch.no_grad()
     def item_vectors(self, items: pd.DataFrame | None = None) -> np.ndarray:

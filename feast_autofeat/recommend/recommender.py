@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from feast.online_response import TIMESTAMP_POSTFIX
 
 from feast_autofeat.errors import AutofeatError
@@ -142,9 +141,9 @@ class Recommender:
         known_user = self._profile_col is not None and feats.get(self._profile_col, [None])[0] is not None
         if not known_user and not history:
             return None, history
-        frame = pd.DataFrame(feats)
-        frame[RECENT_FIELD] = [history]
-        return self.model.query_vectors(frame)[0], history
+        record = {k: v[0] for k, v in feats.items()}
+        record[RECENT_FIELD] = history
+        return self.model.query_vector(record), history
 
     def recommend(self, user_id, k: int = 10, recent_items: list[int] | None = None) -> Recommendation:
         k = _int(k, "k")

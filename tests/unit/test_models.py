@@ -198,3 +198,23 @@ def test_rankgauss_ranks_equal_the_two_sided_interpolation():
                             for j in range(x.shape[1])])
     np.testing.assert_allclose(pre._ranks(x), want, rtol=0, atol=1e-12)
     assert len(pre._ties[0][0]) >= 1  # the count column really has tied quantiles
+
+
+def test_serving_row_path_equals_frame_path():
+    """transform_record (one row as a dict, no pandas) equals transform of that row, missing values included."""
+    from feast_autofeat.models.base import TabularPreprocessor
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"count": rng.poisson(0.7, 500).astype(float), "x": rng.normal(size=500),
+                       "kind": rng.choice(["a", "b", "c"], 500)})
+    pre = TabularPreprocessor(fill={"count": 0.0, "kind": 0.0}).fit(df)
+    probe = pd.DataFrame({"count": [0.0, 3.0, np.nan, 99.0, -1.0], "x": [0.1, -5.0, 2.0, 0.0, 10.0],
+                          "kind": ["a", "z", None, "c", "b"]})
+    want = pre.transform(probe)
+    for i, row in enumerate(probe.to_dict(orient="records")):
+        row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+        np.testing.assert_allclose(pre.transform_record(row), want[i:i + 1], atol=1e-6)
+    with pytest.raises(SchemaError, match="must be numeric"):
+        pre.transform_record({"count": "3", "x": 0.0, "kind": "a"})
+    with pytest.raises(SchemaError, match="NaN or infinite"):
+        pre.transform_record({"count": 1.0, "x": None, "kind": "a"})
