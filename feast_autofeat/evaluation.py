@@ -68,11 +68,12 @@ def strong_generalization_split(user_ids: np.ndarray, item_ids: np.ndarray, held
     return StrongSplit(build(train_u, train_pairs), valid_in, valid_out, test_in, test_out, items)
 
 
-def evaluate(scores: np.ndarray, fold_in: Histories, targets: Histories) -> dict:
-    """Mean and standard error of each metric over users with at least one target; history excluded."""
+def evaluate(scores: np.ndarray, fold_in: Histories, targets: Histories, metrics=METRICS) -> dict:
+    """Mean and standard error of each metric over users with at least one target; history excluded.
+    ``metrics``: (name, function, k) triples."""
     has = targets.lengths > 0
     out = {}
-    for name, fn, k in METRICS:
+    for name, fn, k in metrics:
         v = fn(scores, targets, k, exclude=fold_in)[has]
         out[name] = {"mean": float(v.mean()), "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0}
     out["users"] = int(has.sum())

@@ -82,14 +82,11 @@ def protocol_g(events: pd.DataFrame, train_share: float = 0.8) -> Protocol:
 
 
 def evaluate(scores: np.ndarray, known: Histories, targets: Histories) -> dict:
-    """Mean and standard error of each metric over users with at least one target; known items excluded."""
-    has = targets.lengths > 0
-    out = {}
-    for name, fn, k in METRICS:
-        v = fn(scores, targets, k, exclude=known)[has]
-        out[name] = {"mean": float(v.mean()), "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0}
-    out["users"] = int(has.sum())
-    return out
+    """This harness's metrics (``METRICS``), mean and standard error over users with targets; known items
+    excluded."""
+    from feast_autofeat.evaluation import evaluate as evaluate_metrics
+
+    return evaluate_metrics(scores, known, targets, METRICS)
 
 
 def train_encoders(repo: Path, events: pd.DataFrame, seed: int = 0, progress: bool = False, **overrides) -> dict:
