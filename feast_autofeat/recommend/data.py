@@ -33,6 +33,8 @@ GROUPS = {
     "multvae": ("session_multvae__",),
 }
 LEARNED = ("dae", "gan_critic", "multvae")
+# the learned user views the two-tower reads: (embedding name, model); the first two are stored (backfilled)
+ENCODERS = (("user_dae", "dae"), ("user_gan_critic", "gan"), ("session_multvae", "multvae"))
 
 
 def positive_events(store, repo) -> pd.DataFrame:

@@ -31,21 +31,19 @@ import pandas as pd
 
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
-from feast_autofeat.recommend.data import Cut, cold_users_cut, histories, per_user_cut
+from feast_autofeat.recommend.data import ENCODERS, Cut, cold_users_cut, histories, per_user_cut
 from feast_autofeat.recommend.train import TrainingSet, validation
 
 log = logging.getLogger(__name__)
 
 METRICS = (("recall@10", recall_at_k, 10), ("recall@20", recall_at_k, 20), ("ndcg@10", ndcg_at_k, 10),
            ("hitrate@10", hit_rate_at_k, 10))
-ENCODERS = (("user_dae", "dae"), ("user_gan_critic", "gan"), ("session_multvae", "multvae"))
 
-_FULL = {}  # every feature group, item profile and Mult-VAE item vectors, history pooling, ids
 VARIANTS = {
     "two-tower ids": {"groups": (), "item_groups": (), "history": False},
     "two-tower ids + history": {"groups": (), "item_groups": (), "history": True},
     "two-tower features (no learned)": {"groups": ("profile", "behaviour"), "item_groups": ("profile",)},
-    "two-tower learned": _FULL,
+    "two-tower learned": {},  # every feature group, item profile + Mult-VAE item vectors, history, ids
     "  - DAE": {"groups": ("profile", "behaviour", "gan_critic", "multvae")},
     "  - GAN critic": {"groups": ("profile", "behaviour", "dae", "multvae")},
     "  - Mult-VAE": {"groups": ("profile", "behaviour", "dae", "gan_critic"), "item_groups": ("profile",)},

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-ENCODERS = (("user_dae", "dae"), ("user_gan_critic", "gan"), ("session_multvae", "multvae"))
+from feast_autofeat.recommend.data import ENCODERS
 
 
 def build_recommender(repo: str | Path, yaml: str | None = None, epochs: dict | None = None, end: str | None = None,

@@ -19,6 +19,7 @@ import pandas as pd
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.two_tower import TwoTower, TwoTowerConfig
 from feast_autofeat.recommend.data import (
+    ENCODERS,
     GROUPS,
     RECENT_FIELD,
     Cut,
@@ -171,7 +172,7 @@ def train_two_tower(repo, as_of=None, root=None, seed: int = 0, progress: bool =
     if events.empty:
         raise AutofeatError(f"no positive interactions at or before {as_of.isoformat()}.")
     model = fit_two_tower(store, repo, events, root=root, progress=progress, seed=seed, **overrides)
-    encoders = {n: live_version(repo, n) for n in ("user_dae", "user_gan_critic", "session_multvae")}
+    encoders = {n: live_version(repo, n) for n, _ in ENCODERS}
     item_view = store.get_feature_view("item_profile")
     art = model.save(model_root(root, default=repo / "models"), extra={
         "feast_project": store.project, "seed": seed, "training_window": {"as_of": as_of.isoformat()},
