@@ -13,7 +13,14 @@ from tqdm.auto import tqdm
 
 from feast_autofeat import __version__
 from feast_autofeat.datasets import get_spec, movielens, synthetic
-from feast_autofeat.datasets.base import MANIFEST, Manifest, staged_directory, write_parquet_atomic
+from feast_autofeat.datasets.base import (
+    EVENT_LOG,
+    MANIFEST,
+    PREPARED_PART,
+    Manifest,
+    staged_directory,
+    write_parquet_atomic,
+)
 from feast_autofeat.errors import DataError
 from feast_autofeat.features.snapshots import build_snapshots, recent_items_table, snapshot_range
 
@@ -84,6 +91,10 @@ def prepare(
     target = data_dir_of(repo)
     with staged_directory(target) as staging:
         for name, table in {**tables, **snaps}.items():
-            write_parquet_atomic(table, staging / f"{name}.parquet")
+            if name == EVENT_LOG:  # a directory of parts: feedback appends parts beside the prepared one
+                (staging / name).mkdir()
+                write_parquet_atomic(table, staging / name / PREPARED_PART)
+            else:
+                write_parquet_atomic(table, staging / f"{name}.parquet")
         (staging / MANIFEST).write_text(manifest.to_json())
     return PrepareResult(data_dir=target, manifest=manifest, seconds=time.perf_counter() - t0)

@@ -72,7 +72,7 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     from feast import FeatureStore
 
     store = FeatureStore(repo_path=str(repo))
-    events = pd.read_parquet(result.data_dir / "interactions.parquet", columns=["user_id"])
+    events = pd.read_parquet(result.data_dir / "interactions", columns=["user_id"])
     top = events["user_id"].value_counts().index[:show].tolist()
     feats = ["user_profile:age", "user_profile:country", "user_behaviour:events_30d",
              "user_behaviour:purchase_30d", "user_behaviour:distinct_items_30d",

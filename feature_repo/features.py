@@ -6,12 +6,13 @@ repo serves the synthetic quickstart data and MovieLens.
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Array, Int64
 
 from feast_autofeat.feast.definitions import repo_layout
 from feast_autofeat.feast.embeddings import embedding_view, request_embedding_view, session_embedding_view
-from feast_autofeat.features.snapshots import SNAPSHOT_TTL
+from feast_autofeat.features.snapshots import RECENT_FIELDS, SNAPSHOT_TTL
 
 layout = repo_layout(__file__)
 
@@ -21,8 +22,9 @@ item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, de
 
 # ---- sources (parquet written by `feast-autofeat prepare`)
 interactions_source = FileSource(
-    name="interactions", path=layout.table("interactions"), timestamp_field="event_timestamp",
-    description="The raw interaction log: user_id, item_id, event_type, [rating], event_timestamp.",
+    name="interactions", path=layout.event_log(), file_format=ParquetFormat(), timestamp_field="event_timestamp",
+    description="The interaction log (prepared events plus appended feedback): user_id, item_id, event_type, "
+    "[rating], event_timestamp.",
 )
 users_source = FileSource(name="users", path=layout.table("users"), timestamp_field="created_timestamp")
 items_source = FileSource(name="items", path=layout.table("items"), timestamp_field="created_timestamp")
@@ -32,8 +34,10 @@ user_behaviour_source = FileSource(
 )
 user_recent_items_source = FileSource(
     name="user_recent_items", path=layout.table("user_recent_items"), timestamp_field="event_timestamp",
-    description="Each user's latest positive items, newest first (feedback pushes keep it fresh).",
+    description="Each user's latest positive items and seen items, newest first, as prepared.",
 )
+# feedback (`POST /feedback`, `Recommender.record_feedback`) keeps the lists fresh online through this push source
+user_recent_items_push = PushSource(name="user_recent_items_push", batch_source=user_recent_items_source)
 item_popularity_source = FileSource(
     name="item_popularity_snapshots", path=layout.table("item_popularity"), timestamp_field="event_timestamp",
 )
@@ -56,9 +60,9 @@ user_behaviour = FeatureView(
 )
 user_recent_items = FeatureView(
     name="user_recent_items", entities=[user], ttl=timedelta(0), online=True, tags=tags,
-    schema=[Field(name="recent_items", dtype=Array(Int64))], source=user_recent_items_source,
-    description="The user's latest positive items, newest first: serving's history for the session embedding "
-    "and the items not to recommend again.",
+    schema=[Field(name=name, dtype=Array(Int64)) for name, _ in RECENT_FIELDS], source=user_recent_items_push,
+    description="The user's latest positive items (newest first, with their epoch-microsecond times): serving's "
+    "history for the session embedding; and the latest items of any event: never recommended again.",
 )
 item_popularity = FeatureView(
     name="item_popularity", entities=[item], ttl=SNAPSHOT_TTL, schema=layout.item_popularity,

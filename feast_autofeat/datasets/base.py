@@ -2,7 +2,8 @@
 
 A prepared data directory (``<repo>/data``) holds parquet tables the feature repo reads:
 
-- ``interactions.parquet``: user_id, item_id, event_type, [rating], event_timestamp (UTC)
+- ``interactions/``: the event log, a directory of parquet parts (user_id, item_id, event_type, [rating],
+  event_timestamp UTC): the prepared events, then one part per batch of feedback (``recommend.feedback``)
 - ``users.parquet``: user_id, profile columns, created_timestamp
 - ``items.parquet``: item_id, profile columns, created_timestamp
 - ``user_behaviour.parquet`` / ``item_popularity.parquet``: daily snapshots (see ``features.snapshots``)
@@ -32,6 +33,13 @@ from feast_autofeat.errors import RepoError
 
 MANIFEST = "manifest.json"
 TABLES = ("interactions", "users", "items")
+EVENT_LOG = "interactions"  # a directory: Feast's DuckDB store and pyarrow read every visible *.parquet in it
+PREPARED_PART = "part-00000-prepared.parquet"
+
+
+def event_log_dir(data_dir: str | os.PathLike) -> Path:
+    """The event log's directory (parquet parts; hidden files are in-flight writes, never read)."""
+    return Path(data_dir) / EVENT_LOG
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,8 @@ class DatasetSpec:
     # SQL predicate over an interaction (alias ``e``): what counts as a positive for implicit-feedback models
     positive: str = "true"
     description: str = ""
+    event_types: tuple[str, ...] = ()  # the values ``event_type`` may take (feedback is checked against them)
+    rating_range: tuple[float, float] | None = None  # inclusive bounds of ``rating_column``
 
 
 @dataclass(frozen=True)

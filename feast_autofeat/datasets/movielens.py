@@ -32,6 +32,8 @@ SPEC = DatasetSpec(
     + tuple((f"genre_{g}", "Int64") for g in GENRES),
     rating_column="rating",
     positive="e.rating >= 4",  # the usual binarization of MovieLens ratings for top-N recommendation
+    event_types=("rating",),
+    rating_range=(1.0, 5.0),
 )
 
 HELP = (

@@ -43,6 +43,7 @@ SPEC = DatasetSpec(
     user_profile=(("age", "Int64"), ("gender", "String"), ("country", "String"), ("signup_channel", "String")),
     item_profile=(("category", "String"), ("brand", "String"), ("price", "Float64")),
     positive="e.event_type <> 'browse'",  # a click or deeper in the funnel
+    event_types=EVENT_TYPES,
 )
 
 _DAY_US = 86_400 * 1_000_000

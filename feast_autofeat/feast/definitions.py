@@ -14,6 +14,7 @@ from feast import Field
 from feast.types import Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
 from feast_autofeat.datasets import get_spec, load_manifest
+from feast_autofeat.datasets.base import event_log_dir
 from feast_autofeat.features.snapshots import item_popularity_fields, user_behaviour_fields
 
 _TYPES = {"Int64": Int64, "Int32": Int32, "Float64": Float64, "Float32": Float32, "String": String,
@@ -41,6 +42,10 @@ class RepoLayout:
         """Absolute path of a prepared table. Absolute because Feast's DuckDB store resolves relative
         paths against the process's working directory, not the repo."""
         return str(self.data_dir / f"{name}.parquet")
+
+    def event_log(self) -> str:
+        """Absolute path of the event log's directory (read it with ``file_format=ParquetFormat()``)."""
+        return str(event_log_dir(self.data_dir))
 
 
 def repo_layout(repo_file: str | os.PathLike) -> RepoLayout:

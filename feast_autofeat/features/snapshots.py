@@ -152,20 +152,35 @@ def build_snapshots(interactions: pa.Table, items: pa.Table, spec: DatasetSpec,
         con.close()
 
 
-RECENT_ITEMS = 100  # items kept per user in user_recent_items (newest first)
+RECENT_ITEMS = 200  # positive items kept per user (newest first): serving's history, training's recent_items
+SEEN_ITEMS = 1000  # items of any event kept per user (newest first): what serving never recommends again
+RECENT_FIELDS = (("recent_items", "Int64"), ("recent_times", "Int64"), ("seen_items", "Int64"))  # Array(...)
 
 
-def recent_items_table(interactions: pa.Table, spec: DatasetSpec, limit: int = RECENT_ITEMS) -> pa.Table:
-    """``user_recent_items``: per user, their last ``limit`` distinct positive items (newest first), stamped
-    with the time of the newest. What serving reads as a user's history (the session embedding's input and
-    the items never to recommend again); feedback pushes replace it (issue 6)."""
+def recent_items_table(interactions: pa.Table, spec: DatasetSpec, limit: int = RECENT_ITEMS,
+                       seen_limit: int = SEEN_ITEMS) -> pa.Table:
+    """``user_recent_items``, one row per user with any event:
+
+    - ``recent_items``: their last ``limit`` distinct positive items, newest first (``[]`` if none): serving's
+      history, the session embedding's input;
+    - ``recent_times``: when each of those was last a positive, epoch microseconds (so feedback merges by time);
+    - ``seen_items``: their last ``seen_limit`` distinct items of any event type: never recommended again;
+    - ``event_timestamp``: the time of their newest event.
+
+    Feedback (``recommend.feedback``) pushes the same row, merged with the new events."""
     con = connect()
     try:
         con.register("e", interactions)
         return fetch_arrow(con, f"""
-            WITH p AS (SELECT user_id, item_id, max(event_timestamp) AS ts FROM e WHERE {spec.positive}
-                       GROUP BY user_id, item_id)
-            SELECT user_id, list(item_id ORDER BY ts DESC, item_id DESC)[1:{int(limit)}] AS recent_items,
+            WITH p AS (SELECT user_id, item_id, max(event_timestamp) AS ts,
+                              max(event_timestamp) FILTER (WHERE {spec.positive}) AS pos_ts
+                       FROM e GROUP BY user_id, item_id)
+            SELECT user_id,
+                   coalesce(list(item_id ORDER BY pos_ts DESC, item_id DESC) FILTER (WHERE pos_ts IS NOT NULL),
+                            [])[1:{int(limit)}] AS recent_items,
+                   coalesce(list(epoch_us(pos_ts) ORDER BY pos_ts DESC, item_id DESC)
+                            FILTER (WHERE pos_ts IS NOT NULL), [])[1:{int(limit)}] AS recent_times,
+                   list(item_id ORDER BY ts DESC, item_id DESC)[1:{int(seen_limit)}] AS seen_items,
                    max(ts) AS event_timestamp
             FROM p GROUP BY user_id ORDER BY user_id""")
     finally:

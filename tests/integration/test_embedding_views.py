@@ -163,7 +163,7 @@ def test_backfill_is_point_in_time(emb_template, tmp_path):
 
     # training rows at random times inside the range, including exactly on a snapshot time
     rng = np.random.default_rng(0)
-    ev = pd.read_parquet(repo / "data" / "interactions.parquet")
+    ev = pd.read_parquet(repo / "data" / "interactions")
     rows = ev[(ev.event_timestamp > pd.Timestamp(start)) & (ev.event_timestamp < pd.Timestamp(end))].sample(
         600, random_state=0)[["user_id", "event_timestamp"]].reset_index(drop=True)
     rows.loc[0, "event_timestamp"] = pd.Timestamp("1998-01-15", tz="UTC")

@@ -15,7 +15,7 @@ from feast_autofeat.models.dae import DAE
 
 @pytest.fixture(scope="module")
 def table(ml_repo):
-    ev = pd.read_parquet(ml_repo / "data" / "interactions.parquet")
+    ev = pd.read_parquet(ml_repo / "data" / "interactions")
     pos = ev[ev.rating >= 4]
     split = strong_generalization_split(pos.user_id.to_numpy(), pos.item_id.to_numpy(), seed=0)
     return strong_generalization_table(split, seed=0)

@@ -21,7 +21,7 @@ def test_help_lists_subcommands():
 
 def test_movielens_tables(ml_repo, ml100k_dir):
     data = ml_repo / "data"
-    ev = pd.read_parquet(data / "interactions.parquet")
+    ev = pd.read_parquet(data / "interactions")
     users = pd.read_parquet(data / "users.parquet")
     items = pd.read_parquet(data / "items.parquet")
     assert (len(ev), len(users), len(items)) == (100_000, 943, 1_682)
@@ -89,9 +89,10 @@ def test_synthetic_cli_is_deterministic(tmp_path, capsys):
     assert main(args + ["--repo", str(tmp_path / "a")]) == 0
     assert main(args + ["--repo", str(tmp_path / "b")]) == 0
     assert "interactions" in capsys.readouterr().out
-    for name in ("interactions", "users", "items", "user_behaviour", "item_popularity"):
-        a = pd.read_parquet(tmp_path / "a" / "data" / f"{name}.parquet")
-        b = pd.read_parquet(tmp_path / "b" / "data" / f"{name}.parquet")
+    for name in ("interactions", "users", "items", "user_behaviour", "item_popularity", "user_recent_items"):
+        file = name if name == "interactions" else f"{name}.parquet"  # the event log is a directory of parts
+        a = pd.read_parquet(tmp_path / "a" / "data" / file)
+        b = pd.read_parquet(tmp_path / "b" / "data" / file)
         pd.testing.assert_frame_equal(a, b)
     manifest = json.loads((tmp_path / "a" / "data" / "manifest.json").read_text())
     assert manifest["rows"]["interactions"] == 5000 and manifest["params"]["seed"] == 11

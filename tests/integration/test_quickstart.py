@@ -19,7 +19,7 @@ def test_quickstart_prints_online_features(fresh_repo):
                  "[6/6] Recommender"):
         assert step in out
     # the three most active users are printed with the values the online store holds for them
-    ev = pd.read_parquet(fresh_repo / "data" / "interactions.parquet")
+    ev = pd.read_parquet(fresh_repo / "data" / "interactions")
     top = ev["user_id"].value_counts().index[:3].tolist()
     store = FeatureStore(repo_path=str(fresh_repo))
     online = store.get_online_features(features=["user_behaviour:events_30d"],
