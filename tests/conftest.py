@@ -98,3 +98,46 @@ def ml_store(ml_repo):
 
     run_feast(ml_repo, "apply", capture=True)
     return FeatureStore(repo_path=str(ml_repo))
+
+
+# ---- the bundled recommender on ML-100K in Redis (shared by the recommender and feedback tests)
+REDIS_YAML = "feature_store.redis.yaml"
+# an hour after ML-100K's last daily snapshot (1998-04-23 00:00): inside the behaviour view's 1-day TTL, so the
+# offline point-in-time read and the online read (Feast applies no TTL online) see the same snapshot
+NOW = "1998-04-23T01:00:00"
+
+
+@pytest.fixture(scope="session")
+def rec_redis(tmp_path_factory):
+    """A redis-server of its own: other tests flush the shared one."""
+    server = make_redis_server(tmp_path_factory.mktemp("rec-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rec_repo(ml_repo, tmp_path_factory, rec_redis):
+    """ML-100K with small encoders and a two-tower deployed live, everything materialized into Redis.
+    Returns (repo, two-tower version). Tests that push feedback use users the others do not read."""
+    from feast_autofeat.quickstart import run_feast
+    from feast_autofeat.recommend.pipeline import build_recommender
+
+    repo = copy_repo(tmp_path_factory.mktemp("rec") / "feature_repo")
+    shutil.copytree(ml_repo / "data", repo / "data")
+    os.environ["REDIS_CONNECTION_STRING"] = rec_redis.url
+    run_feast(repo, "apply", yaml=REDIS_YAML, capture=True)
+    versions = build_recommender(repo, yaml=REDIS_YAML, end=NOW,
+                                 epochs={"dae": 2, "gan": 2, "multvae": 3, "two_tower": 3})
+    return repo, versions["item_two_tower"]
+
+
+@pytest.fixture(scope="session")
+def recommender(rec_repo):
+    from datetime import datetime, timezone
+
+    from feast_autofeat.recommend.recommender import Recommender
+
+    repo, _ = rec_repo
+    now = datetime.fromisoformat(NOW).replace(tzinfo=timezone.utc)
+    return Recommender(repo, yaml=REDIS_YAML, clock=lambda: now)

@@ -1,19 +1,39 @@
 """``feast-autofeat serve``: the recommender over HTTP (FastAPI; OpenAPI docs at ``/docs``).
 
 ``GET /recommend?user_id=1&k=10[&recent_items=50,172,133]`` -> items, scores, model version, source.
+``POST /feedback`` with ``{"events": [{"user_id", "item_id", "event_type", "event_timestamp"[, "rating"]}]}``
+-> how many were recorded; the whole batch or nothing (``recommend.feedback``); the next ``/recommend`` for
+those users reflects them.
 ``GET /healthz`` -> status, live model version, catalogue size, online-store round trip.
 Bad input (non-integer ids, k out of range) answers 422 with the reason; an unknown user answers 200 with
-the popularity fallback (``source: "popularity"``); a failing online store answers 503.
+the popularity fallback (``source: "popularity"``); invalid feedback answers 422 naming each bad event; a
+failing online store answers 503.
 """
 
 from __future__ import annotations
 
 import logging
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import SchemaError
 
 log = logging.getLogger(__name__)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: StrictInt
+    item_id: StrictInt
+    event_type: str = Field(description="one of the dataset's event types, e.g. rating / click / purchase")
+    event_timestamp: str = Field(description="ISO 8601, e.g. 2024-05-01T12:00:00Z (naive = UTC)")
+    rating: float | None = Field(None, description="where the dataset has ratings")
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Event]
 
 
 def create_app(recommender):
@@ -39,6 +59,16 @@ def create_app(recommender):
         except Exception as exc:  # the online store (Redis) going away: the client may retry
             log.exception("recommend failed")
             raise HTTPException(503, f"online store unavailable: {type(exc).__name__}: {exc}") from None
+
+    @app.post("/feedback")
+    def feedback(body: Feedback) -> dict:
+        try:
+            return recommender.record_feedback([e.model_dump(exclude_unset=True) for e in body.events]).to_dict()
+        except SchemaError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except Exception as exc:  # nothing was recorded; the client may retry
+            log.exception("feedback failed")
+            raise HTTPException(503, f"feedback not recorded: {type(exc).__name__}: {exc}") from None
 
     @app.get("/healthz")
     def healthz() -> dict:

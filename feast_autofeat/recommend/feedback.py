@@ -1,0 +1,304 @@
+"""Feedback in, fresh features out: ``Recommender.record_feedback(events)`` and ``POST /feedback``.
+
+An event is ``{user_id, item_id, event_type, event_timestamp[, rating]}`` (the dataset's event types; a rating
+where the dataset has one; an ISO 8601 time, naive = UTC). A batch of events is applied whole or not at all:
+
+1. **Validated**, every event before anything is written: unknown or missing fields, non-integer ids, ids the
+   store does not know (the users and items tables), unknown event types, ratings out of range, unparseable
+   times or times more than ``MAX_FUTURE`` ahead of the clock. A ``FeedbackError`` names each offending event.
+2. **Appended to the event log** (``data/interactions/``, the ``interactions`` source every snapshot, training
+   set and refresh reads) as one parquet part, written to a hidden file, fsynced and renamed into place.
+3. **Pushed online** through Feast's ``user_recent_items_push`` push source (``store.push``): each user's
+   ``recent_items`` (positives, newest first by event time), ``recent_times`` and ``seen_items`` (any event),
+   merged with what the online store holds. The next ``recommend`` reads them, so its session embedding and
+   its never-recommend-again set already include the events.
+
+If the push fails (Redis gone), the part is removed again and the error raised: nothing is half-applied. A
+crash between the two leaves the events in the log, the source of truth, which ``rebuild_recent_items``
+(and ``feast-autofeat refresh``) turns back into the online lists.
+
+Merges are serialized per process (one lock): run one feedback writer per store, or shard users across
+writers; two processes merging the same user's list concurrently could drop one's update online (the log
+keeps both). Online rows are stamped with the write time (at least 1 µs after the stored row, as Redis drops
+writes that are not newer); ``seen_items`` keeps the newest ``SEEN_ITEMS`` by arrival.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feast_autofeat.datasets import get_spec, load_manifest
+from feast_autofeat.datasets.base import PREPARED_PART, event_log_dir
+from feast_autofeat.features.snapshots import RECENT_FIELDS, RECENT_ITEMS, SEEN_ITEMS, connect, fetch_arrow
+from feast_autofeat.models.base import SchemaError
+
+PUSH_SOURCE = "user_recent_items_push"
+RECENT_VIEW = "user_recent_items"
+MAX_FUTURE = timedelta(minutes=5)  # clock skew tolerated between a client and the service
+MAX_ERRORS = 5  # offending events named per error message
+
+
+class FeedbackError(SchemaError):
+    """The batch of events is invalid; nothing of it was written."""
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    events: int
+    positives: int  # events that count as positives (they enter recent_items)
+    users: int
+    part: str  # the event-log part holding them
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _us(ts: pd.Series) -> np.ndarray:
+    return ts.dt.tz_convert("UTC").to_numpy("datetime64[us]").astype(np.int64)
+
+
+def _flat(lists: list[list[int]]) -> np.ndarray:
+    return np.concatenate([np.asarray(x, np.int64) for x in lists]) if lists else np.zeros(0, np.int64)
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FeedbackLog:
+    """Validates feedback, appends it to the event log and pushes the fresh lists online (see module doc)."""
+
+    def __init__(self, store, repo: str | Path, clock: Callable[[], datetime] | None = None):
+        self.store = store
+        self.data_dir = Path(repo) / "data"
+        self.spec = get_spec(load_manifest(self.data_dir).dataset)
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.log_dir = event_log_dir(self.data_dir)
+        prepared = self.log_dir / PREPARED_PART
+        if not prepared.exists():
+            raise FeedbackError(f"{prepared} not found: the event log is missing; re-run `feast-autofeat prepare`.")
+        self.schema = pq.read_schema(prepared).remove_metadata()
+        self.fields = ["user_id", "item_id", "event_type", "event_timestamp"]
+        if self.spec.rating_column:
+            self.fields.insert(3, self.spec.rating_column)
+        self.users = self._ids("users", "user_id")
+        self.items = self._ids("items", "item_id")
+        self._lock = threading.Lock()
+
+    def _ids(self, source: str, key: str) -> np.ndarray:
+        path = self.store.get_data_source(source).path
+        return np.unique(pq.read_table(path, columns=[key]).column(key).to_numpy())
+
+    # ---- validation (vectorized; nothing is written before every event passed)
+    def validate(self, events) -> pd.DataFrame:
+        """The events as a frame in the log's schema, or a ``FeedbackError`` naming what is wrong and where."""
+        df = self._frame(events)
+        problems: list[str] = []
+
+        def bad(mask: np.ndarray, what: Callable[[int], str]) -> None:
+            rows = np.flatnonzero(mask)
+            problems.extend(f"event {i}: {what(i)}" for i in rows[:MAX_ERRORS])
+            if len(rows) > MAX_ERRORS:
+                problems.append(f"... and {len(rows) - MAX_ERRORS} more events like that")
+
+        ids = {}
+        for col, known, table in (("user_id", self.users, "users"), ("item_id", self.items, "items")):
+            values = df[col]
+            if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
+                ok = np.ones(len(df), bool)
+            else:
+                ok = values.map(lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)))
+                ok = ok.to_numpy(bool)
+            bad(~ok, lambda i, c=col: f"{c} must be an integer, got {df[c].iloc[i]!r}")
+            arr = np.where(ok, pd.to_numeric(values.where(ok, 0), errors="coerce"), 0).astype(np.int64)
+            bad(ok & ~np.isin(arr, known), lambda i, c=col, a=arr, t=table: (
+                f"{c} {a[i]} is unknown (not in the {t} table); add it to the {t} table and re-run "
+                "`feast-autofeat prepare`, or drop the event"))
+            ids[col] = arr
+
+        types = self.spec.event_types
+        et = df["event_type"]
+        bad(~et.isin(types).to_numpy(bool), lambda i: f"event_type {et.iloc[i]!r} is not one of {list(types)}")
+
+        rating = self.spec.rating_column
+        if rating:
+            r = pd.to_numeric(df[rating], errors="coerce").to_numpy(np.float64)
+            lo, hi = self.spec.rating_range or (-math.inf, math.inf)
+            bad(~(np.isfinite(r) & (r >= lo) & (r <= hi)),
+                lambda i: f"{rating} must be a number in [{lo:g}, {hi:g}], got {df[rating].iloc[i]!r}")
+
+        raw = df["event_timestamp"]
+        if pd.api.types.is_datetime64_any_dtype(raw):
+            ts = raw.dt.tz_localize("UTC") if raw.dt.tz is None else raw.dt.tz_convert("UTC")
+        else:
+            text = raw.map(lambda v: isinstance(v, (str, datetime))).to_numpy(bool)
+            ts = pd.to_datetime(raw.where(text, None), utc=True, errors="coerce", format="ISO8601")
+            ts = ts.where(text, pd.NaT)
+        latest = pd.Timestamp(self.clock()) + MAX_FUTURE
+        bad(ts.isna().to_numpy(bool),
+            lambda i: f"event_timestamp {raw.iloc[i]!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)")
+        bad((ts > latest).to_numpy(bool), lambda i: (
+            f"event_timestamp {ts.iloc[i].isoformat()} is more than {MAX_FUTURE} ahead of the service's clock "
+            f"({latest - MAX_FUTURE:%Y-%m-%dT%H:%M:%SZ}); send the time the event happened"))
+        if problems:
+            raise FeedbackError(f"{len(df)} event(s) rejected, none recorded: " + "; ".join(problems) + ".")
+
+        out = pd.DataFrame({"user_id": ids["user_id"], "item_id": ids["item_id"], "event_type": et.astype(str)})
+        if rating:
+            out[rating] = r
+        out["event_timestamp"] = ts.dt.as_unit("us")
+        return out
+
+    def _frame(self, events) -> pd.DataFrame:
+        if isinstance(events, pd.DataFrame):
+            df = events.reset_index(drop=True)
+        else:
+            if isinstance(events, Mapping):
+                events = [events]
+            if not isinstance(events, (list, tuple)) or not all(isinstance(e, Mapping) for e in events):
+                raise FeedbackError("feedback must be a list of events, each a mapping with the fields "
+                                    f"{self.fields}.")
+            df = pd.DataFrame(list(events))
+        if df.empty:
+            raise FeedbackError(f"no events given; send at least one with the fields {self.fields}.")
+        unknown = [c for c in df.columns if c not in self.fields]
+        missing = [c for c in self.fields if c not in df.columns]
+        if unknown or missing:
+            raise FeedbackError(f"{len(df)} event(s) rejected, none recorded: "
+                                + (f"unknown field(s) {unknown}; " if unknown else "")
+                                + (f"missing field(s) {missing}; " if missing else "")
+                                + f"an event has exactly the fields {self.fields}.")
+        holes = df[self.fields].isna().any(axis=1).to_numpy()
+        if holes.any():
+            i = int(np.flatnonzero(holes)[0])
+            empty = [c for c in self.fields if pd.isna(df[c].iloc[i])]
+            raise FeedbackError(f"{int(holes.sum())} event(s) lack a value, none recorded: event {i} has no "
+                                f"{empty}.")
+        return df
+
+    def positives(self, events: pd.DataFrame) -> np.ndarray:
+        """Which events count as positives (the dataset's own predicate, evaluated by DuckDB)."""
+        con = connect()
+        try:
+            con.register("e", events)
+            return fetch_arrow(con, f"SELECT coalesce(({self.spec.positive}), false) AS p FROM e")["p"].to_numpy(
+                zero_copy_only=False).astype(bool)
+        finally:
+            con.close()
+
+    # ---- apply
+    def record(self, events) -> FeedbackResult:
+        """Validate, append to the log, push online; all or nothing (see the module doc)."""
+        t0 = time.perf_counter()
+        ev = self.validate(events)
+        pos = self.positives(ev)
+        with self._lock:
+            rows = self._merged(ev, pos)
+            part = self._append(ev)
+            try:
+                from feast.data_source import PushMode
+
+                self.store.push(PUSH_SOURCE, rows, to=PushMode.ONLINE)
+            except BaseException:
+                part.unlink(missing_ok=True)  # undo the append: the batch is applied whole or not at all
+                raise
+        return FeedbackResult(len(ev), int(pos.sum()), len(rows), part.name, time.perf_counter() - t0)
+
+    def _append(self, ev: pd.DataFrame) -> Path:
+        table = pa.Table.from_pandas(ev, preserve_index=False).select(self.schema.names).cast(self.schema)
+        name = f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp, path = self.log_dir / f".{name}.tmp", self.log_dir / name
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            _fsync(tmp)
+            os.replace(tmp, path)
+            _fsync(self.log_dir, directory=True)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def _stored(self, users: np.ndarray) -> tuple[dict[str, list], np.ndarray]:
+        """The online lists of ``users`` and their rows' timestamps (epoch µs; 0 where none)."""
+        resp = self.store.get_online_features(features=[f"{RECENT_VIEW}:{f}" for f, _ in RECENT_FIELDS],
+                                              entity_rows={"user_id": users.tolist()})
+        out = resp.to_dict()
+        names = list(resp.proto.metadata.feature_names.val)
+        stamps = resp.proto.results[names.index(RECENT_FIELDS[0][0])].event_timestamps
+        us = np.array([t.seconds * 1_000_000 + t.nanos // 1000 for t in stamps], np.int64)
+        return out, us
+
+    def _merged(self, ev: pd.DataFrame, pos: np.ndarray) -> pd.DataFrame:
+        """One push row per user of the batch: stored lists merged with the new events (vectorized)."""
+        users = np.unique(ev["user_id"].to_numpy())
+        stored, stored_us = self._stored(users)
+        recent = [x or [] for x in stored["recent_items"]]
+        times = [x or [] for x in stored["recent_times"]]
+        seen = [x or [] for x in stored["seen_items"]]
+        lens = np.fromiter(map(len, recent), np.int64, len(users))
+        if not np.array_equal(lens, np.fromiter(map(len, times), np.int64, len(users))):
+            raise FeedbackError("user_recent_items online is inconsistent (recent_items and recent_times differ in "
+                                "length): rebuild it with `feast-autofeat refresh` or `feast materialize`.")
+        ev_us = _us(ev["event_timestamp"])
+
+        # recent_items: positives, newest time first (ties: larger item id first, as in the prepared table)
+        r = pd.DataFrame({
+            "user_id": np.concatenate([np.repeat(users, lens), ev["user_id"].to_numpy()[pos]]),
+            "item_id": np.concatenate([_flat(recent),
+                                       ev["item_id"].to_numpy()[pos]]),
+            "t": np.concatenate([_flat(times), ev_us[pos]]),
+        }).sort_values(["user_id", "t", "item_id"], ascending=[True, False, False], kind="stable")
+        r = r.drop_duplicates(["user_id", "item_id"])
+        r = r[r.groupby("user_id").cumcount().to_numpy() < RECENT_ITEMS]
+
+        # seen_items: the batch's items (newest first), then what was stored
+        slens = np.fromiter(map(len, seen), np.int64, len(users))
+        order = np.lexsort((-ev["item_id"].to_numpy(), -ev_us))
+        s = pd.DataFrame({
+            "user_id": np.concatenate([ev["user_id"].to_numpy()[order], np.repeat(users, slens)]),
+            "item_id": np.concatenate([ev["item_id"].to_numpy()[order],
+                                       _flat(seen)]),
+        }).sort_values("user_id", kind="stable").drop_duplicates(["user_id", "item_id"])
+        s = s[s.groupby("user_id").cumcount().to_numpy() < SEEN_ITEMS]
+
+        def lists(frame: pd.DataFrame, col: str) -> list[list[int]]:
+            at = np.searchsorted(frame["user_id"].to_numpy(), users)
+            return [a.tolist() for a in np.split(frame[col].to_numpy(), at[1:])]
+
+        newest = pd.Series(ev_us).groupby(ev["user_id"].to_numpy()).max().reindex(users).to_numpy()
+        now = int(pd.Timestamp(self.clock()).value // 1000)
+        stamp = np.maximum(np.maximum(newest, stored_us + 1), now)
+        return pd.DataFrame({"user_id": users, "recent_items": lists(r, "item_id"), "recent_times": lists(r, "t"),
+                             "seen_items": lists(s, "item_id"),
+                             "event_timestamp": pd.to_datetime(stamp, unit="us", utc=True)})
+
+
+def rebuild_recent_items(repo: str | Path) -> Path:
+    """Recompute ``user_recent_items.parquet`` from the whole event log (prepared events plus feedback), so
+    ``feast materialize`` (or a refresh) writes lists that include every logged event."""
+    from feast_autofeat.datasets.base import write_parquet_atomic
+    from feast_autofeat.features.snapshots import recent_items_table
+
+    data_dir = Path(repo) / "data"
+    spec = get_spec(load_manifest(data_dir).dataset)
+    log = pq.read_table(event_log_dir(data_dir))
+    path = data_dir / f"{RECENT_VIEW}.parquet"
+    write_parquet_atomic(recent_items_table(log, spec), path)
+    return path

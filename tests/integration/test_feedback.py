@@ -1,0 +1,239 @@
+"""Feedback closes the loop, against the real Feast SDK and a real redis-server (ML-100K): events pushed through
+Feast's push source change the very next recommendation, land exactly once in the offline event log, and the
+online lists equal an independent DuckDB computation over that log. Invalid batches change nothing.
+
+These tests push feedback for users 100-299 only; the other recommender tests read other users."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import requests
+from feast import FeatureStore
+
+from feast_autofeat.datasets.base import PREPARED_PART
+from feast_autofeat.datasets.movielens import SPEC
+from feast_autofeat.features.snapshots import recent_items_table
+from feast_autofeat.recommend.feedback import FeedbackError, FeedbackLog, rebuild_recent_items
+from feast_autofeat.testing import free_port
+from tests.conftest import NOW, REDIS_YAML
+
+pytestmark = pytest.mark.integration
+T = pd.Timestamp(NOW, tz="UTC")
+
+
+def _log(repo) -> pd.DataFrame:
+    return pd.read_parquet(repo / "data" / "interactions")
+
+
+def _parts(repo) -> list[str]:
+    return sorted(p.name for p in (repo / "data" / "interactions").iterdir())
+
+
+def _online(store, users) -> pd.DataFrame:
+    out = store.get_online_features(features=[f"user_recent_items:{f}" for f in
+                                              ("recent_items", "recent_times", "seen_items")],
+                                    entity_rows={"user_id": list(users)}).to_dict()
+    return pd.DataFrame(out).set_index("user_id")
+
+
+def _co_liked(log: pd.DataFrame, liked: list[int], n: int = 50) -> set[int]:
+    """The ``n`` items most co-liked with ``liked`` (cosine over users' positives), computed from the log alone:
+    the model-independent yardstick of "more like what the user just did"."""
+    pos = log[log.rating >= 4].drop_duplicates(["user_id", "item_id"])
+    users, u = np.unique(pos.user_id, return_inverse=True)
+    items, i = np.unique(pos.item_id, return_inverse=True)
+    x = np.zeros((len(users), len(items)))
+    x[u, i] = 1.0
+    x /= np.sqrt(np.maximum(x.sum(0), 1.0))
+    sim = x.T @ x[:, np.searchsorted(items, liked)]
+    score = sim.sum(1)
+    score[np.searchsorted(items, liked)] = -np.inf
+    return set(items[np.argsort(-score, kind="stable")[:n]].tolist())
+
+
+def test_feedback_changes_the_next_recommendation(rec_repo, recommender):
+    """Users like several films (the genre's most popular ones they had neither seen nor been recommended):
+    their top-10 moves towards those films' co-liked neighbours (an independent computation over the log),
+    the films are never recommended back, and they lead the online history the session embedding reads."""
+    repo, version = rec_repo
+    items = pd.read_parquet(repo / "data" / "items.parquet").set_index("item_id")
+    log = _log(repo)
+    popular = log[log.rating >= 4].groupby("item_id").size().sort_values(ascending=False, kind="stable")
+    rises = []
+    for user, genre in zip(range(101, 107), ("horror", "sci_fi", "romance", "childrens", "war", "comedy")):
+        before = recommender.recommend(user, k=10)
+        seen = set(log.item_id[log.user_id == user])
+        liked = [int(i) for i in popular.index if items.loc[i, f"genre_{genre}"] == 1 and i not in seen
+                 and i not in before.items][:8]
+        events = [{"user_id": user, "item_id": i, "event_type": "rating", "rating": 5.0,
+                   "event_timestamp": (T - timedelta(minutes=30) + timedelta(seconds=k)).isoformat()}
+                  for k, i in enumerate(liked)]
+        result = recommender.record_feedback(events)
+        assert (result.events, result.positives, result.users) == (8, 8, 1)
+        after = recommender.recommend(user, k=10)
+        assert after.model_version == version and after.source == "two-tower"
+        assert not set(after.items) & set(liked) and not set(after.items) & seen
+        assert after.history_items == before.history_items + 8
+        stored = _online(recommender.store, [user]).loc[user]
+        assert list(stored.recent_items[:8]) == liked[::-1]  # newest first
+        near = _co_liked(log, liked)
+        rises.append(len(near & set(after.items)) - len(near & set(before.items)))
+    assert sum(r > 0 for r in rises) > sum(r < 0 for r in rises) and np.mean(rises) >= 1, rises
+
+
+def test_disliked_items_are_seen_but_not_history(rec_repo, recommender):
+    """A low rating is no positive (the session embedding ignores it) but the item is never recommended again."""
+    top = recommender.recommend(110, k=5).items
+    before = _online(recommender.store, [110]).loc[110]
+    recommender.record_feedback([{"user_id": 110, "item_id": i, "event_type": "rating", "rating": 1.0,
+                                  "event_timestamp": NOW} for i in top[:3]])
+    after = _online(recommender.store, [110]).loc[110]
+    assert list(after.recent_items) == list(before.recent_items)
+    assert list(after.seen_items[:3]) == sorted(top[:3], reverse=True)  # same time: larger id first
+    rec = recommender.recommend(110, k=5)
+    assert not set(rec.items) & set(top[:3]) and rec.items[:2] == top[3:5]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
+    ({"rating": None}, r"lack a value.*\['rating'\]"),
+    ({"user_id": 99_999}, r"user_id 99999 is unknown \(not in the users table\)"),
+    ({"item_id": 99_999}, r"item_id 99999 is unknown \(not in the items table\)"),
+    ({"user_id": "120"}, r"user_id must be an integer, got '120'"),
+    ({"event_type": "click"}, r"event_type 'click' is not one of \['rating'\]"),
+    ({"rating": 7.0}, r"rating must be a number in \[1, 5\]"),
+    ({"event_timestamp": "yesterday"}, r"'yesterday' is not an ISO 8601 time"),
+    ({"event_timestamp": 1234567890}, r"1234567890 is not an ISO 8601 time"),
+    ({"event_timestamp": "1998-04-24T00:00:00Z"}, r"ahead of the service's clock"),
+])
+def test_invalid_events_change_nothing(rec_repo, recommender, bad, match):
+    repo, _ = rec_repo
+    good = {"user_id": 120, "item_id": 50, "event_type": "rating", "rating": 5.0, "event_timestamp": NOW}
+    parts, online = _parts(repo), _online(recommender.store, [120, 121])
+    batch = [good, {**good, "user_id": 121, **bad}]  # one bad event: the good one is not recorded either
+    with pytest.raises(FeedbackError, match=match) as err:
+        recommender.record_feedback(batch)
+    assert "event 1" in str(err.value) or "field" in str(err.value)
+    assert _parts(repo) == parts
+    pd.testing.assert_frame_equal(_online(recommender.store, [120, 121]), online)
+
+
+def test_failed_push_leaves_nothing_behind(rec_repo, monkeypatch):
+    """Redis refusing the write (fault injected at Feast's push) removes the already-appended log part."""
+    repo, _ = rec_repo
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
+    log = FeedbackLog(store, repo, clock=lambda: T)
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("redis went away")
+
+    monkeypatch.setattr(store, "push", refuse)
+    parts, online = _parts(repo), _online(store, [130])
+    with pytest.raises(ConnectionError, match="went away"):
+        log.record([{"user_id": 130, "item_id": 50, "event_type": "rating", "rating": 5.0, "event_timestamp": NOW}])
+    assert _parts(repo) == parts
+    pd.testing.assert_frame_equal(_online(store, [130]), online)
+
+
+def test_redis_down_is_a_clear_failure_and_writes_nothing(rec_repo, tmp_path):
+    """A store whose Redis is not there: the read before the merge fails, nothing reaches the log."""
+    repo, _ = rec_repo
+    os.environ["REDIS_CONNECTION_STRING"], url = f"127.0.0.1:{free_port()}", os.environ["REDIS_CONNECTION_STRING"]
+    try:
+        store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
+    finally:
+        os.environ["REDIS_CONNECTION_STRING"] = url
+    parts = _parts(repo)
+    with pytest.raises(Exception, match="(?i)connect"):
+        FeedbackLog(store, repo, clock=lambda: T).record(
+            [{"user_id": 131, "item_id": 50, "event_type": "rating", "rating": 5.0, "event_timestamp": NOW}])
+    assert _parts(repo) == parts
+
+
+def test_no_event_lost_under_concurrent_http_clients(rec_repo, rec_redis):
+    """8 clients POST 400 events (50 batches, users overlapping across clients) to `feast-autofeat serve`:
+    the log holds exactly those 400 once, and the online lists equal DuckDB's recomputation from the log."""
+    repo, _ = rec_repo
+    before = _log(repo)
+    rng = np.random.default_rng(0)
+    users = np.arange(200, 240)
+    items = pd.read_parquet(repo / "data" / "items.parquet").item_id.to_numpy()
+    n = 400
+    sent = pd.DataFrame({
+        "user_id": rng.choice(users, n), "item_id": rng.choice(items, n), "event_type": "rating",
+        "rating": rng.integers(1, 6, n).astype(float),
+        "event_timestamp": T - pd.to_timedelta(rng.integers(0, 3600 * 24, n), unit="s"),
+    })
+    batches = [sent.iloc[i:i + 8] for i in range(0, n, 8)]
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_CONNECTION_STRING": rec_redis.url}
+    proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f",
+                             REDIS_YAML, "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                requests.get(f"{url}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"server did not start: {proc.stdout.read() if proc.poll() else ''}") from None
+                time.sleep(0.5)
+
+        def post(batch: pd.DataFrame) -> int:
+            events = batch.assign(event_timestamp=batch.event_timestamp.map(pd.Timestamp.isoformat))
+            r = requests.post(f"{url}/feedback", json={"events": events.to_dict("records")}, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["events"]
+
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(post, batches)) == n
+        bad = requests.post(f"{url}/feedback", json={"events": [{"user_id": 200, "item_id": 1}]}, timeout=10)
+        assert bad.status_code == 422
+        bad = requests.post(f"{url}/feedback", json={"events": [{**sent.iloc[0].to_dict(), "item_id": 99_999,
+                                                                  "event_timestamp": NOW}]}, timeout=10)
+        assert bad.status_code == 422 and "item_id 99999 is unknown" in bad.json()["detail"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    log = _log(repo)
+    added = log.merge(before, how="left", indicator=True).query("_merge == 'left_only'").drop(columns="_merge")
+    assert len(log) == len(before) + n
+    key = ["user_id", "item_id", "rating", "event_timestamp"]
+    pd.testing.assert_frame_equal(added.sort_values(key, ignore_index=True)[key],
+                                  sent.sort_values(key, ignore_index=True)[key], check_dtype=False)
+    # online = an independent recomputation over the whole log (DuckDB), for every user the clients touched
+    want = recent_items_table(pq.read_table(repo / "data" / "interactions"), SPEC).to_pandas()
+    want = want.set_index("user_id").loc[users]
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
+    got = _online(store, users)
+    for u in users:
+        assert list(got.recent_items[u]) == list(want.recent_items[u]), u
+        assert list(got.recent_times[u]) == list(want.recent_times[u]), u
+        assert set(got.seen_items[u]) == set(want.seen_items[u]), u
+
+
+def test_rebuild_recent_items_from_the_log(rec_repo):
+    """The log is the source of truth: the prepared table recomputed from it includes every feedback event."""
+    repo, _ = rec_repo
+    path = rebuild_recent_items(repo)
+    table = pd.read_parquet(path).set_index("user_id")
+    log = _log(repo)
+    feedback = log.merge(pd.read_parquet(repo / "data" / "interactions" / PREPARED_PART), how="left",
+                         indicator=True).query("_merge == 'left_only'")
+    assert len(feedback) > 0
+    for user, rows in feedback.groupby("user_id"):
+        assert set(rows.item_id) <= set(table.seen_items[user])
