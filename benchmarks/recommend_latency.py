@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,8 @@ def main() -> None:
 
         def anchor():
             u = int(users[next(it) % len(users)])
-            rec.store.get_online_features(features=rec.service, entity_rows=[
-                {"user_id": u, "recent_items": rec.history(u)}], full_feature_names=True).to_dict()
+            rec.store.get_online_features(features=rec._bundle.features.refs, entity_rows=[
+                {"user_id": u, "recent_items": rec.history(u)[0]}], full_feature_names=True).to_dict()
 
         def recommend():
             rec.recommend(int(users[next(it) % len(users)]), k=10)
@@ -155,7 +156,7 @@ def main() -> None:
         approx_ids, _ = hnsw.search(queries, 100)
         search_s = (time.perf_counter() - t0) / len(queries)
         recall = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(approx_ids, exact_ids)]))
-        rec.index = hnsw
+        rec.swap(replace(rec._bundle, index=hnsw))
         t = timed_rounds({"recommend_1m_hnsw": recommend}, args.rounds)
         result["catalogue_1m"] = {"items": n, "index": "hnsw (usearch, M=16, ef_construction=128, ef=256)",
                                   "build_seconds": build_s, "recall@100_vs_brute_force": recall,

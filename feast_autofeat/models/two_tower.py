@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,13 @@ class TwoTowerConfig:
     item_columns: tuple[str, ...] = ()
     item_vectors: tuple[str, ...] = ()
     history: str | None = None  # a list column of item ids pooled (mean of learned item embeddings) in the query
+    recent: int = 10  # the newest ``recent`` history items pooled again, separately: the session's short-term intent
+    # the query vector plus this times the mean candidate vector of the ``recent`` newest history items (then
+    # renormalized): "more like what I just did"; chosen on validation after fitting (``choose_session_weight``)
+    session_weight: float = 0.0
+    # the least session_weight validation may choose: a product floor so that feedback visibly steers the next
+    # recommendation even where offline recall alone would ignore the session (see the README's figures)
+    min_session_weight: float = 0.5
     user_ids: bool = True  # a user-id embedding in the query tower (row 0: unknown users)
     item_ids: bool = True
     dim: int = 64  # output vector size of both towers
@@ -81,18 +88,26 @@ class _Tower(nn.Module):
         self.history = nn.EmbeddingBag(n_history + 1, cfg.id_dim, mode="mean") if n_history else None
         if self.history is not None:
             nn.init.normal_(self.history.weight, std=0.1)
-        in_dim = width + (cfg.id_dim if use_ids else 0) + (cfg.id_dim if n_history else 0)
+        # the newest few of them, pooled with embeddings of their own (what the user is into right now)
+        self.recent = nn.EmbeddingBag(n_history + 1, cfg.id_dim, mode="mean") if n_history and cfg.recent else None
+        if self.recent is not None:
+            nn.init.normal_(self.recent.weight, std=0.1)
+        in_dim = width + (cfg.id_dim if use_ids else 0) + (cfg.id_dim if n_history else 0) \
+            + (cfg.id_dim if self.recent is not None else 0)
         if in_dim == 0:
             raise SchemaError("a tower needs at least one input: feature columns or ids.")
         self.mlp = nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.hidden, cfg.dim))
 
-    def forward(self, x: torch.Tensor, ids: torch.Tensor, bags: tuple | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, bags: tuple | None = None,
+                recent: tuple | None = None) -> torch.Tensor:
         parts = [x] if x.shape[1] else []
         if self.ids is not None:
             parts.append(self.ids(ids))
         if self.history is not None:
             parts.append(self.history(*bags))
+        if self.recent is not None:
+            parts.append(self.recent(*recent))
         return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
 
 
@@ -216,6 +231,14 @@ class _Bags:
         offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         return torch.from_numpy(self.values[_ranges(starts, lens)]), torch.from_numpy(offsets)
 
+    def head(self, n: int) -> _Bags:
+        """The first ``n`` items of each bag (the newest, as history lists are newest first)."""
+        from feast_autofeat.models.interactions import _ranges
+
+        lens = np.minimum(np.diff(self.indptr), n)
+        return _Bags(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+                     self.values[_ranges(self.indptr[:-1], lens)])
+
 
 class TwoTower:
     """``TwoTower(config).fit(train, items, valid=...)``; ``query_vectors(frame)``, ``item_vectors()``.
@@ -273,6 +296,13 @@ class TwoTower:
         keep_lens = np.bincount(np.repeat(np.arange(len(lists)), lens)[known], minlength=len(lists))
         return _Bags(np.concatenate([[0], np.cumsum(keep_lens)]).astype(np.int64), (pos[known] + 1).astype(np.int64))
 
+    def _recent(self, bags: _Bags | None) -> _Bags | None:
+        return bags.head(self.config.recent) if bags is not None and self.config.recent else None
+
+    @staticmethod
+    def _take(bags: tuple, rows: np.ndarray) -> tuple:
+        return tuple(b.take(rows) if b is not None else None for b in bags)
+
     # ---- training
     def fit(self, train: pd.DataFrame, items: pd.DataFrame,
             valid: tuple[pd.DataFrame, Histories, Histories] | None = None, progress: bool = False) -> TwoTower:
@@ -293,6 +323,7 @@ class TwoTower:
         uid = torch.from_numpy(self.user_positions(train.user_id))
         ipos = torch.from_numpy(self.item_positions(train.item_id))
         bags = self.bags(train)
+        recent = self._recent(bags)
         freq = np.bincount(ipos.numpy(), minlength=len(self.item_ids_)) / len(ipos)
         log_q = torch.from_numpy(np.log(np.maximum(freq, 1e-12)).astype(np.float32))
         net = _Net(xq.shape[1], self.item_x_.shape[1], len(self.user_ids_), len(self.item_ids_), cfg)
@@ -310,7 +341,7 @@ class TwoTower:
                 if cfg.user_ids and cfg.id_dropout > 0:
                     users = users * (torch.rand(len(idx), generator=gen) >= cfg.id_dropout)
                 it = ipos[idx]
-                q = net.query(xq[idx], users, bags.take(idx.numpy()) if bags is not None else None)
+                q = net.query(xq[idx], users, *self._take((bags, recent), idx.numpy()))
                 c = net.candidate(self.item_x_[it], item_rows[it])
                 logits = q @ c.T / cfg.temperature
                 if cfg.logq:
@@ -352,7 +383,20 @@ class TwoTower:
         users = torch.from_numpy(self.user_positions(frame["user_id"]) if "user_id" in frame
                                  else np.zeros(len(frame), np.int64))
         bags = self.bags(frame)
-        return net.query(x, users, bags.take(np.arange(len(frame))) if bags is not None else None).numpy()
+        recent = self._recent(bags)
+        q = net.query(x, users, *self._take((bags, recent), np.arange(len(frame))))
+        if self.config.session_weight and recent is not None:
+            values, offsets = recent.take(np.arange(len(frame)))
+            pooled = F.embedding_bag(values, self._candidates(), offsets, mode="mean")
+            q = F.normalize(q + self.config.session_weight * pooled, dim=1)
+        return q.numpy()
+
+    def _candidates(self) -> torch.Tensor:
+        """Row 0: zeros (unknown), row i: the catalogue's i-th candidate vector (cached; the model is frozen)."""
+        if getattr(self, "_candidates_", None) is None:
+            vecs = torch.from_numpy(self.item_vectors())
+            self._candidates_ = torch.cat([torch.zeros(1, vecs.shape[1]), vecs])
+        return self._candidates_
 
     @torch.inference_mode()
     def query_vector(self, record: Mapping) -> np.ndarray:
@@ -361,12 +405,32 @@ class TwoTower:
         net = self._net()
         x = torch.from_numpy(self.query_in_.transform_record(record))
         users = torch.from_numpy(self.user_positions([record.get("user_id", -1)]))
-        bags = None
+        bags = recent = None
         if self.config.history:
             items = np.asarray(record.get(self.config.history) or [], np.int64)
             rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
-            bags = (torch.from_numpy(rows[rows > 0]), torch.zeros(1, dtype=torch.int64))  # ids it lacks: ignored
-        return net.query(x, users, bags)[0].numpy()
+            rows = torch.from_numpy(rows[rows > 0])  # ids it lacks: ignored
+            zero = torch.zeros(1, dtype=torch.int64)
+            bags, recent = (rows, zero), (rows[:self.config.recent], zero)
+        q = net.query(x, users, bags, recent)
+        if self.config.session_weight and recent is not None and len(recent[0]):
+            q = F.normalize(q + self.config.session_weight * self._candidates()[recent[0]].mean(0), dim=1)
+        return q[0].numpy()
+
+    def choose_session_weight(self, valid: tuple, grid=(0.0, 0.25, 0.5, 1.0, 2.0)) -> dict:
+        """Set ``session_weight`` to the weight of at least ``min_session_weight`` with the best validation
+        Recall@20 (ties: the smaller); returns {weight: recall} for the whole grid (so what the floor costs
+        offline shows)."""
+        vq, targets, exclude = valid
+        floor = self.config.min_session_weight
+        scores = {}
+        for w in sorted({floor, *grid}):
+            self.config = replace(self.config, session_weight=float(w))
+            scores[float(w)] = float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)
+                                             [targets.lengths > 0]))
+        best = max((w for w in scores if w >= floor), key=lambda w: (scores[w], -w))
+        self.config = replace(self.config, session_weight=best)
+        return scores
 
     @torch.no_grad()
     def item_vectors(self, items: pd.DataFrame | None = None) -> np.ndarray:
@@ -404,7 +468,7 @@ class TwoTower:
     @classmethod
     def load(cls, root, version: str | None = None) -> TwoTower:
         art = load_model(root, cls.name, version)
-        arch = dict(art.config["architecture"])
+        arch = {"recent": 0, **art.config["architecture"]}  # versions saved before ``recent`` existed: none
         for key in ("query_columns", "query_vectors", "item_columns", "item_vectors"):
             arch[key] = tuple(arch[key])
         model = cls(TwoTowerConfig(**arch))
@@ -419,4 +483,5 @@ class TwoTower:
         net.load_state_dict(net_state(art))
         model.net_ = net.eval()
         model.metrics_, model.version_ = art.config.get("metrics", {}), art.version
+        model.saved_config_ = art.config  # what training recorded beside the weights (e.g. its encoder versions)
         return model

@@ -17,10 +17,10 @@ import pandas as pd
 
 from feast_autofeat.datasets import get_spec, load_manifest
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.features.snapshots import RECENT_ITEMS  # training's history = serving's (no skew)
 from feast_autofeat.models.interactions import Histories
 
 QUERY_SERVICE = "two_tower_query"
-RECENT_ITEMS = 200  # a Mult-VAE fold-in reads the whole bag; this only caps pathological histories
 RECENT_FIELD = "recent_items"
 COLD_SALT = 1_000_003
 
@@ -117,16 +117,87 @@ def attach_history(rows: pd.DataFrame, history: pd.DataFrame, strictly_before: b
     return r.drop(columns="_row").assign(**{RECENT_FIELD: out})
 
 
-def query_frame(store, rows: pd.DataFrame) -> pd.DataFrame:
-    """Point-in-time query features for rows of (user_id, event_timestamp, recent_items[, item_id]) through the
-    ``two_tower_query`` feature service, in the rows' order."""
+@dataclass(frozen=True)
+class QueryFeatures:
+    """The query tower's features pinned to encoder versions: what to read (``refs``, for
+    ``get_historical_features`` with full feature names), how the names read map to the model's columns
+    (``<embedding>__<feature>``, the same for every version), and the TTL of each column whose view has one.
+    A two-tower is trained on one set of encoder versions and served with exactly those, whichever versions are
+    live meanwhile.
+
+    ``stored_refs`` are the refs of stored views (serving reads them online in one call); ``session`` is the
+    on-demand session embedding (name, model, version, root), which serving computes in-process with the very
+    function its on-demand view runs (``runtime.session_embeddings``): Feast's online path drops python-mode
+    on-demand outputs under full feature names, and it saves a second online read."""
+
+    encoders: dict
+    refs: list[str]
+    rename: dict[str, str]
+    ttl: dict[str, float]
+    stored_refs: list[str]
+    session: tuple | None = None
+
+    def column(self, name: str) -> str:
+        """The model's column for a full feature name read (``<...>__ts`` timestamp columns follow theirs)."""
+        from feast.online_response import TIMESTAMP_POSTFIX
+
+        if name.endswith(TIMESTAMP_POSTFIX) and name[:-len(TIMESTAMP_POSTFIX)] in self.rename:
+            return self.rename[name[:-len(TIMESTAMP_POSTFIX)]] + TIMESTAMP_POSTFIX
+        return self.rename.get(name, name)
+
+    def session_columns(self, histories: list) -> dict:
+        """The session embedding's columns (model names) for a batch of item-id lists."""
+        from feast_autofeat.feast.runtime import session_embeddings
+
+        name, model, version, root = self.session
+        out = session_embeddings(histories, root=root, model=model, version=version, output=name)
+        return {f"{name}__{k}": v for k, v in out.items()}
+
+
+def query_features(store, repo, encoders: dict | None = None) -> QueryFeatures:
+    """The ``two_tower_query`` service's plain views plus the learned ``ENCODERS`` at ``encoders`` ({name:
+    version or None}; default: the live versions)."""
+    from feast_autofeat.feast.embeddings import MODEL_TAG, ROOT_TAG, Deployments, view_name
+
     try:
         service = store.get_feature_service(QUERY_SERVICE)
     except Exception as exc:  # Feast's FeatureServiceNotFoundException
         raise AutofeatError(f"feature service {QUERY_SERVICE} is not registered: add it to the feature repo "
                             "(see feature_repo/features.py) and run `feast apply`.") from exc
+    if encoders is None:
+        dep = Deployments(repo)
+        encoders = {name: (dep.get(name).live if dep.get(name) else None) for name, _ in ENCODERS}
+    learned = dict(ENCODERS)
+    views = [(p.name, p.name_to_use()) for p in service.feature_view_projections if p.name_to_use() not in learned]
+    views += [(view_name(name, v), name) for name, v in encoders.items() if v is not None]
+    refs, stored, rename, ttl, session = [], [], {}, {}, None
+    for view, alias in views:
+        try:
+            fv = store.get_feature_view(view)
+        except Exception:
+            try:
+                fv = store.get_on_demand_feature_view(view)
+            except Exception as exc:
+                raise AutofeatError(f"feature view {view} is not registered: deploy that version "
+                                    "(`feast-autofeat deploy`) and run `feast apply`.") from exc
+            session = (alias, fv.tags[MODEL_TAG], encoders[alias], fv.tags[ROOT_TAG])
+        seconds = fv.ttl.total_seconds() if getattr(fv, "ttl", None) else 0.0
+        for f in fv.features:
+            refs.append(f"{view}:{f.name}")
+            if session is None or session[0] != alias:
+                stored.append(f"{view}:{f.name}")
+            rename[f"{view}__{f.name}"] = f"{alias}__{f.name}"
+            if seconds > 0:
+                ttl[f"{alias}__{f.name}"] = seconds
+    return QueryFeatures(dict(encoders), refs, rename, ttl, stored, session)
+
+
+def query_frame(store, rows: pd.DataFrame, features: QueryFeatures) -> pd.DataFrame:
+    """Point-in-time query features for rows of (user_id, event_timestamp, recent_items[, item_id]), in the
+    rows' order, under the model's column names."""
     entity = rows.reset_index(drop=True).assign(_row=np.arange(len(rows)))
-    df = store.get_historical_features(entity_df=entity, features=service, full_feature_names=True).to_df()
+    df = store.get_historical_features(entity_df=entity, features=features.refs, full_feature_names=True).to_df()
+    df = df.rename(columns=features.rename)
     return df.sort_values("_row", ignore_index=True).drop(columns="_row")  # the join does not keep row order
 
 

@@ -162,7 +162,7 @@ def run_protocol(repo: Path, protocol: Protocol, variants: dict = VARIANTS, seed
     store = FeatureStore(repo_path=str(repo))
     data = TrainingSet.build(store, repo, protocol.train_events)
     item_ids = data.items.item_id.to_numpy()
-    qframe, targets, known = validation(store, protocol.cut, item_ids)
+    qframe, targets, known = validation(store, protocol.cut, item_ids, data.features)
     rows = {}
 
     def record(name: str, scores: np.ndarray, started: float, **extra) -> None:

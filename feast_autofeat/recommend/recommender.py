@@ -1,9 +1,13 @@
 """``Recommender.recommend(user_id, k, recent_items=None)``: online features in, top-K items out.
 
-Per request: the user's history (``user_recent_items``, or the caller's ``recent_items``) and the
-``two_tower_query`` features come from the online store through ``store.get_online_features`` (two reads: the
-session embedding is an on-demand view of the history); the query tower turns them into a vector; the item
-index returns the best items, never one the user already has in their history.
+Per request: the user's history (``user_recent_items``, or the caller's ``recent_items``) and the stored
+``two_tower_query`` features come from the online store in one ``store.get_online_features`` call; the session
+embedding of the history is computed in-process by the function its on-demand view runs (same model version,
+same code); the query tower turns them into a vector; the item index returns the best items, never one the user
+already has among their recent or seen items.
+
+``record_feedback(events)`` appends events to the log and pushes the users' fresh lists online
+(``recommend.feedback``): the next request for those users already reflects them.
 
 Feast applies no TTL to online reads, while its point-in-time join (what the model was trained on) does; the
 recommender applies the same rule to what it reads (a feature whose row is older than its view's TTL at request
@@ -16,6 +20,7 @@ items (positive interactions in the offline store at start-up), marked ``source=
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,12 +32,13 @@ from feast.online_response import TIMESTAMP_POSTFIX
 
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import SchemaError
-from feast_autofeat.recommend.data import QUERY_SERVICE, RECENT_FIELD
+from feast_autofeat.recommend.data import RECENT_FIELD, QueryFeatures, query_features
+from feast_autofeat.recommend.feedback import RECENT_VIEW, FeedbackLog, FeedbackResult
 from feast_autofeat.recommend.index import build_index
 
 log = logging.getLogger(__name__)
 ITEM_VIEW = "item_two_tower"
-EMPTY_HISTORY = -(2**62)  # stands for "no history" in a request (ids are ignored when unknown)
+HISTORY_FEATURES = [f"{RECENT_VIEW}:recent_items", f"{RECENT_VIEW}:seen_items"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class Recommendation:
     scores: list[float]  # two-tower: cosine similarity; popularity: number of positive interactions
     model_version: str
     source: str  # "two-tower" or "popularity" (unknown user)
-    history_items: int  # how many known items were excluded
+    history_items: int  # how many known items (recent positives and seen items) were excluded
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,43 +60,122 @@ def _int(value, what: str) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class Bundle:
+    """One two-tower version with everything a request needs: the model, its item index, and its query
+    features pinned to the encoder versions it was trained with. Swapped whole on a cut-over."""
+
+    version: str
+    model: object  # TwoTower
+    index: object
+    features: QueryFeatures
+    loaded_at: float
+
+
 class Recommender:
-    """Loads the live two-tower version, its materialized item vectors and the index once; thread-safe reads."""
+    """Serves the live two-tower version (or a pinned ``version``): model, materialized item vectors and index
+    loaded once per version; thread-safe.
+
+    Cut-over without downtime: while following the live version (the default when no ``version`` is given),
+    requests look at ``embeddings.json`` at most every ``check_every`` seconds; when ``item_two_tower``'s live
+    version changed (``feast-autofeat promote / rollback``, or ``refresh``), a background thread loads the new
+    version and swaps it in whole. Requests keep being answered by the old one meanwhile, and each response is
+    computed from exactly one version, which it names (``model_version``)."""
 
     def __init__(self, repo: str | Path, version: str | None = None, index: str = "auto", store=None,
-                 yaml: str | None = None, root=None, clock: Callable[[], datetime] | None = None):
+                 yaml: str | None = None, root=None, clock: Callable[[], datetime] | None = None,
+                 check_every: float = 1.0):
         """``clock``: the request time for TTLs (default: now, UTC); replaying history passes its own."""
         from feast import FeatureStore
 
         from feast_autofeat.artifacts import model_root
-        from feast_autofeat.feast.embeddings import Deployments, view_name
-        from feast_autofeat.models.two_tower import TwoTower
 
         self.repo = Path(repo)
-        entry = Deployments(self.repo).get(ITEM_VIEW)
-        self.version = version or (entry.live if entry else None)
-        if self.version is None:
+        self.follow_live = version is None
+        self.index_kind, self.root = index, model_root(root, default=self.repo / "models")
+        self.check_every = check_every
+        version = version or self._live()
+        if version is None:
             raise AutofeatError(f"no live {ITEM_VIEW} version in {self.repo}: train one (`feast-autofeat train "
                                 f"two-tower`), deploy it (`feast-autofeat deploy {ITEM_VIEW} two_tower VERSION "
                                 "--live`) and materialize it (`feast materialize`).")
         self.store = store or FeatureStore(repo_path=str(self.repo),
                                            fs_yaml_file=self.repo / yaml if yaml else None)
-        self.model = TwoTower.load(model_root(root, default=self.repo / "models"), self.version)
-        self.service = self.store.get_feature_service(QUERY_SERVICE)
-        ids, vectors = self._item_vectors(view_name(ITEM_VIEW, self.version))
-        self.index = build_index(ids, vectors, index)
-        self.popular, self.popular_counts = self._popular()
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self._ttl = {}  # full feature name -> TTL seconds, for the service's views that have one
-        for proj in self.service.feature_view_projections:
-            try:
-                ttl = self.store.get_feature_view(proj.name).ttl
-            except Exception:  # on-demand views have no TTL
-                continue
-            if ttl and ttl.total_seconds() > 0:
-                self._ttl.update({f"{proj.name_to_use()}__{f.name}": ttl.total_seconds() for f in proj.features})
+        self._bundle = self.load(version)
+        self.popular, self.popular_counts = self._popular()
+        self._feedback: FeedbackLog | None = None
+        self._lock = threading.Lock()
+        self._next_check = time.monotonic() + check_every
+        self._loading: str | None = None
+        self._failed: dict[str, float] = {}  # version -> when loading it failed (retried after a minute)
         self._profile_col = next((f"user_profile__{f.name}" for f in
                                   self.store.get_feature_view("user_profile").features), None)
+
+    # ---- versions
+    @property
+    def version(self) -> str:
+        return self._bundle.version
+
+    @property
+    def model(self):
+        return self._bundle.model
+
+    @property
+    def index(self):
+        return self._bundle.index
+
+    def _live(self) -> str | None:
+        from feast_autofeat.feast.embeddings import Deployments
+
+        entry = Deployments(self.repo).get(ITEM_VIEW)
+        return entry.live if entry else None
+
+    def load(self, version: str) -> Bundle:
+        """Load a two-tower version, its item vectors (the view's offline snapshots) and index, and its pinned
+        query features; does not serve it (``swap`` does)."""
+        from feast_autofeat.feast.embeddings import view_name
+        from feast_autofeat.models.two_tower import TwoTower
+
+        self.store.refresh_registry()  # views deployed since start-up (a refresh's new versions)
+        model = TwoTower.load(self.root, version)
+        features = query_features(self.store, self.repo, model.saved_config_.get("encoders"))
+        ids, vectors = self._item_vectors(view_name(ITEM_VIEW, version))
+        return Bundle(version, model, build_index(ids, vectors, self.index_kind), features, time.time())
+
+    def swap(self, bundle: Bundle) -> None:
+        self._bundle = bundle  # one reference assignment: a request holds either the old bundle or the new one
+        log.info("now serving %s %s", ITEM_VIEW, bundle.version)
+
+    def reload(self) -> str:
+        """Load and serve the live version now (synchronously); returns it."""
+        live = self._live()
+        if live and live != self._bundle.version:
+            self.swap(self.load(live))
+        return self._bundle.version
+
+    def _current(self) -> Bundle:
+        if self.follow_live and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + self.check_every
+            try:
+                live = self._live()
+            except Exception:  # embeddings.json mid-edit by hand: keep serving, look again later
+                log.exception("reading %s failed", ITEM_VIEW)
+                live = None
+            if (live and live != self._bundle.version and self._loading is None
+                    and time.monotonic() - self._failed.get(live, -1e9) > 60):
+                self._loading = live
+                threading.Thread(target=self._load_in_background, args=(live,), daemon=True).start()
+        return self._bundle
+
+    def _load_in_background(self, version: str) -> None:
+        try:
+            self.swap(self.load(version))
+        except Exception:
+            log.exception("could not load %s %s; still serving %s", ITEM_VIEW, version, self._bundle.version)
+            self._failed[version] = time.monotonic()
+        finally:
+            self._loading = None
 
     def _item_vectors(self, view: str) -> tuple[np.ndarray, np.ndarray]:
         """The latest materialized vector of every item (the view's offline snapshots)."""
@@ -114,55 +199,72 @@ class Recommender:
         return counts.index.to_numpy(np.int64)[:n], counts.to_numpy(np.float64)[:n]
 
     # ---- requests
-    def history(self, user_id: int) -> list[int] | None:
-        """The user's stored history (newest first), or None for a user the store does not know."""
-        out = self.store.get_online_features(features=["user_recent_items:recent_items"],
-                                             entity_rows=[{"user_id": user_id}]).to_dict()
-        return out["recent_items"][0]
+    def history(self, user_id: int) -> tuple[list[int], list[int]]:
+        """The user's stored (recent positive items, seen items), newest first; empty for an unknown user."""
+        out = self.store.get_online_features(features=HISTORY_FEATURES, entity_rows=[{"user_id": user_id}]).to_dict()
+        return out["recent_items"][0] or [], out["seen_items"][0] or []
 
-    def query(self, user_id, recent_items: list[int] | None = None) -> tuple[np.ndarray | None, list[int]]:
-        """(the query tower's vector for this request, the history it used); the vector is None for a user
-        the store does not know who brings no history (the popularity fallback's case)."""
+    def query(self, user_id, recent_items: list[int] | None = None,
+              bundle: Bundle | None = None) -> tuple[np.ndarray | None, list[int]]:
+        """(the query tower's vector for this request, the items it must not return); the vector is None for
+        a user the store does not know who brings no history (the popularity fallback's case)."""
+        b = bundle or self._current()
         user_id = _int(user_id, "user_id")
         if recent_items is not None:
             if not isinstance(recent_items, (list, tuple, np.ndarray)):
                 raise SchemaError(f"recent_items must be a list of item ids, got {type(recent_items).__name__}.")
             recent_items = [_int(i, "each of recent_items") for i in recent_items]
-        history = list((recent_items if recent_items is not None else self.history(user_id)) or [])
-        # Feast cannot type an empty request list; an id no model knows folds in exactly like an empty history
-        feats = self.store.get_online_features(
-            features=self.service, entity_rows=[{"user_id": user_id, RECENT_FIELD: history or [EMPTY_HISTORY]}],
-            full_feature_names=True).to_dict(include_event_timestamps=bool(self._ttl))
-        if self._ttl:
+        # one online read: the stored query features and the user's history lists
+        raw = self.store.get_online_features(
+            features=b.features.stored_refs + HISTORY_FEATURES, entity_rows=[{"user_id": user_id}],
+            full_feature_names=True).to_dict(include_event_timestamps=bool(b.features.ttl))
+        if recent_items is not None:  # the request's own history replaces the stored one
+            history, seen = list(recent_items), list(recent_items)
+        else:
+            history = raw[f"{RECENT_VIEW}__recent_items"][0] or []
+            seen = raw[f"{RECENT_VIEW}__seen_items"][0] or []
+        feats = {b.features.column(k): v[0] for k, v in raw.items()}
+        if b.features.ttl:
             now = self.clock().timestamp()
-            for col, ttl in self._ttl.items():
-                if feats[col + TIMESTAMP_POSTFIX][0] + ttl < now:
-                    feats[col] = [None]
-        known_user = self._profile_col is not None and feats.get(self._profile_col, [None])[0] is not None
+            for col, ttl in b.features.ttl.items():
+                if feats[col + TIMESTAMP_POSTFIX] + ttl < now:
+                    feats[col] = None
+        known_user = self._profile_col is not None and feats.get(self._profile_col) is not None
         if not known_user and not history:
-            return None, history
-        record = {k: v[0] for k, v in feats.items()}
+            return None, seen
+        record = feats
+        if b.features.session is not None:  # the on-demand session embedding, computed as its view computes it
+            record.update({k: v[0] for k, v in b.features.session_columns([history]).items()})
         record[RECENT_FIELD] = history
-        return self.model.query_vector(record), history
+        return b.model.query_vector(record), list(set(seen).union(history))
 
     def recommend(self, user_id, k: int = 10, recent_items: list[int] | None = None) -> Recommendation:
+        b = self._current()  # this request's one version, whatever is swapped in meanwhile
         k = _int(k, "k")
-        if not 1 <= k <= len(self.index):
-            raise SchemaError(f"k must be between 1 and the catalogue size {len(self.index)}, got {k}.")
-        query, history = self.query(user_id, recent_items)
+        if not 1 <= k <= len(b.index):
+            raise SchemaError(f"k must be between 1 and the catalogue size {len(b.index)}, got {k}.")
+        query, seen = self.query(user_id, recent_items, bundle=b)
         user_id = int(user_id)
         if query is None:
             return Recommendation(user_id, self.popular[:k].tolist(), self.popular_counts[:k].tolist(),
-                                  self.version, "popularity", 0)
-        seen = set(history)
-        ids, scores = self.index.search(query[None, :], k, exclude=[seen])
+                                  b.version, "popularity", 0)
+        ids, scores = b.index.search(query[None, :], k, exclude=[seen])
         ok = ids[0] >= 0
-        return Recommendation(user_id, ids[0][ok].tolist(), scores[0][ok].astype(float).tolist(), self.version,
+        return Recommendation(user_id, ids[0][ok].tolist(), scores[0][ok].astype(float).tolist(), b.version,
                               "two-tower", len(seen))
+
+    def record_feedback(self, events) -> FeedbackResult:
+        """Append interaction events to the event log and push the users' fresh lists online (all or nothing;
+        see ``recommend.feedback``): the next ``recommend`` for those users reflects them."""
+        if self._feedback is None:
+            with self._lock:
+                if self._feedback is None:
+                    self._feedback = FeedbackLog(self.store, self.repo, clock=self.clock)
+        return self._feedback.record(events)
 
     def healthz(self) -> dict:
         t = time.perf_counter()
-        self.store.get_online_features(features=["user_recent_items:recent_items"],
-                                       entity_rows=[{"user_id": 0}]).to_dict()
-        return {"status": "ok", "model_version": self.version, "items": len(self.index),
-                "index": self.index.kind, "online_store_ms": (time.perf_counter() - t) * 1e3}
+        self.store.get_online_features(features=HISTORY_FEATURES, entity_rows=[{"user_id": 0}]).to_dict()
+        b = self._current()
+        return {"status": "ok", "model_version": b.version, "items": len(b.index), "index": b.index.kind,
+                "encoders": b.features.encoders, "online_store_ms": (time.perf_counter() - t) * 1e3}

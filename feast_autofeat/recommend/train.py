@@ -10,7 +10,7 @@ validation targets), then the model is refit on all training events for that man
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +19,17 @@ import pandas as pd
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.two_tower import TwoTower, TwoTowerConfig
 from feast_autofeat.recommend.data import (
-    ENCODERS,
     GROUPS,
     RECENT_FIELD,
     Cut,
+    QueryFeatures,
     attach_history,
     catalogue,
     histories,
     per_user_cut,
     positive_events,
     query_columns,
+    query_features,
     query_frame,
 )
 
@@ -42,9 +43,10 @@ def live_version(repo, name: str) -> str | None:
     return entry.live if entry else None
 
 
-def item_vectors(repo, root) -> dict:
-    """Learned item vectors for the candidate tower: the live session Mult-VAE's output-layer rows."""
-    version = live_version(repo, "session_multvae")
+def item_vectors(repo, root, version: str | None = None) -> dict:
+    """Learned item vectors for the candidate tower: the session Mult-VAE's output-layer rows (default: the
+    live version)."""
+    version = version or live_version(repo, "session_multvae")
     if version is None:
         return {}
     from feast_autofeat.models.multvae import MultVAE
@@ -69,19 +71,22 @@ class TrainingSet:
     inner: Cut
     valid: tuple
     fill: dict
+    features: QueryFeatures
 
     @classmethod
-    def build(cls, store, repo, train_events: pd.DataFrame, root=None) -> TrainingSet:
+    def build(cls, store, repo, train_events: pd.DataFrame, root=None, encoders: dict | None = None) -> TrainingSet:
+        """``encoders``: {embedding: version} the query features use (default: the live versions)."""
         from feast_autofeat.artifacts import model_root
 
         root = model_root(root, default=Path(repo) / "models")
-        items = catalogue(store, repo, item_vectors(repo, root))
+        features = query_features(store, repo, encoders)
+        items = catalogue(store, repo, item_vectors(repo, root, features.encoders.get("session_multvae")))
         events = train_events[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
-        frame = query_frame(store, training_rows(events))
+        frame = query_frame(store, training_rows(events), features)
         inner = per_user_cut(events)
         item_cols = [c for c in items.columns if c.startswith("item_profile__")]
-        return cls(events, items, frame, inner, validation(store, inner, items.item_id.to_numpy()),
-                   {**_fill(store, frame.columns), **_profile_fill(frame), **_item_fill(items, item_cols)})
+        return cls(events, items, frame, inner, validation(store, inner, items.item_id.to_numpy(), features),
+                   {**_fill(store, frame.columns), **_profile_fill(frame), **_item_fill(items, item_cols)}, features)
 
     def config(self, groups=tuple(GROUPS), item_groups=("profile", "multvae"), history: bool = True,
                **overrides) -> TwoTowerConfig:
@@ -100,25 +105,23 @@ class TrainingSet:
     def fit(self, config: TwoTowerConfig, tune: bool = True, progress: bool = True) -> TwoTower:
         """``tune``: choose the epoch count on the inner cut, then refit on every training event."""
         if not tune:
+            config = replace(config, session_weight=max(config.session_weight, config.min_session_weight))
             return TwoTower(config).fit(self.frame, self.items, progress=progress)
         inner_rows = self.frame.iloc[_row_positions(self.events, self.inner.history)]
         tuned = TwoTower(config).fit(inner_rows, self.items, valid=self.valid, progress=progress)
         best = tuned.metrics_["best_epoch"]
+        weights = tuned.choose_session_weight(self.valid) if config.history and config.recent else {0.0: None}
+        weight = tuned.config.session_weight
         model = TwoTower(config, epochs=best).fit(self.frame, self.items, progress=progress)
-        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": tuned.metrics_["valid_recall@20"]})
+        model.config = replace(model.config, session_weight=weight)
+        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": weights[weight],
+                               "session_weight": weight, "session_weight_grid": weights})
         return model
 
 
-def fit_two_tower(store, repo, train_events: pd.DataFrame, root=None, tune: bool = True, progress: bool = True,
-                  **variant) -> TwoTower:
-    """Fit one two-tower on ``train_events`` (``variant``: ``TrainingSet.config`` arguments)."""
-    data = TrainingSet.build(store, repo, train_events, root)
-    return data.fit(data.config(**variant), tune=tune, progress=progress)
-
-
-def validation(store, cut: Cut, item_ids: np.ndarray):
+def validation(store, cut: Cut, item_ids: np.ndarray, features: QueryFeatures):
     """(query frame, targets, history to exclude) of a cut, users in the query frame's order."""
-    q = query_frame(store, cut.queries())
+    q = query_frame(store, cut.queries(), features)
     users = q.user_id.to_numpy()
     return q, histories(cut.future, users, item_ids), histories(cut.history, users, item_ids)
 
@@ -156,9 +159,10 @@ def _item_fill(items: pd.DataFrame, columns) -> dict:
 
 
 def train_two_tower(repo, as_of=None, root=None, seed: int = 0, progress: bool = True, yaml: str | None = None,
-                    **overrides):
-    """``feast-autofeat train two-tower``: fit on every positive event up to ``as_of`` with the live encoders'
-    features, save a verified version. Its ``feature_refs`` name the item view, so ``embedding_view(...,
+                    encoders: dict | None = None, **overrides):
+    """``feast-autofeat train two-tower``: fit on every positive event up to ``as_of`` with the encoders'
+    features (``encoders`` {embedding: version}; default: the live ones), save a verified version that records
+    them (serving reads exactly those). Its ``feature_refs`` name the item view, so ``embedding_view(...,
     model="two_tower", inputs=[item_profile])`` materializes its candidate vectors."""
     from feast_autofeat.artifacts import model_root
     from feast_autofeat.training import TrainResult, open_store, parse_as_of
@@ -171,8 +175,9 @@ def train_two_tower(repo, as_of=None, root=None, seed: int = 0, progress: bool =
     events = events[events.event_timestamp <= pd.Timestamp(as_of)].reset_index(drop=True)
     if events.empty:
         raise AutofeatError(f"no positive interactions at or before {as_of.isoformat()}.")
-    model = fit_two_tower(store, repo, events, root=root, progress=progress, seed=seed, **overrides)
-    encoders = {n: live_version(repo, n) for n, _ in ENCODERS}
+    data = TrainingSet.build(store, repo, events, root, encoders)
+    model = data.fit(data.config(seed=seed, **overrides), progress=progress)
+    encoders = data.features.encoders
     item_view = store.get_feature_view("item_profile")
     art = model.save(model_root(root, default=repo / "models"), extra={
         "feast_project": store.project, "seed": seed, "training_window": {"as_of": as_of.isoformat()},

@@ -6,11 +6,9 @@ checked against a brute-force scoring computed independently (offline features, 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -20,52 +18,29 @@ from feast import FeatureStore
 
 from feast_autofeat.models.base import SchemaError
 from feast_autofeat.models.two_tower import TwoTower
-from feast_autofeat.quickstart import run_feast
-from feast_autofeat.recommend.data import QUERY_SERVICE
-from feast_autofeat.recommend.pipeline import build_recommender
+from feast_autofeat.recommend.data import query_features, query_frame
 from feast_autofeat.recommend.recommender import Recommender
 from feast_autofeat.testing import free_port
-from tests.conftest import copy_repo
+from tests.conftest import NOW, REDIS_YAML
 
 pytestmark = pytest.mark.integration
-UTC = timezone.utc
-REDIS_YAML = "feature_store.redis.yaml"
-# an hour after ML-100K's last daily snapshot (1998-04-23 00:00): inside the behaviour view's 1-day TTL, so the
-# offline point-in-time read and the online read (Feast applies no TTL online) see the same snapshot
-NOW = "1998-04-23T01:00:00"
 
 
-@pytest.fixture(scope="module")
-def rec_repo(ml_repo, tmp_path_factory, redis_server):
-    """ML-100K with small encoders and a two-tower deployed live, everything materialized into Redis."""
-    repo = copy_repo(tmp_path_factory.mktemp("rec") / "feature_repo")
-    shutil.copytree(ml_repo / "data", repo / "data")
-    os.environ["REDIS_CONNECTION_STRING"] = redis_server.url
-    run_feast(repo, "apply", yaml=REDIS_YAML, capture=True)
-    versions = build_recommender(repo, yaml=REDIS_YAML, end=NOW,
-                                 epochs={"dae": 2, "gan": 2, "multvae": 3, "two_tower": 3})
-    return repo, versions["item_two_tower"]
-
-
-@pytest.fixture(scope="module")
-def recommender(rec_repo):
-    repo, _ = rec_repo
-    return Recommender(repo, yaml=REDIS_YAML, clock=lambda: datetime.fromisoformat(NOW).replace(tzinfo=UTC))
-
-
-def brute_force(repo, version: str, users, histories, k: int):
+def brute_force(repo, version: str, users, histories, k: int, exclude=None):
     """Top-k by scoring every item with the model's own candidate vectors (not the materialized ones), query
-    features from the OFFLINE store as of the materialization time (not Redis), history items excluded."""
+    features from the OFFLINE store as of the materialization time (not Redis), history items (and
+    ``exclude``, per user) excluded."""
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)  # its offline store: DuckDB
     model = TwoTower.load(repo / "models", version)
     rows = pd.DataFrame({"user_id": users, "event_timestamp": pd.Timestamp(NOW, tz="UTC"),
                          "recent_items": histories})
-    frame = store.get_historical_features(entity_df=rows, features=store.get_feature_service(QUERY_SERVICE),
-                                          full_feature_names=True).to_df()
-    frame = frame.set_index("user_id").loc[users].reset_index()
+    # the model's pinned encoder versions, through Feast's offline store (the session embedding by its
+    # on-demand view there; serving computes it in-process)
+    frame = query_frame(store, rows, query_features(store, repo, model.saved_config_["encoders"]))
     scores = model.query_vectors(frame) @ model.item_vectors().T
     for row, items in enumerate(histories):
-        scores[row, model.item_positions([i for i in items if i in set(model.item_ids_)])] = -np.inf
+        drop = set(items) | set(exclude[row] if exclude is not None else ())
+        scores[row, model.item_positions([i for i in drop if i in set(model.item_ids_)])] = -np.inf
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return model.item_ids_[top], np.take_along_axis(scores, top, axis=1)
 
@@ -75,14 +50,15 @@ def test_recommendations_equal_brute_force(rec_repo, recommender):
     stored = pd.read_parquet(repo / "data" / "user_recent_items.parquet").set_index("user_id")
     users = [1, 7, 50, 405, 655]
     histories = [list(stored.recent_items.loc[u]) for u in users]
-    want_ids, want_scores = brute_force(repo, version, users, histories, 10)
+    seen = [list(stored.seen_items.loc[u]) for u in users]  # every rated film, liked or not
+    want_ids, want_scores = brute_force(repo, version, users, histories, 10, exclude=seen)
     for row, user in enumerate(users):
         rec = recommender.recommend(user, k=10)
         assert rec.source == "two-tower" and rec.model_version == version
-        assert rec.history_items == len(histories[row]) > 0
+        assert rec.history_items == len(set(seen[row]) | set(histories[row])) > len(histories[row])
         np.testing.assert_allclose(rec.scores, want_scores[row], atol=1e-4)
         assert rec.items == want_ids[row].tolist()
-        assert not set(rec.items) & set(histories[row])  # already-seen items never come back
+        assert not set(rec.items) & set(seen[row])  # already-seen items never come back
 
 
 def test_recent_items_override_unknown_user_and_bad_input(rec_repo, recommender):
@@ -95,7 +71,7 @@ def test_recent_items_override_unknown_user_and_bad_input(rec_repo, recommender)
     want_ids, _ = brute_force(repo, version, [1], [session], 20)
     assert rec.items == want_ids[0].tolist()
     # unknown user, no history: the documented popularity fallback (most positive interactions, offline)
-    ev = pd.read_parquet(repo / "data" / "interactions.parquet")
+    ev = pd.read_parquet(repo / "data" / "interactions")
     first = ev[ev.rating >= 4].groupby(["user_id", "item_id"]).size().reset_index()
     popular = first.groupby("item_id").size().sort_values(ascending=False, kind="stable")
     fallback = recommender.recommend(999_999, k=5)
@@ -113,11 +89,11 @@ def test_recent_items_override_unknown_user_and_bad_input(rec_repo, recommender)
         recommender.recommend("1")
 
 
-def test_http_service(rec_repo):
+def test_http_service(rec_repo, rec_redis):
     repo, version = rec_repo
     recommender = Recommender(repo, yaml=REDIS_YAML)  # the server's clock: now (every behaviour row expired)
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_CONNECTION_STRING": rec_redis.url}
     proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f",
                              REDIS_YAML, "--port", str(port)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -112,6 +112,27 @@ def test_two_tower_learns_planted_groups_and_round_trips(tmp_path):
         model.query_vectors(queries.assign(taste=["a", "b", "c"]).astype({"taste": object}))
 
 
+def test_session_steering_moves_the_query_and_both_paths_agree():
+    """session_weight pulls the query towards the mean candidate vector of the newest ``recent`` items; the
+    one-request dict path equals the frame path with it on."""
+    from dataclasses import replace
+
+    train, items, group, item_group = planted()
+    model = TwoTower(TwoTowerConfig(query_columns=("taste",), item_columns=("kind",), user_ids=False, epochs=10,
+                                    seed=0, history="recent_items", recent=3)).fit(train, items)
+    g2 = [int(i) + 1 for i in np.flatnonzero(item_group == 2)[:3]]
+    queries = pd.DataFrame({"user_id": [10_001], "taste": [0.0], "recent_items": [g2 + [1, 4, 7]]})
+    share = []
+    for w in (0.0, 5.0):
+        model.config = replace(model.config, session_weight=w)
+        frame = model.query_vectors(queries)[0]
+        row = model.query_vector(queries.iloc[0].to_dict())
+        np.testing.assert_allclose(row, frame, atol=1e-5)
+        top = np.argsort(-(model.item_vectors() @ frame))[:10]
+        share.append((item_group[top] == 2).mean())  # a taste-0 user who just took three group-2 items
+    assert share[1] >= share[0] + 0.5, share
+
+
 def test_two_tower_ids_only_and_validation_early_stopping():
     train, items, _, _ = planted(seed=1)
     cut = per_user_cut(train.assign(event_timestamp=pd.Timestamp("2024-01-01", tz="UTC")
