@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from feast_autofeat.artifacts import model_root
+from feast_autofeat.artifacts import load_version, model_root
 from feast_autofeat.datasets import get_spec, load_manifest
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.features.snapshots import WINDOWS
@@ -132,11 +132,13 @@ def split_frame(df: pd.DataFrame, seed: int, share: float = 0.1) -> tuple[pd.Dat
 
 def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, max_rows: int = 50_000,
           progress: bool = True, yaml: str | None = None, events: pd.DataFrame | None = None,
-          **overrides) -> TrainResult:
+          init_from: str | None = None, **overrides) -> TrainResult:
     """Build the training set for ``model`` from the store as of ``as_of``, fit, save a verified version.
 
     ``events`` (user_id, item_id, event_timestamp), e.g. an evaluation's history part, replaces "every
-    interaction up to ``as_of``" as what the model may learn from (Mult-VAE: taken as positives)."""
+    interaction up to ``as_of``" as what the model may learn from (Mult-VAE: taken as positives).
+    ``init_from``: a previous version to warm-start from (used when its inputs mean the same; the new
+    version's metrics say whether it was)."""
     if model not in MODELS:
         raise AutofeatError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}.")
     t0 = time.perf_counter()
@@ -145,7 +147,8 @@ def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, ma
     as_of = parse_as_of(as_of, repo)
     root = model_root(root, default=repo / "models")
     extra = {"training_window": {"as_of": as_of.isoformat()}, "seed": seed, "feast_project": store.project,
-             "dataset": load_manifest(repo / "data").dataset}
+             "dataset": load_manifest(repo / "data").dataset, "warm_start_from": init_from}
+    init = load_version(root, model, init_from) if init_from else None  # hash-verified like any load
     if model == "multvae":
         from feast_autofeat.evaluation import strong_generalization_split
         from feast_autofeat.models.multvae import MultVAE
@@ -158,8 +161,9 @@ def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, ma
             ev = pos = events[["user_id", "item_id"]]
         split = strong_generalization_split(pos.user_id.to_numpy(), pos.item_id.to_numpy(), heldout_share=0.1,
                                             seed=seed)
-        fitted = MultVAE(seed=seed, **overrides).fit(split.train, split.item_ids,
-                                                      valid=(split.valid_in, split.valid_out), progress=progress)
+        fitted = MultVAE(seed=seed, **overrides)
+        fitted.init_ = init
+        fitted.fit(split.train, split.item_ids, valid=(split.valid_in, split.valid_out), progress=progress)
         rows = {"events": len(ev), "positives": len(pos), **split.describe()}
     else:
         frame = user_training_frame(store, as_of, max_rows, seed, events)
@@ -172,11 +176,13 @@ def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, ma
         if model == "dae":
             from feast_autofeat.models.dae import DAE
 
-            fitted = DAE(seed=seed, fill=fill, **overrides).fit(train_df, valid_df, progress=progress)
+            fitted = DAE(seed=seed, fill=fill, **overrides)
         else:
             from feast_autofeat.models.gan import TabularGAN
 
-            fitted = TabularGAN(seed=seed, fill=fill, **overrides).fit(train_df, valid_df, progress=progress)
+            fitted = TabularGAN(seed=seed, fill=fill, **overrides)
+        fitted.init_ = init
+        fitted.fit(train_df, valid_df, progress=progress)
         rows = {"train_rows": len(train_df), "valid_rows": len(valid_df), "features": train_df.shape[1]}
     extra["rows"] = rows
     art = fitted.save(root, extra=extra)

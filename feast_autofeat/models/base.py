@@ -7,6 +7,7 @@ can ``save`` itself as a verified version (``feast_autofeat.artifacts``) and ``l
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Iterator, Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from feast_autofeat.artifacts import Artifact, load_version, save_version
 from feast_autofeat.errors import AutofeatError
@@ -270,6 +272,12 @@ class TabularPreprocessor:
                 "categorical": self.categorical_, "quantiles": self.quantiles_, "mean": self.mean_,
                 "std": self.std_, "dtypes": self.dtypes_}
 
+    def layout(self) -> dict:
+        """What fixes the meaning of each input position (columns, kinds, category vocabularies), not the
+        scaling statistics: two fits with the same layout can share network weights (warm start)."""
+        return json.loads(json.dumps({"numeric": self.numeric_, "categorical": self.categorical_,
+                                      "dropped": self.dropped_}))
+
     @classmethod
     def from_state(cls, state: dict) -> TabularPreprocessor:
         return cls(scaling=state["scaling"], fill=dict(state["fill"]), max_categories=state["max_categories"],
@@ -301,6 +309,19 @@ def load_model(root, name: str, version: str | None = None) -> Artifact:
     if art.config.get("model") != name:
         raise SchemaError(f"{art.path} holds a {art.config.get('model')!r} model, not {name!r}.")
     return art
+
+
+def warm_start(net: nn.Module, init: Artifact | None, same_inputs: bool) -> bool:
+    """Start ``net`` from a previous version's weights when its inputs mean the same thing (``same_inputs``)
+    and every tensor matches in name and shape; otherwise leave the fresh initialization. Returns whether it
+    did (recorded in the new version's metrics)."""
+    if init is None or not same_inputs:
+        return False
+    state, own = net_state(init), net.state_dict()
+    if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
+        return False
+    net.load_state_dict(state)
+    return True
 
 
 def net_state(art: Artifact) -> dict:

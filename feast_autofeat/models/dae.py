@@ -29,6 +29,7 @@ from feast_autofeat.models.base import (
     net_state,
     save_model,
     seed_everything,
+    warm_start,
 )
 
 
@@ -85,6 +86,9 @@ class DAE:
         x = torch.from_numpy(self.preprocessor_.transform(train))
         xv = torch.from_numpy(self.preprocessor_.transform(valid)) if valid is not None else None
         net = _Net(x.shape[1], cfg)
+        init = getattr(self, "init_", None)  # warm start (``warm_from``): same input layout, same weights' meaning
+        warm = warm_start(net, init, init is not None and TabularPreprocessor.from_state(
+            init.config["preprocessing"]).layout() == self.preprocessor_.layout())
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         stopper = EarlyStopping(patience=cfg.patience, mode="min")
         t0 = time.perf_counter()
@@ -107,7 +111,7 @@ class DAE:
         self.net_ = net
         self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1,
                          "best_epoch": stopper.best_epoch + 1, "monitor_mse": stopper.best_value,
-                         "input_width": int(x.shape[1]), "train_rows": int(len(x))}
+                         "input_width": int(x.shape[1]), "train_rows": int(len(x)), "warm_start": warm}
         if xv is not None:
             self.metrics_.update(self.reconstruction_report(valid))
         return self

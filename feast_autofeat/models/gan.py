@@ -37,6 +37,7 @@ from feast_autofeat.models.base import (
     net_state,
     save_model,
     seed_everything,
+    warm_start,
 )
 from feast_autofeat.models.metrics import auc, logistic_fit, logistic_score
 
@@ -180,6 +181,9 @@ class TabularGAN:
         x = torch.from_numpy(pre.transform(df))
         ref = torch.from_numpy(pre.transform(valid_df)) if valid_df is not None else x
         net = _GAN(pre, cfg)
+        init = getattr(self, "init_", None)  # warm start (``warm_from``): same input layout, same weights' meaning
+        warm = warm_start(net, init, init is not None and TabularPreprocessor.from_state(
+            init.config["preprocessing"]).layout() == pre.layout())
         opt_g = torch.optim.Adam(net.generator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         opt_d = torch.optim.Adam(net.critic.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         stopper = EarlyStopping(patience=cfg.patience, mode="min")
@@ -214,7 +218,7 @@ class TabularGAN:
             eval_gen = self._eval_generator()
             fake = net.generator(torch.randn(len(ref), cfg.noise_dim, generator=eval_gen), gen=eval_gen)
             w = float(net.critic(ref).mean() - net.critic(fake).mean())
-        self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1,
+        self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1, "warm_start": warm,
                          "best_epoch": stopper.best_epoch + 1, "critic_steps": step,
                          "generator_steps": step // cfg.n_critic, "rows": len(x),
                          "valid_moment_gap": stopper.best_value, "valid_wasserstein": w,

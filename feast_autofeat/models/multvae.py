@@ -26,6 +26,7 @@ from feast_autofeat.models.base import (
     net_state,
     save_model,
     seed_everything,
+    warm_start,
 )
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import ndcg_at_k
@@ -95,6 +96,9 @@ class MultVAE:
             raise SchemaError(f"{len(self.item_ids_)} item ids for a matrix of {train.n_items} items.")
         users = np.flatnonzero(train.lengths > 0)
         net = _Net(train.n_items, cfg)
+        init = getattr(self, "init_", None)  # warm start (``warm_from``): the same item vocabulary, in order
+        warm = warm_start(net, init, init is not None and np.array_equal(init.tensors["item_ids"].numpy(),
+                                                                         self.item_ids_))
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = -(-len(users) // cfg.batch_size)
         anneal_steps = max(1, int(cfg.anneal_share * cfg.epochs * steps_per_epoch))
@@ -125,7 +129,7 @@ class MultVAE:
         stopper.restore_best(net)
         self.net_ = net
         self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1,
-                         "best_epoch": stopper.best_epoch + 1,
+                         "best_epoch": stopper.best_epoch + 1, "warm_start": warm,
                          "valid_ndcg@100": stopper.best_value if valid is not None else None}
         return self
 

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
+from feast_autofeat.artifacts import load_version
 from feast_autofeat.models.base import NotFittedError, SchemaError, TabularPreprocessor
 from feast_autofeat.models.dae import DAE
 from feast_autofeat.models.ease import EASE, Popularity
@@ -84,6 +85,22 @@ def test_dae_save_load_is_bit_identical_and_verified(dae, tmp_path):
     assert np.array_equal(model.transform(df), loaded.transform(df))
     assert art.config["input_schema"] == {"a": "numeric", "b": "numeric", "c": "numeric", "d": "numeric",
                                           "seg": "categorical"}
+
+
+def test_warm_start_only_when_the_inputs_mean_the_same(dae, tmp_path):
+    """A refresh starts from the live weights: with lr 0 the new version equals the old one on the same layout;
+    a changed category vocabulary (other input positions) starts fresh."""
+    model, df = dae
+    art = model.save(tmp_path)
+    warm = DAE(dim=8, hidden=64, epochs=1, lr=0.0, seed=9)
+    warm.init_ = load_version(tmp_path, "dae", art.version)
+    warm.fit(df.sample(frac=0.9, random_state=1))  # other rows, other scaling statistics, same layout
+    assert warm.metrics_["warm_start"] is True
+    assert all(torch.equal(a, b) for a, b in zip(warm.net_.state_dict().values(), model.net_.state_dict().values()))
+    cold = DAE(dim=8, hidden=64, epochs=1, lr=0.0, seed=9)
+    cold.init_ = warm.init_
+    cold.fit(df.assign(seg=df.seg.replace({"mid": "middle"})))
+    assert cold.metrics_["warm_start"] is False
 
 
 def test_dae_is_deterministic_under_a_seed():
