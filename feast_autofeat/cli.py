@@ -128,9 +128,36 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
+    from feast_autofeat.recommend.recommender import ITEM_VIEW
+
+    if args.name == ITEM_VIEW:  # the recommender: its previous two-tower with the encoders it was trained on
+        from feast_autofeat.recommend.refresh import rollback
+
+        rollback(args.repo)
+        deployments = _deployments(args)
+        return _finish_deploy(args, deployments, deployments.get(ITEM_VIEW), ITEM_VIEW)
     deployments = _deployments(args)
     entry = deployments.rollback(args.name)
     return _finish_deploy(args, deployments, entry, args.name)
+
+
+def _cmd_refresh(args: argparse.Namespace) -> int:
+    import json
+
+    from feast_autofeat.recommend.refresh import refresh
+
+    epochs = {}
+    for item in args.epochs or []:
+        model, _, n = item.partition("=")
+        if not n.isdigit():
+            raise AutofeatError(f"--epochs {item!r}: use MODEL=N, e.g. dae=5 or two_tower=10.")
+        epochs[model] = int(n)
+    result = refresh(args.repo, yaml=args.feature_store_yaml, as_of=args.as_of, holdout_days=args.holdout_days,
+                     tolerance=args.tolerance, epochs=epochs, seed=args.seed, cut_over=not args.no_cut_over,
+                     progress=True, say=lambda m: print(m, flush=True))
+    print(json.dumps({"cut_over": result.cut_over, "reason": result.reason, "versions": result.versions,
+                      "gate": result.gate, "health": result.health}, indent=2, default=str))
+    return 0 if result.cut_over or args.no_cut_over else 1
 
 
 def _cmd_embeddings(args: argparse.Namespace) -> int:
@@ -257,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("name")
     deploy_options(rb)
     rb.set_defaults(func=_cmd_rollback)
+
+    rf = sub.add_parser("refresh", help="retrain the encoders and the two-tower on everything logged, check them "
+                        "in shadow (parity, evaluation gate) and cut over in one step",
+                        description="See feast_autofeat/recommend/refresh.py. Exit 0: cut over; 1: a check "
+                        "failed and the live versions are untouched (the reason is printed).")
+    rf.add_argument("--as-of", help="train on events up to this time (default: the log's last event)")
+    rf.add_argument("--holdout-days", type=float, default=7.0, help="the gate's held-out period (default 7)")
+    rf.add_argument("--tolerance", type=float, default=0.02,
+                    help="the candidate may be this much worse than live on Recall@20, relatively (default 0.02)")
+    rf.add_argument("--epochs", nargs="*", metavar="MODEL=N", help="cap epochs per model, e.g. dae=5 two_tower=10")
+    rf.add_argument("--seed", type=int, default=0)
+    rf.add_argument("--no-cut-over", action="store_true", help="run every check, leave the live versions")
+    rf.add_argument("--repo", type=Path, default=Path("feature_repo"))
+    rf.add_argument("--feature-store-yaml", "-f")
+    rf.set_defaults(func=_cmd_refresh)
 
     e = sub.add_parser("embeddings", help="list deployed embedding versions (* = live)")
     e.add_argument("--repo", type=Path, default=Path("feature_repo"))
