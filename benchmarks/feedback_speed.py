@@ -1,0 +1,115 @@
+"""Feedback freshness and push throughput with a real redis-server (ML-100K, the bundled recommender).
+
+1. Freshness: one event at a time through ``Recommender.record_feedback`` (validate, append a fsynced parquet
+   part to the event log, ``store.push`` the merged lists): the push's own latency, and the time from the push
+   returning to a ``recommend`` that reflects it (the item is excluded and counted in the history; checked
+   on every round, the count of rounds where it was not is reported). Target (issue 6): p99 <= 50 ms.
+2. Throughput: batches of ``--batch`` events for random users, events/s end to end (validation, log part,
+   read-merge-push). Anchor, same run, same rows: Feast's own ``store.push`` of the already-merged rows
+   (what any push costs before our validation, merge and durable log). Target: >= 5k events/s.
+
+    python benchmarks/feedback_speed.py [--rounds 500] [--batch 500] [--batches 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks._common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save
+from feast_autofeat.quickstart import run_feast
+from feast_autofeat.recommend.pipeline import build_recommender
+from feast_autofeat.recommend.recommender import Recommender
+
+YAML = "feature_store.redis.yaml"
+EPOCHS = {"dae": 3, "gan": 3, "multvae": 5, "two_tower": 5}
+NOW = datetime(1998, 4, 23, 1, tzinfo=timezone.utc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="100 rounds, 5 batches")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.batches = 100, 5
+    torch.set_num_threads(1)
+    result: dict = {"rounds": args.rounds, "batch": args.batch, "batches": args.batches}
+    with redis_server() as redis, ml100k_repo() as repo:
+        os.environ["REDIS_CONNECTION_STRING"] = redis.url
+        run_feast(repo, "apply", yaml=YAML, capture=True)
+        print("training small models and materializing into Redis ...", flush=True)
+        build_recommender(repo, yaml=YAML, epochs=EPOCHS, end=NOW.strftime("%Y-%m-%dT%H:%M:%S"))
+        clock = [NOW]
+        rec = Recommender(repo, yaml=YAML, clock=lambda: clock[0])
+        items = pd.read_parquet(repo / "data" / "items.parquet").item_id.to_numpy()
+        rng = np.random.default_rng(0)
+
+        # ---- 1. freshness, one event at a time
+        push, fresh, stale = [], [], 0
+        monitor = CpuMonitor(own_pids=(redis.pid,))
+        for r in range(args.rounds + 20):
+            user = int(rng.integers(1, 944))
+            seen = set(rec.history(user)[1])
+            item = int(rng.choice([i for i in items[:400] if i not in seen]))
+            clock[0] = NOW + timedelta(seconds=r)
+            t0 = time.perf_counter()
+            rec.record_feedback([{"user_id": user, "item_id": item, "event_type": "rating", "rating": 5.0,
+                                  "event_timestamp": clock[0].isoformat()}])
+            t1 = time.perf_counter()
+            got = rec.recommend(user, k=10)
+            t2 = time.perf_counter()
+            reflected = item not in got.items and got.history_items >= 1 and rec.history(user)[0][0] == item
+            if r >= 20:  # warm-up rounds: lazy imports, caches
+                push.append(t1 - t0)
+                fresh.append(t2 - t1)
+                stale += not reflected
+        result["freshness"] = {"push": percentiles_ms(push), "push_return_to_reflecting_recommend": percentiles_ms(
+            fresh), "push_plus_recommend": percentiles_ms([a + b for a, b in zip(push, fresh)]),
+            "rounds_not_reflected": stale, "cpu": monitor.report()}
+        f = result["freshness"]
+        print(f"freshness: push p50 {f['push']['p50_ms']:.1f} ms p99 {f['push']['p99_ms']:.1f} ms; push return -> "
+              f"reflecting recommend p50 {f['push_return_to_reflecting_recommend']['p50_ms']:.1f} ms p99 "
+              f"{f['push_return_to_reflecting_recommend']['p99_ms']:.1f} ms; not reflected: {stale}", flush=True)
+
+        # ---- 2. throughput, batches of events; anchor: Feast's store.push of the merged rows
+        log = rec._feedback
+        ours, anchor, n_events = [], [], 0
+        for b in range(args.batches):
+            clock[0] = NOW + timedelta(hours=1, seconds=b)
+            ev = pd.DataFrame({"user_id": rng.integers(1, 944, args.batch), "item_id": rng.choice(items, args.batch),
+                               "event_type": "rating", "rating": rng.integers(1, 6, args.batch).astype(float),
+                               "event_timestamp": clock[0].isoformat()})
+            t0 = time.perf_counter()
+            rec.record_feedback(ev)
+            ours.append(time.perf_counter() - t0)
+            n_events += len(ev)
+            rows = log._merged(log.validate(ev), log.positives(log.validate(ev)))  # same rows, already merged
+            t0 = time.perf_counter()
+            rec.store.push("user_recent_items_push", rows)
+            anchor.append(time.perf_counter() - t0)
+        result["throughput"] = {
+            "events": n_events, "events_per_second": n_events / sum(ours),
+            "feast_push_anchor_events_per_second": n_events / sum(anchor),
+            "ours_over_anchor_time": sum(ours) / sum(anchor),
+            "batch_ms": percentiles_ms(ours), "anchor_batch_ms": percentiles_ms(anchor)}
+        t = result["throughput"]
+        print(f"throughput: {t['events_per_second']:,.0f} events/s in batches of {args.batch} "
+              f"(Feast's store.push of the merged rows alone: {t['feast_push_anchor_events_per_second']:,.0f}/s)",
+              flush=True)
+    result["targets"] = {"freshness_p99_ms<=50": f["push_return_to_reflecting_recommend"]["p99_ms"] <= 50,
+                         "all_reflected": stale == 0, "throughput>=5000_events_per_s": t["events_per_second"] >= 5000}
+    name = "feedback_speed_quick" if args.quick else "feedback_speed"
+    print(f"saved {save(name, result)}")
+
+
+if __name__ == "__main__":
+    main()
