@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,39 @@ REDIS_YAML = "feature_store.redis.yaml"
 # an hour after ML-100K's last daily snapshot (1998-04-23 00:00): inside the behaviour view's 1-day TTL, so the
 # offline point-in-time read and the online read (Feast applies no TTL online) see the same snapshot
 NOW = "1998-04-23T01:00:00"
+
+
+@contextmanager
+def serving(repo: Path, redis_url: str):
+    """`feast-autofeat serve` on the repo in a subprocess (Redis YAML), its base URL once /healthz answers."""
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from feast_autofeat.testing import free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_CONNECTION_STRING": redis_url}
+    proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f",
+                             REDIS_YAML, "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                requests.get(f"{url}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"server did not start: {proc.stdout.read() if proc.poll() else ''}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,8 @@ ENTITY = {"item_two_tower": ("item_id", "items"), "user_dae": ("user_id", "users
 
 
 def latest_vectors(store, view: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(entity ids sorted, their latest vectors) from an embedding view's offline snapshots (what was
+    materialized), through Feast's offline store."""
     fv = store.get_feature_view(view)
     src = fv.batch_source
     df = store._get_provider().offline_store.pull_latest_from_table_or_query(
@@ -31,6 +33,8 @@ def latest_vectors(store, view: str, key: str) -> tuple[np.ndarray, np.ndarray]:
         timestamp_field=src.timestamp_field, created_timestamp_column=None,
         start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=datetime.now(timezone.utc)).to_df()
     df = df.sort_values(key)
+    if df.empty:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     return df[key].to_numpy(np.int64), np.stack(df.embedding.to_numpy()).astype(np.float32)
 
 

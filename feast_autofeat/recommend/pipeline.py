@@ -19,13 +19,25 @@ from pathlib import Path
 from feast_autofeat.recommend.data import ENCODERS
 
 
+def apply_quietly(repo: Path, yaml: str | None = None) -> None:
+    """``feast apply`` in process; Feast prints the whole registry diff, shown only when it fails."""
+    from feast_autofeat.cli import feast_apply
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            feast_apply(repo, yaml)
+    except BaseException:
+        print(out.getvalue())
+        raise
+
+
 def build_recommender(repo: str | Path, yaml: str | None = None, epochs: dict | None = None, end: str | None = None,
                       seed: int = 0, progress: bool = False, say: Callable[[str], None] = lambda _m: None) -> dict:
     """Run steps 1-4 on ``repo``; ``epochs`` caps training per model (e.g. ``{"dae": 5}``) for quick runs;
     ``end``: the materialization end (default: the prepared data's end). Returns the versions deployed."""
     from feast import FeatureStore
 
-    from feast_autofeat.cli import feast_apply
     from feast_autofeat.datasets import load_manifest
     from feast_autofeat.feast.embeddings import Deployments
     from feast_autofeat.feast.engine import LeakageWarning, backfill
@@ -36,14 +48,8 @@ def build_recommender(repo: str | Path, yaml: str | None = None, epochs: dict | 
     repo = Path(repo)
     epochs = epochs or {}
 
-    def apply() -> None:  # Feast prints the whole registry diff; keep it for failures only
-        out = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out):
-                feast_apply(repo, yaml)
-        except BaseException:
-            print(out.getvalue())
-            raise
+    def apply() -> None:
+        apply_quietly(repo, yaml)
         say("feast apply")
 
     t0 = time.perf_counter()

@@ -14,7 +14,8 @@ recommender applies the same rule to what it reads (a feature whose row is older
 time counts as missing), so serving never sees a stale value that training would have seen as missing.
 
 Unknown users (no profile online and no history): the documented fallback is the catalogue's most popular
-items (positive interactions in the offline store at start-up), marked ``source="popularity"``.
+items (positive interactions in the offline store up to the prepared data's end, read at start-up; feedback
+logged since counts once ``feast-autofeat refresh`` has rebuilt the data), marked ``source="popularity"``.
 """
 
 from __future__ import annotations
@@ -179,16 +180,12 @@ class Recommender:
 
     def _item_vectors(self, view: str) -> tuple[np.ndarray, np.ndarray]:
         """The latest materialized vector of every item (the view's offline snapshots)."""
-        fv = self.store.get_feature_view(view)
-        src = fv.batch_source
-        df = self.store._get_provider().offline_store.pull_latest_from_table_or_query(
-            config=self.store.config, data_source=src, join_key_columns=["item_id"],
-            feature_name_columns=["embedding"], timestamp_field=src.timestamp_field, created_timestamp_column=None,
-            start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=datetime.now(timezone.utc)).to_df()
-        if df.empty:
+        from feast_autofeat.recommend.health import latest_vectors
+
+        ids, vectors = latest_vectors(self.store, view, "item_id")
+        if not len(ids):
             raise AutofeatError(f"{view} has no materialized vectors: run `feast materialize` for it first.")
-        df = df.sort_values("item_id")
-        return df.item_id.to_numpy(np.int64), np.stack(df.embedding.to_numpy()).astype(np.float32)
+        return ids, vectors
 
     def _popular(self, n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` items with the most positive interactions, and their counts."""

@@ -21,14 +21,12 @@ Warm start: a new encoder version starts from the live version's weights when th
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -118,19 +116,16 @@ def score_version(store, repo, root, version: str, cut: Cut) -> dict:
 def parity(store, views: dict[str, str], sample: int = 200, seed: int = 0) -> dict:
     """For each new embedding view ({view: entity key}): the online vectors of a sample of entities equal the
     latest offline snapshot (max abs difference)."""
+    from feast_autofeat.recommend.health import latest_vectors
+
     out = {}
     rng = np.random.default_rng(seed)
     for view, key in views.items():
-        fv = store.get_feature_view(view)
-        src = fv.batch_source
-        off = store._get_provider().offline_store.pull_latest_from_table_or_query(
-            config=store.config, data_source=src, join_key_columns=[key], feature_name_columns=["embedding"],
-            timestamp_field=src.timestamp_field, created_timestamp_column=None,
-            start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=datetime.now(timezone.utc)).to_df()
-        ids = np.sort(rng.choice(off[key].to_numpy(), min(sample, len(off)), replace=False))
+        ids, vecs = latest_vectors(store, view, key)
+        pick = np.sort(rng.choice(len(ids), min(sample, len(ids)), replace=False))
+        ids, want = ids[pick], vecs[pick]
         online = store.get_online_features(features=[f"{view}:embedding"],
                                            entity_rows={key: ids.tolist()}).to_dict()["embedding"]
-        want = off.set_index(key).loc[ids, "embedding"]
         missing = sum(v is None for v in online)
         diff = max((float(np.max(np.abs(np.asarray(o, np.float32) - np.asarray(w, np.float32))))
                     for o, w in zip(online, want) if o is not None), default=np.inf)
@@ -144,13 +139,13 @@ def refresh(repo: str | Path, yaml: str | None = None, as_of=None, holdout_days:
             progress: bool = False, say: Callable[[str], None] = lambda _m: None) -> RefreshResult:
     """Steps 1-5 of the module doc; returns what was done, the gate's figures and whether it cut over."""
     from feast_autofeat.artifacts import model_root
-    from feast_autofeat.cli import feast_apply
     from feast_autofeat.datasets import load_manifest
     from feast_autofeat.feast.embeddings import Deployments, view_name
     from feast_autofeat.feast.engine import LeakageWarning, backfill
     from feast_autofeat.quickstart import run_feast
     from feast_autofeat.recommend.feedback import RECENT_VIEW
     from feast_autofeat.recommend.health import health_report
+    from feast_autofeat.recommend.pipeline import apply_quietly
     from feast_autofeat.recommend.train import train_two_tower
     from feast_autofeat.training import open_store, parse_as_of, train
 
@@ -165,14 +160,8 @@ def refresh(repo: str | Path, yaml: str | None = None, as_of=None, holdout_days:
                             "`deploy`, `feast materialize`).")
     steps = {}
 
-    def apply() -> None:  # Feast prints the whole registry diff; keep it for failures only
-        out = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out):
-                feast_apply(repo, yaml)
-        except BaseException:
-            print(out.getvalue())
-            raise
+    def apply() -> None:
+        apply_quietly(repo, yaml)
 
     def step(name: str, t: float) -> None:
         steps[name] = round(time.perf_counter() - t, 1)

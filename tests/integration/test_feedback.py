@@ -7,9 +7,6 @@ These tests push feedback for users 100-299 only; the other recommender tests re
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -25,7 +22,7 @@ from feast_autofeat.datasets.movielens import SPEC
 from feast_autofeat.features.snapshots import recent_items_table
 from feast_autofeat.recommend.feedback import FeedbackError, FeedbackLog, rebuild_recent_items
 from feast_autofeat.testing import free_port
-from tests.conftest import NOW, REDIS_YAML
+from tests.conftest import NOW, REDIS_YAML, serving
 
 pytestmark = pytest.mark.integration
 T = pd.Timestamp(NOW, tz="UTC")
@@ -175,23 +172,7 @@ def test_no_event_lost_under_concurrent_http_clients(rec_repo, rec_redis):
         "event_timestamp": T - pd.to_timedelta(rng.integers(0, 3600 * 24, n), unit="s"),
     })
     batches = [sent.iloc[i:i + 8] for i in range(0, n, 8)]
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_CONNECTION_STRING": rec_redis.url}
-    proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f",
-                             REDIS_YAML, "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                requests.get(f"{url}/healthz", timeout=2)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"server did not start: {proc.stdout.read() if proc.poll() else ''}") from None
-                time.sleep(0.5)
-
+    with serving(repo, rec_redis.url) as url:
         def post(batch: pd.DataFrame) -> int:
             events = batch.assign(event_timestamp=batch.event_timestamp.map(pd.Timestamp.isoformat))
             r = requests.post(f"{url}/feedback", json={"events": events.to_dict("records")}, timeout=60)
@@ -205,9 +186,6 @@ def test_no_event_lost_under_concurrent_http_clients(rec_repo, rec_redis):
         bad = requests.post(f"{url}/feedback", json={"events": [{**sent.iloc[0].to_dict(), "item_id": 99_999,
                                                                   "event_timestamp": NOW}]}, timeout=10)
         assert bad.status_code == 422 and "item_id 99999 is unknown" in bad.json()["detail"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
     log = _log(repo)
     added = log.merge(before, how="left", indicator=True).query("_merge == 'left_only'").drop(columns="_merge")
