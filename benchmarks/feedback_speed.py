@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks._common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save
-from feast_autofeat.quickstart import run_feast
-from feast_autofeat.recommend.pipeline import build_recommender
-from feast_autofeat.recommend.recommender import Recommender
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save  # noqa: E402
+
+from feast_autofeat.quickstart import run_feast  # noqa: E402
+from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
+from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
 EPOCHS = {"dae": 3, "gan": 3, "multvae": 5, "two_tower": 5}

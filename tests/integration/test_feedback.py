@@ -126,7 +126,7 @@ def test_invalid_events_change_nothing(rec_repo, recommender, bad, match):
 
 
 def test_failed_push_leaves_nothing_behind(rec_repo, monkeypatch):
-    """Redis refusing the write (fault injected at Feast's push) removes the already-appended log part."""
+    """Redis refusing the write (fault injected at Feast's online write) removes the already-appended log part."""
     repo, _ = rec_repo
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
     log = FeedbackLog(store, repo, clock=lambda: T)
@@ -134,7 +134,7 @@ def test_failed_push_leaves_nothing_behind(rec_repo, monkeypatch):
     def refuse(*args, **kwargs):
         raise ConnectionError("redis went away")
 
-    monkeypatch.setattr(store, "push", refuse)
+    monkeypatch.setattr(store, "write_to_online_store", refuse)
     parts, online = _parts(repo), _online(store, [130])
     with pytest.raises(ConnectionError, match="went away"):
         log.record([{"user_id": 130, "item_id": 50, "event_type": "rating", "rating": 5.0, "event_timestamp": NOW}])
