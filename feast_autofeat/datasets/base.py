@@ -42,6 +42,12 @@ def event_log_dir(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / EVENT_LOG
 
 
+def table_path(data_dir: str | os.PathLike, name: str) -> Path:
+    """Where a prepared table lives: ``<name>.parquet``, or the event log's directory (readable as one table by
+    pandas, pyarrow and DuckDB)."""
+    return event_log_dir(data_dir) if name == EVENT_LOG else Path(data_dir) / f"{name}.parquet"
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """How a dataset's raw tables turn into behaviour features.

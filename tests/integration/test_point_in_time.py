@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feast_autofeat.datasets.base import table_path
+
 DAY = pd.Timedelta(days=1)
 
 
@@ -59,7 +61,7 @@ def _key(df):
 
 @pytest.fixture(scope="module")
 def data(ml_repo):
-    return {n: pd.read_parquet(ml_repo / "data" / f"{n}.parquet")
+    return {n: pd.read_parquet(table_path(ml_repo / "data", n))
             for n in ("interactions", "users", "items", "user_behaviour", "item_popularity")}
 
 

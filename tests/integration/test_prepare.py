@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from feast_autofeat.cli import main
+from feast_autofeat.datasets.base import table_path
 from feast_autofeat.datasets.movielens import GENRES
 
 
@@ -90,9 +91,8 @@ def test_synthetic_cli_is_deterministic(tmp_path, capsys):
     assert main(args + ["--repo", str(tmp_path / "b")]) == 0
     assert "interactions" in capsys.readouterr().out
     for name in ("interactions", "users", "items", "user_behaviour", "item_popularity", "user_recent_items"):
-        file = name if name == "interactions" else f"{name}.parquet"  # the event log is a directory of parts
-        a = pd.read_parquet(tmp_path / "a" / "data" / file)
-        b = pd.read_parquet(tmp_path / "b" / "data" / file)
+        a = pd.read_parquet(table_path(tmp_path / "a" / "data", name))  # the event log: a directory of parts
+        b = pd.read_parquet(table_path(tmp_path / "b" / "data", name))
         pd.testing.assert_frame_equal(a, b)
     manifest = json.loads((tmp_path / "a" / "data" / "manifest.json").read_text())
     assert manifest["rows"]["interactions"] == 5000 and manifest["params"]["seed"] == 11

@@ -78,6 +78,9 @@ def test_refresh_cut_over_and_rollback_under_load(rec_repo):
     repo, old = rec_repo
     now = datetime.fromisoformat(NOW).replace(tzinfo=timezone.utc)
     rec = Recommender(repo, yaml=REDIS_YAML, clock=lambda: now, check_every=0.2)
+    probe = (803, 1, 2, 3, 50, 405)
+    before = {u: Recommender(repo, version=old, yaml=REDIS_YAML, clock=lambda: now).recommend(u, k=10).items
+              for u in probe}
     with Load(rec) as load:
         result = refresh(repo, yaml=REDIS_YAML, epochs=EPOCHS, tolerance=0.5)
         assert result.cut_over, result.reason
@@ -97,6 +100,8 @@ def test_refresh_cut_over_and_rollback_under_load(rec_repo):
     assert versions[served_new:].count(new) >= 1 and versions[-1] == old
     # every response equals what a recommender pinned to the version it names returns
     pinned = {v: Recommender(repo, version=v, yaml=REDIS_YAML, clock=lambda: now) for v in (old, new)}
+    # the shadow work changed nothing the live version serves
+    assert {u: pinned[old].recommend(u, k=10).items for u in probe} == before
     for r in load.responses[:: max(1, len(load.responses) // 60)]:
         want = pinned[r.model_version].recommend(r.user_id, k=10)
         assert r.items == want.items, (r.model_version, r.user_id)

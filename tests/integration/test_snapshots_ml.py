@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feast_autofeat.datasets.base import table_path
 from feast_autofeat.datasets.movielens import GENRES
 
 DAY = pd.Timedelta(days=1)
@@ -12,7 +13,7 @@ DAY = pd.Timedelta(days=1)
 @pytest.fixture(scope="module")
 def tables(ml_repo):
     data = ml_repo / "data"
-    return {n: pd.read_parquet(data / f"{n}.parquet")
+    return {n: pd.read_parquet(table_path(data, n))
             for n in ("interactions", "items", "user_behaviour", "item_popularity")}
 
 
