@@ -70,7 +70,6 @@ class Bundle:
     model: object  # TwoTower
     index: object
     features: QueryFeatures
-    loaded_at: float
 
 
 class Recommender:
@@ -142,7 +141,7 @@ class Recommender:
         model = TwoTower.load(self.root, version)
         features = query_features(self.store, self.repo, model.saved_config_.get("encoders"))
         ids, vectors = self._item_vectors(view_name(ITEM_VIEW, version))
-        return Bundle(version, model, build_index(ids, vectors, self.index_kind), features, time.time())
+        return Bundle(version, model, build_index(ids, vectors, self.index_kind), features)
 
     def swap(self, bundle: Bundle) -> None:
         self._bundle = bundle  # one reference assignment: a request holds either the old bundle or the new one

@@ -253,12 +253,12 @@ def refresh(repo: str | Path, yaml: str | None = None, as_of=None, holdout_days:
         apply()
         reason = f"cut over: {ITEM_VIEW} {live} -> {tt.version}"
     say(reason)
-    report = health_report(store, repo, {**new}, previous=_live_of(tt.version, root, live))
+    report = health_report(store, repo, new, previous=_previous_versions(root, live))
     return RefreshResult(live, tt.version, new, as_of.isoformat(), gate, par, done, reason, str(report),
                          time.perf_counter() - t0, steps)
 
 
-def _live_of(candidate: str, root, live: str) -> dict:
+def _previous_versions(root, live: str) -> dict:
     """The previous versions, per embedding: the live two-tower and the encoders it was trained with."""
     from feast_autofeat.artifacts import load_version
 
