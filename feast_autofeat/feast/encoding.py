@@ -16,7 +16,7 @@ import numpy as np
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import FloatList
+from feast.protos.feast.types.Value_pb2 import FloatList, Int64List
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -95,3 +95,37 @@ def timestamp_nanos(raw: bytes) -> int:
 def field_hash(view: str, feature: str) -> bytes:
     """The Redis hash field Feast uses for ``view:feature`` (murmur3, 4 bytes)."""
     return _mmh3(f"{view}:{feature}")
+
+
+class Int64ListCodec:
+    """Serialized ``ValueProto(int64_list_val=...)`` cells (Feast's ``Array(Int64)``) to and from flat arrays.
+
+    Decoding parses all cells as one message (protobuf concatenates repeated fields of concatenated messages),
+    so values cost no Python work; a cell's length is the count of its varint-ending bytes (< 0x80) less the
+    header's four (the Value and Int64List tags and lengths; two for an empty list). The totals are checked."""
+
+    def __init__(self):
+        self.empty = ValueProto(int64_list_val=Int64List(val=[])).SerializeToString()
+        probe = ValueProto(int64_list_val=Int64List(val=[1, 300, -1])).SerializeToString()
+        if self.empty != b"r\x00" or probe[:1] + probe[2:3] != b"r\n" or self.decode([probe, None, self.empty])[
+                1].tolist() != [3, 0, 0]:
+            raise _layout_error("integer list value")
+
+    def encode(self, flat: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+        """One cell per list; list ``j`` is the next ``lengths[j]`` values of ``flat``."""
+        values, bounds = flat.tolist(), np.r_[0, np.cumsum(lengths)].tolist()
+        return [ValueProto(int64_list_val=Int64List(val=values[a:b])).SerializeToString()
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def decode(self, cells: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+        """The concatenated values and each cell's length (a missing cell is an empty list)."""
+        cells = [c or self.empty for c in cells]
+        joined = b"".join(cells)
+        values = np.array(ValueProto.FromString(joined).int64_list_val.val, np.int64)
+        ends = np.r_[0, np.cumsum(np.frombuffer(joined, np.uint8) < 0x80)]
+        bounds = np.r_[0, np.cumsum([len(c) for c in cells])]
+        header = np.where(np.array([c == self.empty for c in cells], bool), 2, 4)
+        lengths = ends[bounds[1:]] - ends[bounds[:-1]] - header
+        if lengths.sum() != len(values) or (lengths < 0).any():
+            raise _layout_error("integer list value")
+        return values, lengths

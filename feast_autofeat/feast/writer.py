@@ -52,17 +52,21 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+def redis_client(repo_config):
+    """A client of the single Redis server the store's config names, and its address for messages."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+    from redis import Redis
+
+    nodes, params = RedisOnlineStore._parse_connection_string(repo_config.online_store.connection_string)
+    return Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params), f"{nodes[0]['host']}:{nodes[0]['port']}"
+
+
 class RedisVectorWriter:
     """Pipelined HSETs in Feast's Redis layout (single Redis server; one Int64 join key)."""
 
     def __init__(self, repo_config, view: str, join_key: str, dim: int, chunk_rows: int = 4096):
-        from feast.infra.online_stores.redis import RedisOnlineStore
-        from redis import Redis
-
         cfg = repo_config.online_store
-        nodes, params = RedisOnlineStore._parse_connection_string(cfg.connection_string)
-        self.address = f"{nodes[0]['host']}:{nodes[0]['port']}"
-        self.client = Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+        self.client, self.address = redis_client(repo_config)
         self.view, self.dim, self.chunk_rows = view, dim, chunk_rows
         self.project = repo_config.project.encode()
         self.keys = Int64KeyCodec(join_key, repo_config.entity_key_serialization_version)
@@ -209,11 +213,16 @@ class FeastStoreWriter:
         pass
 
 
+def single_redis(repo_config) -> bool:
+    """The store is one Redis server without online view versioning: the layout our fast paths write."""
+    cfg = repo_config.online_store
+    return (getattr(cfg, "type", None) == "redis"
+            and getattr(getattr(cfg, "redis_type", None), "value", None) == "redis"
+            and not getattr(repo_config.registry, "enable_online_feature_view_versioning", False))
+
+
 def vector_writer(repo_config, online_store, feature_view, join_key: str, dim: int) -> VectorWriter:
     """The fastest writer for the configured online store."""
-    cfg = repo_config.online_store
-    redis_type = getattr(getattr(cfg, "redis_type", None), "value", None)
-    versioned = getattr(repo_config.registry, "enable_online_feature_view_versioning", False)
-    if getattr(cfg, "type", None) == "redis" and redis_type == "redis" and not versioned:
+    if single_redis(repo_config):
         return RedisVectorWriter(repo_config, feature_view.name, join_key, dim)
     return FeastStoreWriter(repo_config, online_store, feature_view, join_key, dim)

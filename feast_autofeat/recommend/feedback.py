@@ -8,24 +8,30 @@ where the dataset has one; an ISO 8601 time, naive = UTC). A batch of events is 
    times or times more than ``MAX_FUTURE`` ahead of the clock. A ``FeedbackError`` names each offending event.
 2. **Appended to the event log** (``data/interactions/``, the ``interactions`` source every snapshot, training
    set and refresh reads) as one parquet part, written to a hidden file, fsynced and renamed into place.
-3. **Pushed online** to the view of Feast's ``user_recent_items_push`` push source (Feast's
-   ``write_to_online_store``, what ``store.push`` runs for it, minus two whole-registry scans per call): each user's
-   ``recent_items`` (positives, newest first by event time), ``recent_times`` and ``seen_items`` (any event),
-   merged with what the online store holds. The next ``recommend`` reads them, so its session embedding and
-   its never-recommend-again set already include the events.
+3. **Pushed online** to the view of Feast's ``user_recent_items_push`` push source: each user's ``recent_items``
+   (positives, newest first by event time), ``recent_times`` and ``seen_items`` (any event), merged with what
+   the online store holds. The next ``recommend`` reads them, so its session embedding and its
+   never-recommend-again set already include the events.
 
-If the push fails (Redis gone), the part is removed again and the error raised: nothing is half-applied. A
-crash between the two leaves the events in the log, the source of truth, which ``rebuild_recent_items``
-(and ``feast-autofeat refresh``) turns back into the online lists.
+   On a single Redis server the merge is one optimistic transaction in Feast's own layout
+   (``feast.online_lists.RedisListRows``: WATCH the users' keys, read, merge, MULTI/EXEC, redone if another
+   writer changed a key meanwhile), so any number of service processes can take feedback for the same users
+   without losing an update. Other online stores (SQLite) go through Feast's ``write_to_online_store`` (what
+   ``store.push`` runs for the view, minus two whole-registry scans per call) under a file lock, which
+   serializes the writers of one machine.
 
-Merges are serialized per process (one lock): run one feedback writer per store, or shard users across
-writers; two processes merging the same user's list concurrently could drop one's update online (the log
-keeps both). Online rows are stamped with the write time (at least 1 µs after the stored row, as Redis drops
+If the push fails (Redis gone or refusing writes), the part is removed again and the error raised: nothing is
+half-applied. A crash between the two leaves the events in the log, the source of truth, which
+``rebuild_recent_items`` (and ``feast-autofeat refresh``) turns back into the online lists.
+
+Online rows are stamped with the write time (at least 1 µs after the stored row, as Feast's Redis writer drops
 writes that are not newer); ``seen_items`` keeps the newest ``SEEN_ITEMS`` by arrival.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import os
 import threading
@@ -43,6 +49,8 @@ import pyarrow.parquet as pq
 
 from feast_autofeat.datasets import get_spec, load_manifest
 from feast_autofeat.datasets.base import PREPARED_PART, event_log_dir
+from feast_autofeat.feast.online_lists import RedisListRows
+from feast_autofeat.feast.writer import single_redis
 from feast_autofeat.features.snapshots import RECENT_FIELDS, RECENT_ITEMS, SEEN_ITEMS, connect, fetch_arrow
 from feast_autofeat.models.base import SchemaError
 
@@ -50,6 +58,7 @@ PUSH_SOURCE = "user_recent_items_push"
 RECENT_VIEW = "user_recent_items"
 MAX_FUTURE = timedelta(minutes=5)  # clock skew tolerated between a client and the service
 MAX_ERRORS = 5  # offending events named per error message
+LIST_FEATURES = tuple(name for name, _ in RECENT_FIELDS)
 
 
 class FeedbackError(SchemaError):
@@ -72,8 +81,19 @@ def _us(ts: pd.Series) -> np.ndarray:
     return ts.dt.tz_convert("UTC").to_numpy("datetime64[us]").astype(np.int64)
 
 
-def _flat(lists: list[list[int]]) -> np.ndarray:
-    return np.concatenate([np.asarray(x, np.int64) for x in lists]) if lists else np.zeros(0, np.int64)
+Lists = dict[str, tuple[np.ndarray, np.ndarray]]  # per feature: every user's list concatenated, and its length
+
+
+def _flat(lists: list) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated values of per-user lists (None = empty) and each list's length."""
+    arrays = [np.zeros(0, np.int64) if x is None else np.asarray(x, np.int64) for x in lists]
+    lens = np.fromiter(map(len, arrays), np.int64, len(arrays))
+    return (np.concatenate(arrays) if arrays else np.zeros(0, np.int64)), lens
+
+
+def _split(flat: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    values, bounds = flat.tolist(), np.r_[0, np.cumsum(lengths)].tolist()
+    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
@@ -105,6 +125,8 @@ class FeedbackLog:
         self._lock = threading.Lock()
         self._sql_lock = threading.Lock()
         self._con = None
+        config = store.config
+        self._rows = RedisListRows(config, RECENT_VIEW, "user_id", LIST_FEATURES) if single_redis(config) else None
 
     def _ids(self, source: str, key: str) -> np.ndarray:
         path = self.store.get_data_source(source).path
@@ -216,16 +238,18 @@ class FeedbackLog:
         t0 = time.perf_counter()
         ev = self.validate(events)
         pos = self.positives(ev)
-        with self._lock:
-            rows = self._merged(ev, pos)
-            part = self._append(ev)
-            try:  # what store.push(PUSH_SOURCE, rows) does for the push source's one view, without the two
-                # registry scans per call it adds (listing every view and service: ~145 ms on a busy 2-core box)
-                self.store.write_to_online_store(RECENT_VIEW, rows)
-            except BaseException:
-                part.unlink(missing_ok=True)  # undo the append: the batch is applied whole or not at all
-                raise
-        return FeedbackResult(len(ev), int(pos.sum()), len(rows), part.name, time.perf_counter() - t0)
+        users = np.unique(ev["user_id"].to_numpy())
+        part = self._append(ev)
+        try:
+            if self._rows is not None:  # Redis: one optimistic transaction, redone if another writer interfered
+                self._rows.update(users, lambda stored, stamps: self._merge(ev, pos, users, stored, stamps))
+            else:
+                with self._lock, _file_lock(self.data_dir / ".feedback.lock"):
+                    self.store.write_to_online_store(RECENT_VIEW, self.merged_frame(ev, pos))
+        except BaseException:
+            part.unlink(missing_ok=True)  # undo the append: the batch is applied whole or not at all
+            raise
+        return FeedbackResult(len(ev), int(pos.sum()), len(users), part.name, time.perf_counter() - t0)
 
     def _append(self, ev: pd.DataFrame) -> Path:
         table = pa.Table.from_pandas(ev, preserve_index=False).select(self.schema.names).cast(self.schema)
@@ -240,59 +264,117 @@ class FeedbackLog:
             tmp.unlink(missing_ok=True)
         return path
 
-    def _stored(self, users: np.ndarray) -> tuple[dict[str, list], np.ndarray]:
-        """The online lists of ``users`` and their rows' timestamps (epoch µs; 0 where none)."""
-        resp = self.store.get_online_features(features=[f"{RECENT_VIEW}:{f}" for f, _ in RECENT_FIELDS],
+    def merged_frame(self, ev: pd.DataFrame, pos: np.ndarray) -> pd.DataFrame:
+        """The push rows for a validated batch, merged with what Feast's ``get_online_features`` returns (the
+        path for online stores other than a single Redis; Redis merges inside ``RedisListRows.update``)."""
+        users = np.unique(ev["user_id"].to_numpy())
+        resp = self.store.get_online_features(features=[f"{RECENT_VIEW}:{f}" for f in LIST_FEATURES],
                                               entity_rows={"user_id": users.tolist()})
         out = resp.to_dict()
         names = list(resp.proto.metadata.feature_names.val)
-        stamps = resp.proto.results[names.index(RECENT_FIELDS[0][0])].event_timestamps
-        us = np.array([t.seconds * 1_000_000 + t.nanos // 1000 for t in stamps], np.int64)
-        return out, us
+        stamps = resp.proto.results[names.index(LIST_FEATURES[0])].event_timestamps
+        stored_us = np.array([t.seconds * 1_000_000 + t.nanos // 1000 for t in stamps], np.int64)
+        stored = {f: _flat(out[f]) for f in LIST_FEATURES}
+        lists, stamp = self._merge(ev, pos, users, stored, stored_us)
+        rows = {f: _split(*lists[f]) for f in LIST_FEATURES}
+        return pd.DataFrame({"user_id": users, **rows, "event_timestamp": pd.to_datetime(stamp, unit="us", utc=True)})
 
-    def _merged(self, ev: pd.DataFrame, pos: np.ndarray) -> pd.DataFrame:
-        """One push row per user of the batch: stored lists merged with the new events (vectorized)."""
-        users = np.unique(ev["user_id"].to_numpy())
-        stored, stored_us = self._stored(users)
-        recent = [x or [] for x in stored["recent_items"]]
-        times = [x or [] for x in stored["recent_times"]]
-        seen = [x or [] for x in stored["seen_items"]]
-        lens = np.fromiter(map(len, recent), np.int64, len(users))
-        if not np.array_equal(lens, np.fromiter(map(len, times), np.int64, len(users))):
-            raise FeedbackError("user_recent_items online is inconsistent (recent_items and recent_times differ in "
-                                "length): rebuild it with `feast-autofeat refresh` or `feast materialize`.")
-        ev_us = _us(ev["event_timestamp"])
+    def _merge(self, ev: pd.DataFrame, pos: np.ndarray, users: np.ndarray, stored: Lists,
+               stored_us: np.ndarray) -> tuple[Lists, np.ndarray]:
+        return merge_lists(users, stored, stored_us, ev["user_id"].to_numpy(np.int64),
+                           ev["item_id"].to_numpy(np.int64), _us(ev["event_timestamp"]), pos,
+                           now_us=int(pd.Timestamp(self.clock()).value // 1000))
 
-        # recent_items: positives, newest time first (ties: larger item id first, as in the prepared table)
-        r = pd.DataFrame({
-            "user_id": np.concatenate([np.repeat(users, lens), ev["user_id"].to_numpy()[pos]]),
-            "item_id": np.concatenate([_flat(recent),
-                                       ev["item_id"].to_numpy()[pos]]),
-            "t": np.concatenate([_flat(times), ev_us[pos]]),
-        }).sort_values(["user_id", "t", "item_id"], ascending=[True, False, False], kind="stable")
-        r = r.drop_duplicates(["user_id", "item_id"])
-        r = r[r.groupby("user_id").cumcount().to_numpy() < RECENT_ITEMS]
 
-        # seen_items: the batch's items (newest first), then what was stored
-        slens = np.fromiter(map(len, seen), np.int64, len(users))
-        order = np.lexsort((-ev["item_id"].to_numpy(), -ev_us))
-        s = pd.DataFrame({
-            "user_id": np.concatenate([ev["user_id"].to_numpy()[order], np.repeat(users, slens)]),
-            "item_id": np.concatenate([ev["item_id"].to_numpy()[order],
-                                       _flat(seen)]),
-        }).sort_values("user_id", kind="stable").drop_duplicates(["user_id", "item_id"])
-        s = s[s.groupby("user_id").cumcount().to_numpy() < SEEN_ITEMS]
+def merge_lists(users: np.ndarray, stored: Lists, stored_us: np.ndarray, ev_u: np.ndarray, ev_i: np.ndarray,
+                ev_t: np.ndarray, pos: np.ndarray, now_us: int) -> tuple[Lists, np.ndarray]:
+    """Each user's stored lists merged with a batch of events, vectorized over all users.
 
-        def lists(frame: pd.DataFrame, col: str) -> list[list[int]]:
-            at = np.searchsorted(frame["user_id"].to_numpy(), users)
-            return [a.tolist() for a in np.split(frame[col].to_numpy(), at[1:])]
+    ``users``: the batch's users, sorted; ``stored``: per feature the users' stored lists concatenated and their
+    lengths; ``stored_us``: their rows' stamps (epoch µs, 0 = none); ``ev_*``: the events (user, item, time in
+    epoch µs) and ``pos`` which of them are positives. Returns the merged lists in the same form and each row's
+    new stamp: the newest of its events, ``now_us``, and 1 µs after the stored stamp (so it is never older)."""
+    (recent, n_recent), (times, n_times), (seen, n_seen) = (stored[f] for f in LIST_FEATURES)
+    if not np.array_equal(n_recent, n_times):
+        raise FeedbackError("user_recent_items online is inconsistent (recent_items and recent_times differ in "
+                            "length): rebuild it with `feast-autofeat refresh` or `feast materialize`.")
 
-        newest = pd.Series(ev_us).groupby(ev["user_id"].to_numpy()).max().reindex(users).to_numpy()
-        now = int(pd.Timestamp(self.clock()).value // 1000)
-        stamp = np.maximum(np.maximum(newest, stored_us + 1), now)
-        return pd.DataFrame({"user_id": users, "recent_items": lists(r, "item_id"), "recent_times": lists(r, "t"),
-                             "seen_items": lists(s, "item_id"),
-                             "event_timestamp": pd.to_datetime(stamp, unit="us", utc=True)})
+    # recent_items: positives, newest time first (ties: larger item id first, as in the prepared table)
+    u = np.concatenate([np.repeat(users, n_recent), ev_u[pos]])
+    i = np.concatenate([recent, ev_i[pos]])
+    t = np.concatenate([times, ev_t[pos]])
+    order = np.lexsort((-i, -t, u))
+    u, i, t = u[order], i[order], t[order]
+    keys, batch = _pair_keys(users, (u, i), (ev_u, ev_i))
+    keep = _first_of_pair(keys, np.unique(batch))
+    u, i, t = u[keep], i[keep], t[keep]
+    keep = _rank_in_group(u) < RECENT_ITEMS
+    r_u, r_i, r_t = u[keep], i[keep], t[keep]
+
+    # seen_items: the batch's items (newest first), then what was stored; newest SEEN_ITEMS by arrival
+    order = np.lexsort((-ev_i, -ev_t))
+    u = np.concatenate([ev_u[order], np.repeat(users, n_seen)])
+    i = np.concatenate([ev_i[order], seen])
+    order = np.argsort(u, kind="stable")
+    u, i = u[order], i[order]
+    keys, batch = _pair_keys(users, (u, i), (ev_u, ev_i))
+    keep = _first_of_pair(keys, np.unique(batch))
+    u, i = u[keep], i[keep]
+    keep = _rank_in_group(u) < SEEN_ITEMS
+    s_u, s_i = u[keep], i[keep]
+
+    def lengths(group: np.ndarray) -> np.ndarray:
+        return np.diff(np.r_[np.searchsorted(group, users), len(group)])
+
+    newest = np.zeros(len(users), np.int64)
+    np.maximum.at(newest, np.searchsorted(users, ev_u), ev_t)
+    stamp = np.maximum(np.maximum(newest, stored_us + 1), now_us)
+    n_r = lengths(r_u)
+    return {"recent_items": (r_i, n_r), "recent_times": (r_t, n_r), "seen_items": (s_i, lengths(s_u))}, stamp
+
+
+def _pair_keys(users: np.ndarray, *pairs: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
+    """One int64 per (user, item) pair, equal exactly when the pairs are (``users``: the batch's sorted users,
+    which every ``u`` is one of)."""
+    items = np.concatenate([i for _, i in pairs])
+    if len(items) and (items.min() < 0 or int(items.max()) >= (1 << 62) // max(len(users), 1)):
+        _, dense = np.unique(items, return_inverse=True)  # ids too large to combine: rank them first
+        cuts = np.cumsum([len(i) for _, i in pairs])[:-1]
+        pairs = tuple((u, d) for (u, _), d in zip(pairs, np.split(dense, cuts)))
+    width = int(max((i.max() for _, i in pairs if len(i)), default=0)) + 1
+    return [np.searchsorted(users, u).astype(np.int64) * width + i for u, i in pairs]
+
+
+def _first_of_pair(keys: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """Mask of the first occurrence of each pair key, in array order. A stored list holds each pair once, so
+    only pairs of the ``batch`` (sorted unique keys) can repeat: a binary search finds them, and only those
+    are sorted."""
+    keep = np.ones(len(keys), bool)
+    if not len(batch):
+        return keep
+    cand = np.flatnonzero(batch[np.minimum(np.searchsorted(batch, keys), len(batch) - 1)] == keys)
+    keep[cand] = False
+    keep[cand[np.unique(keys[cand], return_index=True)[1]]] = True
+    return keep
+
+
+def _rank_in_group(group: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values of the sorted ``group``."""
+    if not len(group):
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    return np.arange(len(group)) - np.repeat(starts, np.diff(np.r_[starts, len(group)]))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock across processes on this machine (the embedded online store lives on one machine)."""
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def rebuild_recent_items(repo: str | Path) -> Path:

@@ -16,9 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 from feast import FeatureStore
+from redis import Redis
 
 from feast_autofeat.datasets.base import PREPARED_PART
 from feast_autofeat.datasets.movielens import SPEC
+from feast_autofeat.feast.writer import OnlineWriteError
 from feast_autofeat.features.snapshots import recent_items_table
 from feast_autofeat.recommend.feedback import FeedbackError, FeedbackLog, rebuild_recent_items
 from feast_autofeat.testing import free_port
@@ -125,25 +127,70 @@ def test_invalid_events_change_nothing(rec_repo, recommender, bad, match):
     pd.testing.assert_frame_equal(_online(recommender.store, [120, 121]), online)
 
 
-def test_failed_push_leaves_nothing_behind(rec_repo, monkeypatch):
-    """Redis refusing the write (fault injected at Feast's online write) removes the already-appended log part."""
+def test_refused_write_leaves_nothing_behind(rec_repo, rec_redis):
+    """Redis refusing writes (out of memory: a real server at maxmemory with noeviction) rejects the whole
+    transaction: the already-appended log part is removed and the online row is unchanged."""
     repo, _ = rec_repo
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
     log = FeedbackLog(store, repo, clock=lambda: T)
-
-    def refuse(*args, **kwargs):
-        raise ConnectionError("redis went away")
-
-    monkeypatch.setattr(store, "write_to_online_store", refuse)
+    client = Redis.from_url(f"redis://{rec_redis.url}")
     parts, online = _parts(repo), _online(store, [130])
-    with pytest.raises(ConnectionError, match="went away"):
-        log.record([{"user_id": 130, "item_id": 50, "event_type": "rating", "rating": 5.0, "event_timestamp": NOW}])
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(OnlineWriteError, match=r"refused an update of view user_recent_items \(command not "
+                                                   r"allowed when used memory"):
+            log.record([{"user_id": 130, "item_id": 50, "event_type": "rating", "rating": 5.0,
+                         "event_timestamp": NOW}])
+    finally:
+        client.config_set("maxmemory", 0)
     assert _parts(repo) == parts
     pd.testing.assert_frame_equal(_online(store, [130]), online)
 
 
+def test_concurrent_writers_never_drop_an_update(rec_repo):
+    """Two writers (separate FeedbackLogs, as two service processes would be) update the same user; the second
+    commits while the first is between its read and its write. The first's transaction aborts and is redone on
+    fresh data, so the online lists hold both writers' events, as the log does."""
+    repo, _ = rec_repo
+    first, second = (FeedbackLog(FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML), repo,
+                                 clock=lambda: T) for _ in range(2))
+    event = {"user_id": 135, "event_type": "rating", "rating": 5.0}
+    merge, calls = first._merge, []
+
+    def interleaved(*args):
+        calls.append(1)
+        if len(calls) == 1:  # the other writer commits between our read and our write
+            second.record([{**event, "item_id": 60, "event_timestamp": T - timedelta(minutes=2)}])
+        return merge(*args)
+
+    first._merge = interleaved
+    first.record([{**event, "item_id": 61, "event_timestamp": T - timedelta(minutes=1)}])
+    assert len(calls) == 2 and first._rows.attempts == 2
+    stored = _online(first.store, [135]).loc[135]
+    assert list(stored.recent_items[:2]) == [61, 60] and list(stored.seen_items[:2]) == [61, 60]
+    want = recent_items_table(pq.read_table(repo / "data" / "interactions"), SPEC).to_pandas().set_index("user_id")
+    assert list(stored.recent_items) == list(want.recent_items[135])
+
+
+def test_online_cells_are_feasts_own_bytes(rec_repo, rec_redis):
+    """The lists feedback writes are byte for byte what Feast's own write_to_online_store writes for them."""
+    repo, _ = rec_repo
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
+    log = FeedbackLog(store, repo, clock=lambda: T)
+    log.record([{"user_id": 136, "item_id": 70, "event_type": "rating", "rating": 5.0, "event_timestamp": NOW}])
+    client, key = Redis.from_url(f"redis://{rec_redis.url}"), log._rows._key_bytes(np.array([136]))[0]
+    ours = client.hgetall(key)
+    row = _online(store, [136]).reset_index()
+    store.write_to_online_store("user_recent_items", row.assign(event_timestamp=T + timedelta(hours=1)))
+    feasts = client.hgetall(key)
+    fields = log._rows.fields[1:]
+    assert [ours[f] for f in fields] == [feasts[f] for f in fields]
+    assert ours[log._rows.ts_field] != feasts[log._rows.ts_field]
+
+
 def test_redis_down_is_a_clear_failure_and_writes_nothing(rec_repo, tmp_path):
-    """A store whose Redis is not there: the read before the merge fails, nothing reaches the log."""
+    """A store whose Redis is not there: the update fails with a clear error and the log part is removed."""
     repo, _ = rec_repo
     os.environ["REDIS_CONNECTION_STRING"], url = f"127.0.0.1:{free_port()}", os.environ["REDIS_CONNECTION_STRING"]
     try:
