@@ -8,8 +8,12 @@
 2. Throughput: batches of ``--batch`` events for random users, events/s end to end (validation, log part,
    read-merge-write transaction). Anchor, same run, same rows: Feast's own ``store.push`` of the already-merged
    rows (what any push costs before our validation, merge and durable log). Target: >= 5k events/s.
+3. Response: ``--users`` users each like 6 popular films of a big genre (>= 40 films) that is at most 1 of
+   their top-10; the genre's share of their next top-10 before and after, and for how many it rose or fell;
+   then as many other users with the same model's category term off (the model's weights and their
+   validation grids are saved beside).
 
-    python benchmarks/feedback_speed.py [--rounds 500] [--batch 500] [--batches 20] [--quick]
+    python benchmarks/feedback_speed.py [--rounds 500] [--batch 500] [--batches 20] [--users 40] [--quick]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -28,9 +33,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save  # noqa: E402
 
+from feast_autofeat.feast.embeddings import view_name  # noqa: E402
 from feast_autofeat.quickstart import run_feast  # noqa: E402
+from feast_autofeat.recommend.index import build_index  # noqa: E402
 from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
-from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
+from feast_autofeat.recommend.recommender import Bundle, Recommender  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
 EPOCHS = {"dae": 3, "gan": 3, "multvae": 5, "two_tower": 5}
@@ -42,6 +49,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=500)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--users", type=int, default=40, help="users in the response check")
     ap.add_argument("--quick", action="store_true", help="100 rounds, 5 batches")
     args = ap.parse_args()
     if args.quick:
@@ -110,8 +118,54 @@ def main() -> None:
         print(f"throughput: {t['events_per_second']:,.0f} events/s in batches of {args.batch} "
               f"(Feast's store.push of the merged rows alone: {t['feast_push_anchor_events_per_second']:,.0f}/s)",
               flush=True)
+
+        # ---- 3. response: users like 6 popular films of a big genre that is (nearly) absent from their top-10;
+        # the model as trained, then (other users) the same model with its category term off
+        genre_items = pd.read_parquet(repo / "data" / "items.parquet").set_index("item_id")
+        genres = [c for c in genre_items.columns if c.startswith("genre_") and genre_items[c].sum() >= 40]
+        log_df = pd.read_parquet(repo / "data" / "interactions")
+        popular = log_df[log_df.rating >= 4].groupby("item_id").size().sort_values(ascending=False,
+                                                                                   kind="stable").index
+        metrics = rec.model.metrics_
+        result["response"] = {"liked_per_user": 6, "session_weight": metrics.get("session_weight"),
+                              "session_weight_grid": metrics.get("session_weight_grid"),
+                              "category_weight_grid": metrics.get("category_weight_grid")}
+        users = rng.choice(np.arange(1, 944), 2 * args.users, replace=False).tolist()
+        for run, weight in (("as_trained", rec.model.config.category_weight), ("category_term_off", 0.0)):
+            if weight != rec.model.config.category_weight:
+                model = rec.model
+                model.config = replace(model.config, category_weight=weight)
+                b = rec._current()
+                ids, vectors = rec._item_vectors(view_name("item_two_tower", b.version))
+                rec.swap(Bundle(b.version, model, build_index(ids, model.search_item_vectors(vectors, ids)),
+                                b.features))
+            shares = []
+            for n, user in enumerate(users[:args.users] if run == "as_trained" else users[args.users:]):
+                before = rec.recommend(user, k=10).items
+                share = genre_items.loc[before, genres].mean()
+                genre = str(rng.choice([g for g in genres if share[g] <= 0.1]))
+                seen = set(rec.history(user)[1])
+                liked = [int(i) for i in popular if genre_items.at[i, genre] == 1 and i not in seen
+                         and i not in before][:6]
+                clock[0] = NOW + timedelta(hours=2 + (run != "as_trained"), minutes=n)
+                rec.record_feedback([{"user_id": user, "item_id": i, "event_type": "rating", "rating": 5.0,
+                                      "event_timestamp": (clock[0] - timedelta(seconds=6 - k)).isoformat()}
+                                     for k, i in enumerate(liked)])
+                after = rec.recommend(user, k=10).items
+                shares.append((share[genre], genre_items.loc[after, genre].mean()))
+            sh = np.array(shares)
+            r = result["response"][run] = {
+                "category_weight": weight, "users": len(sh), "genre_share_before": float(sh[:, 0].mean()),
+                "genre_share_after": float(sh[:, 1].mean()), "rose": int((sh[:, 1] > sh[:, 0]).sum()),
+                "fell": int((sh[:, 1] < sh[:, 0]).sum())}
+            print(f"response ({run}, category_weight {weight}): the liked genre's share of the top-10 "
+                  f"{r['genre_share_before']:.3f} -> {r['genre_share_after']:.3f}; rose for {r['rose']}, fell for "
+                  f"{r['fell']} of {r['users']} users", flush=True)
+        r = result["response"]["as_trained"]
     result["targets"] = {"freshness_p99_ms<=50": f["push_return_to_reflecting_recommend"]["p99_ms"] <= 50,
-                         "all_reflected": stale == 0, "throughput>=5000_events_per_s": t["events_per_second"] >= 5000}
+                         "all_reflected": stale == 0, "throughput>=5000_events_per_s": t["events_per_second"] >= 5000,
+                         "genre_share_rose_for_most_users": r["rose"] > r["users"] / 2 and r["genre_share_after"] > r[
+                             "genre_share_before"]}
     name = "feedback_speed_quick" if args.quick else "feedback_speed"
     print(f"saved {save(name, result)}")
 

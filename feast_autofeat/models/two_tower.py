@@ -45,6 +45,8 @@ from feast_autofeat.models.base import (
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import recall_at_k
 
+MAX_CATEGORIES = 256  # string item columns with more distinct values are not categories (ids, titles)
+
 
 @dataclass(frozen=True)
 class TwoTowerConfig:
@@ -60,6 +62,14 @@ class TwoTowerConfig:
     # the least session_weight validation may choose: a product floor so that feedback visibly steers the next
     # recommendation even where offline recall alone would ignore the session (see the README's figures)
     min_session_weight: float = 0.5
+    # the score plus this times the cosine between the item's categories and the recent items' mean categories
+    # (categories: the item columns holding only 0/1, e.g. genres, and one-hot string columns of at most
+    # MAX_CATEGORIES values, e.g. a category or brand): "more of this kind", so a few items of one category
+    # raise its share of the next top-K even where the items' neighbours follow co-consumption rather than
+    # kind. Served as extra index dimensions (search vectors: [query, weight x session categories] and
+    # [candidate, unit item categories]); chosen on validation like session_weight, at least the floor
+    category_weight: float = 0.0
+    min_category_weight: float = 0.2
     user_ids: bool = True  # a user-id embedding in the query tower (row 0: unknown users)
     item_ids: bool = True
     dim: int = 64  # output vector size of both towers
@@ -240,6 +250,26 @@ class _Bags:
                      self.values[_ranges(self.indptr[:-1], lens)])
 
 
+def _categories(items: pd.DataFrame, columns) -> torch.Tensor:
+    """The items' categories as a 0/1 matrix in catalogue order: item columns holding only 0 and 1 (multi-hot
+    such as genres) and one-hot string columns of at most ``MAX_CATEGORIES`` distinct values; none (0 columns)
+    when that gives fewer than two."""
+    blocks = []
+    for c in columns:
+        if c not in items:
+            continue
+        col = items[c]
+        if pd.api.types.is_bool_dtype(col) or (pd.api.types.is_numeric_dtype(col) and col.notna().all()
+                                               and col.isin((0, 1)).all()):
+            blocks.append(col.to_numpy(np.uint8)[:, None])
+        elif not pd.api.types.is_numeric_dtype(col) and col.nunique() <= MAX_CATEGORIES:
+            values = col.astype("string")
+            blocks.append(np.stack([(values == v).fillna(False).to_numpy(np.uint8) for v in sorted(values.dropna()
+                                                                                               .unique())], 1))
+    values = np.concatenate(blocks, 1) if blocks else np.zeros((len(items), 0), np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(values if values.shape[1] >= 2 else values[:, :0]))
+
+
 class TwoTower:
     """``TwoTower(config).fit(train, items, valid=...)``; ``query_vectors(frame)``, ``item_vectors()``.
 
@@ -319,6 +349,7 @@ class TwoTower:
         self.query_in_ = _Inputs(cfg.query_columns, cfg.query_vectors, cfg.fill).fit(train)
         self.item_in_ = _Inputs(cfg.item_columns, cfg.item_vectors, cfg.fill).fit(items)
         self.item_x_ = torch.from_numpy(self.item_in_.transform(items))
+        self.item_cats_ = _categories(items, cfg.item_columns)
         xq = torch.from_numpy(self.query_in_.transform(train))
         uid = torch.from_numpy(self.user_positions(train.user_id))
         ipos = torch.from_numpy(self.item_positions(train.item_id))
@@ -353,7 +384,7 @@ class TwoTower:
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
-            self.net_ = net.eval()
+            self.net_, self._steer_ = net.eval(), None
             if valid is not None:
                 vq, targets, exclude = valid
                 score = float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)[targets.lengths > 0]))
@@ -363,6 +394,7 @@ class TwoTower:
         if valid is not None:
             stopper.restore_best(net)
         self.net_ = net.eval()
+        self._steer_ = None
         self.metrics_ = {"train_seconds": time.perf_counter() - t0, "epochs": epoch + 1,
                          "best_epoch": stopper.best_epoch + 1 if valid is not None else epoch + 1,
                          "valid_recall@20": stopper.best_value if valid is not None else None,
@@ -385,18 +417,70 @@ class TwoTower:
         bags = self.bags(frame)
         recent = self._recent(bags)
         q = net.query(x, users, *self._take((bags, recent), np.arange(len(frame))))
-        if self.config.session_weight and recent is not None:
+        steer = self._steer()
+        if steer is not None and recent is not None:
             values, offsets = recent.take(np.arange(len(frame)))
-            pooled = F.embedding_bag(values, self._candidates(), offsets, mode="mean")
-            q = F.normalize(q + self.config.session_weight * pooled, dim=1)
+            q = F.normalize(q + F.embedding_bag(values, steer, offsets, mode="mean"), dim=1)
         return q.numpy()
 
-    def _candidates(self) -> torch.Tensor:
-        """Row 0: zeros (unknown), row i: the catalogue's i-th candidate vector (cached; the model is frozen)."""
-        if getattr(self, "_candidates_", None) is None:
+    def _steer(self) -> torch.Tensor | None:
+        """Row 0: zeros (unknown items), row i: ``session_weight`` times the i-th candidate vector (cached per
+        weight; the model is frozen); None when the weight is 0."""
+        w = self.config.session_weight
+        if not w:
+            return None
+        cached = getattr(self, "_steer_", None)
+        if cached is None or cached[0] != w:
             vecs = torch.from_numpy(self.item_vectors())
-            self._candidates_ = torch.cat([torch.zeros(1, vecs.shape[1]), vecs])
-        return self._candidates_
+            self._steer_ = (w, torch.cat([torch.zeros(1, vecs.shape[1]), w * vecs]))
+        return self._steer_[1]
+
+    # ---- category term: search vectors with two extra blocks
+    def _category_units(self) -> torch.Tensor | None:
+        """Row 0: zeros, row i: the i-th item's categories weighted by their inverse catalogue frequency (a
+        rare category says more about an item than a common one), as a unit vector; None when the term is off."""
+        if not self.config.category_weight or not self.item_cats_.shape[1]:
+            return None
+        cats = self.item_cats_.float()
+        idf = torch.log(len(cats) / cats.sum(0).clamp(min=1))
+        return torch.cat([torch.zeros(1, cats.shape[1]), F.normalize(cats * idf, dim=1)])
+
+    def _session_categories(self, units: torch.Tensor, recent: tuple) -> torch.Tensor:
+        values, offsets = recent
+        return F.normalize(F.embedding_bag(values, units, offsets, mode="mean"), dim=1)
+
+    def search_item_vectors(self, vectors: np.ndarray, item_ids) -> np.ndarray:
+        """What the item index holds for candidate ``vectors`` of ``item_ids``: the vectors, then (category term
+        on) the items' unit categories (zeros for items the model does not know)."""
+        units = self._category_units()
+        if units is None:
+            return np.asarray(vectors, np.float32)
+        rows = self.item_rows(item_ids)
+        return np.concatenate([vectors, units[torch.from_numpy(rows)].numpy()], axis=1).astype(np.float32)
+
+    def search_query_vectors(self, frame: pd.DataFrame) -> np.ndarray:
+        """``query_vectors`` plus (category term on) ``category_weight`` x the recent items' unit categories:
+        its dot product with ``search_item_vectors`` is the model's score (times the temperature)."""
+        q = self.query_vectors(frame)
+        units = self._category_units()
+        recent = self._recent(self.bags(frame))
+        if units is None or recent is None:
+            return q
+        cats = self._session_categories(units, recent.take(np.arange(len(frame))))
+        return np.concatenate([q, self.config.category_weight * cats.numpy()], axis=1)
+
+    @torch.inference_mode()
+    def search_query_vector(self, record: Mapping) -> np.ndarray:
+        """``search_query_vectors`` of one request given as {column: value} (serving's path)."""
+        q = self.query_vector(record)
+        units = self._category_units()
+        if units is None or not self.config.history:
+            return q
+        items = np.asarray(record.get(self.config.history) or [], np.int64)
+        rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
+        rows = torch.from_numpy(rows[rows > 0][:self.config.recent])
+        cats = self._session_categories(units, (rows, torch.zeros(1, dtype=torch.int64)))
+        return np.concatenate([q, self.config.category_weight * cats[0].numpy()])
 
     @torch.inference_mode()
     def query_vector(self, record: Mapping) -> np.ndarray:
@@ -413,24 +497,33 @@ class TwoTower:
             zero = torch.zeros(1, dtype=torch.int64)
             bags, recent = (rows, zero), (rows[:self.config.recent], zero)
         q = net.query(x, users, bags, recent)
-        if self.config.session_weight and recent is not None and len(recent[0]):
-            q = F.normalize(q + self.config.session_weight * self._candidates()[recent[0]].mean(0), dim=1)
+        steer = self._steer()
+        if steer is not None and recent is not None and len(recent[0]):
+            q = F.normalize(q + steer[recent[0]].mean(0), dim=1)
         return q[0].numpy()
 
-    def choose_session_weight(self, valid: tuple, grid=(0.0, 0.25, 0.5, 1.0, 2.0)) -> dict:
-        """Set ``session_weight`` to the weight of at least ``min_session_weight`` with the best validation
-        Recall@20 (ties: the smaller); returns {weight: recall} for the whole grid (so what the floor costs
+    def choose_session_weight(self, valid: tuple, grid=(0.0, 0.25, 0.5, 1.0, 2.0),
+                              category_grid=(0.0, 0.05, 0.1, 0.2, 0.4)) -> dict:
+        """Set ``session_weight``, then ``category_weight`` (where the items have categories), each to the
+        weight of at least its floor (``min_*``) with the best validation Recall@20 (ties: the smaller); returns
+        {"session": {weight: recall}, "category": {weight: recall}} over the whole grids (so what a floor costs
         offline shows)."""
         vq, targets, exclude = valid
-        floor = self.config.min_session_weight
-        scores = {}
-        for w in sorted({floor, *grid}):
-            self.config = replace(self.config, session_weight=float(w))
-            scores[float(w)] = float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)
-                                             [targets.lengths > 0]))
-        best = max((w for w in scores if w >= floor), key=lambda w: (scores[w], -w))
-        self.config = replace(self.config, session_weight=best)
-        return scores
+
+        def recall() -> float:
+            return float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)[targets.lengths > 0]))
+
+        grids = {}
+        for name, values in (("session", grid), ("category", category_grid if self.item_cats_.shape[1] else ())):
+            floor = getattr(self.config, f"min_{name}_weight")
+            scores = {}
+            for w in sorted({floor, *values}):
+                self.config = replace(self.config, **{f"{name}_weight": float(w)})
+                scores[float(w)] = recall()
+            best = max((w for w in scores if w >= floor), key=lambda w: (scores[w], -w)) if scores else 0.0
+            self.config = replace(self.config, **{f"{name}_weight": best})
+            grids[name] = scores
+        return grids
 
     @torch.no_grad()
     def item_vectors(self, items: pd.DataFrame | None = None) -> np.ndarray:
@@ -451,7 +544,8 @@ class TwoTower:
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """Scores over the whole catalogue (columns in ``item_ids_`` order) for each query row."""
-        return self.query_vectors(frame) @ self.item_vectors().T / self.config.temperature
+        items = self.search_item_vectors(self.item_vectors(), self.item_ids_)
+        return self.search_query_vectors(frame) @ items.T / self.config.temperature
 
     # ---- persistence
     def save(self, root, extra: dict | None = None) -> Artifact:
@@ -462,7 +556,8 @@ class TwoTower:
                                    "item": list(self.config.item_columns) + list(self.config.item_vectors)},
                   "metrics": self.metrics_, **(extra or {})}
         tensors = {"user_ids": torch.from_numpy(self.user_ids_), "item_ids": torch.from_numpy(self.item_ids_),
-                   "item_x": self.item_x_, **self.query_in_.tensors("query"), **self.item_in_.tensors("item")}
+                   "item_x": self.item_x_, "item_categories": self.item_cats_, **self.query_in_.tensors("query"),
+                   **self.item_in_.tensors("item")}
         return save_model(root, self.name, self._net(), config, tensors)
 
     @classmethod
@@ -475,6 +570,8 @@ class TwoTower:
         cfg = model.config
         model.user_ids_, model.item_ids_ = art.tensors["user_ids"].numpy(), art.tensors["item_ids"].numpy()
         model.item_x_ = art.tensors["item_x"]
+        none = torch.zeros((len(model.item_ids_), 0), dtype=torch.uint8)  # versions saved before categories
+        model.item_cats_ = art.tensors.get("item_categories", none)
         model.query_in_ = _Inputs.restore(cfg.query_columns, cfg.query_vectors, cfg.fill,
                                           art.config["query_inputs"], art.tensors, "query")
         model.item_in_ = _Inputs.restore(cfg.item_columns, cfg.item_vectors, cfg.fill,

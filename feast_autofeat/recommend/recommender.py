@@ -141,7 +141,9 @@ class Recommender:
         model = TwoTower.load(self.root, version)
         features = query_features(self.store, self.repo, model.saved_config_.get("encoders"))
         ids, vectors = self._item_vectors(view_name(ITEM_VIEW, version))
-        return Bundle(version, model, build_index(ids, vectors, self.index_kind), features)
+        # the index holds the model's search vectors: the materialized candidate vectors (plus category blocks)
+        return Bundle(version, model, build_index(ids, model.search_item_vectors(vectors, ids), self.index_kind),
+                      features)
 
     def swap(self, bundle: Bundle) -> None:
         self._bundle = bundle  # one reference assignment: a request holds either the old bundle or the new one
@@ -232,7 +234,7 @@ class Recommender:
         if b.features.session is not None:  # the on-demand session embedding, computed as its view computes it
             record.update({k: v[0] for k, v in b.features.session_columns([history]).items()})
         record[RECENT_FIELD] = history
-        return b.model.query_vector(record), list(set(seen).union(history))
+        return b.model.search_query_vector(record), list(set(seen).union(history))
 
     def recommend(self, user_id, k: int = 10, recent_items: list[int] | None = None) -> Recommendation:
         b = self._current()  # this request's one version, whatever is swapped in meanwhile

@@ -105,17 +105,22 @@ class TrainingSet:
     def fit(self, config: TwoTowerConfig, tune: bool = True, progress: bool = True) -> TwoTower:
         """``tune``: choose the epoch count on the inner cut, then refit on every training event."""
         if not tune:
-            config = replace(config, session_weight=max(config.session_weight, config.min_session_weight))
+            config = replace(config, session_weight=max(config.session_weight, config.min_session_weight),
+                             category_weight=max(config.category_weight, config.min_category_weight))
             return TwoTower(config).fit(self.frame, self.items, progress=progress)
         inner_rows = self.frame.iloc[_row_positions(self.events, self.inner.history)]
         tuned = TwoTower(config).fit(inner_rows, self.items, valid=self.valid, progress=progress)
         best = tuned.metrics_["best_epoch"]
-        weights = tuned.choose_session_weight(self.valid) if config.history and config.recent else {0.0: None}
-        weight = tuned.config.session_weight
+        steering = config.history and config.recent
+        grids = tuned.choose_session_weight(self.valid) if steering else {}
+        ws, wc = tuned.config.session_weight, tuned.config.category_weight
         model = TwoTower(config, epochs=best).fit(self.frame, self.items, progress=progress)
-        model.config = replace(model.config, session_weight=weight)
-        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": weights[weight],
-                               "session_weight": weight, "session_weight_grid": weights})
+        model.config = replace(model.config, session_weight=ws, category_weight=wc)
+        last = grids.get("category") or grids.get("session") or {}
+        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": last.get(wc if "category" in grids
+                                                                                        else ws),
+                               "session_weight": ws, "session_weight_grid": grids.get("session", {}),
+                               "category_weight": wc, "category_weight_grid": grids.get("category", {})})
         return model
 
 

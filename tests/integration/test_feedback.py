@@ -62,14 +62,16 @@ def _co_liked(log: pd.DataFrame, liked: list[int], n: int = 50) -> set[int]:
 
 def test_feedback_changes_the_next_recommendation(rec_repo, recommender):
     """Users like several films (the genre's most popular ones they had neither seen nor been recommended):
-    their top-10 moves towards those films' co-liked neighbours (an independent computation over the log),
-    the films are never recommended back, and they lead the online history the session embedding reads."""
+    the genre's share of their top-10 rises, the top-10 moves towards those films' co-liked neighbours (an
+    independent computation over the log), the films are never recommended back, and they lead the online
+    history the session embedding reads."""
     repo, version = rec_repo
     items = pd.read_parquet(repo / "data" / "items.parquet").set_index("item_id")
     log = _log(repo)
     popular = log[log.rating >= 4].groupby("item_id").size().sort_values(ascending=False, kind="stable")
-    rises = []
-    for user, genre in zip(range(101, 107), ("horror", "sci_fi", "romance", "childrens", "war", "comedy")):
+    rises, genre_rises = [], []
+    users = [101, 102, 103, 104, 105, 106, 107, 108, 109, 111, 112, 113]
+    for user, genre in zip(users, ("horror", "sci_fi", "romance", "childrens", "war", "comedy") * 2):
         before = recommender.recommend(user, k=10)
         seen = set(log.item_id[log.user_id == user])
         liked = [int(i) for i in popular.index if items.loc[i, f"genre_{genre}"] == 1 and i not in seen
@@ -87,7 +89,13 @@ def test_feedback_changes_the_next_recommendation(rec_repo, recommender):
         assert list(stored.recent_items[:8]) == liked[::-1]  # newest first
         near = _co_liked(log, liked)
         rises.append(len(near & set(after.items)) - len(near & set(before.items)))
+        genre_rises.append(items.loc[after.items, f"genre_{genre}"].mean()
+                           - items.loc[before.items, f"genre_{genre}"].mean())
     assert sum(r > 0 for r in rises) > sum(r < 0 for r in rises) and np.mean(rises) >= 1, rises
+    # the genre's share of the top-10 rises: for more than half of the users, on average by at least one film,
+    # and it never falls by more than one film
+    assert sum(r > 0 for r in genre_rises) > len(users) / 2 and min(genre_rises) >= -0.1, genre_rises
+    assert np.mean(genre_rises) >= 0.1, genre_rises
 
 
 def test_disliked_items_are_seen_but_not_history(rec_repo, recommender):

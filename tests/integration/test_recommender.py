@@ -32,7 +32,8 @@ def brute_force(repo, version: str, users, histories, k: int, exclude=None):
     # the model's pinned encoder versions, through Feast's offline store (the session embedding by its
     # on-demand view there; serving computes it in-process)
     frame = query_frame(store, rows, query_features(store, repo, model.saved_config_["encoders"]))
-    scores = model.query_vectors(frame) @ model.item_vectors().T
+    items = model.search_item_vectors(model.item_vectors(), model.item_ids_)  # + the category blocks, if on
+    scores = model.search_query_vectors(frame) @ items.T
     for row, items in enumerate(histories):
         drop = set(items) | set(exclude[row] if exclude is not None else ())
         scores[row, model.item_positions([i for i in drop if i in set(model.item_ids_)])] = -np.inf

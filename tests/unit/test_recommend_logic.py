@@ -112,25 +112,40 @@ def test_two_tower_learns_planted_groups_and_round_trips(tmp_path):
         model.query_vectors(queries.assign(taste=["a", "b", "c"]).astype({"taste": object}))
 
 
-def test_session_steering_moves_the_query_and_both_paths_agree():
-    """session_weight pulls the query towards the mean candidate vector of the newest ``recent`` items; the
-    one-request dict path equals the frame path with it on."""
+@pytest.mark.parametrize("weight", ["session_weight", "category_weight"])
+def test_session_steering_moves_the_query_and_both_paths_agree(weight, tmp_path):
+    """session_weight pulls the query towards the mean candidate vector of the newest ``recent`` items,
+    category_weight adds the cosine between an item's categories (its 0/1 columns) and theirs; the one-request
+    dict path equals the frame path with it on, the score is the search vectors' dot product, and a saved
+    version scores the same."""
     from dataclasses import replace
 
     train, items, group, item_group = planted()
-    model = TwoTower(TwoTowerConfig(query_columns=("taste",), item_columns=("kind",), user_ids=False, epochs=10,
-                                    seed=0, history="recent_items", recent=3)).fit(train, items)
+    items = items.assign(**{f"g{g}": (item_group == g).astype(np.int64) for g in range(3)},
+                         noise=np.linspace(0, 1, len(items)))  # not 0/1: not a category
+    model = TwoTower(TwoTowerConfig(query_columns=("taste",), item_columns=("kind", "g0", "g1", "g2", "noise"),
+                                    user_ids=False, epochs=10, seed=0, history="recent_items", recent=3)
+                     ).fit(train, items)
+    cats = model.item_cats_.numpy()  # kind one-hot (k0, k1, k2), then g0, g1, g2; noise is no category
+    assert cats.shape == (len(items), 6)
+    np.testing.assert_array_equal(cats[:, 2], item_group == 2)
+    np.testing.assert_array_equal(cats[:, 5], item_group == 2)
     g2 = [int(i) + 1 for i in np.flatnonzero(item_group == 2)[:3]]
     queries = pd.DataFrame({"user_id": [10_001], "taste": [0.0], "recent_items": [g2 + [1, 4, 7]]})
     share = []
     for w in (0.0, 5.0):
-        model.config = replace(model.config, session_weight=w)
-        frame = model.query_vectors(queries)[0]
-        row = model.query_vector(queries.iloc[0].to_dict())
+        model.config = replace(model.config, **{weight: w})
+        frame = model.search_query_vectors(queries)[0]
+        row = model.search_query_vector(queries.iloc[0].to_dict())
         np.testing.assert_allclose(row, frame, atol=1e-5)
-        top = np.argsort(-(model.item_vectors() @ frame))[:10]
+        assert len(frame) == 64 + (6 if weight == "category_weight" and w else 0)
+        scores = model.search_item_vectors(model.item_vectors(), model.item_ids_) @ frame
+        np.testing.assert_allclose(scores / model.config.temperature, model.score(queries)[0], rtol=1e-4, atol=1e-4)
+        top = np.argsort(-scores)[:10]
         share.append((item_group[top] == 2).mean())  # a taste-0 user who just took three group-2 items
     assert share[1] >= share[0] + 0.5, share
+    again = TwoTower.load(tmp_path, model.save(tmp_path).version)
+    np.testing.assert_allclose(again.score(queries), model.score(queries), atol=1e-4)
 
 
 def test_two_tower_ids_only_and_validation_early_stopping():
