@@ -57,7 +57,7 @@ class TwoTowerConfig:
     history: str | None = None  # a list column of item ids pooled (mean of learned item embeddings) in the query
     recent: int = 10  # the newest ``recent`` history items pooled again, separately: the session's short-term intent
     # the query vector plus this times the mean candidate vector of the ``recent`` newest history items (then
-    # renormalized): "more like what I just did"; chosen on validation after fitting (``choose_session_weight``)
+    # renormalized): "more like what I just did"; chosen on validation after fitting (``choose_steering``)
     session_weight: float = 0.0
     # the least session_weight validation may choose: a product floor so that feedback visibly steers the next
     # recommendation even where offline recall alone would ignore the session (see the README's figures)
@@ -502,7 +502,7 @@ class TwoTower:
             q = F.normalize(q + steer[recent[0]].mean(0), dim=1)
         return q[0].numpy()
 
-    def choose_session_weight(self, valid: tuple, grid=(0.0, 0.25, 0.5, 1.0, 2.0),
+    def choose_steering(self, valid: tuple, grid=(0.0, 0.25, 0.5, 1.0, 2.0),
                               category_grid=(0.0, 0.05, 0.1, 0.2, 0.4)) -> dict:
         """Set ``session_weight``, then ``category_weight`` (where the items have categories), each to the
         weight of at least its floor (``min_*``) with the best validation Recall@20 (ties: the smaller); returns

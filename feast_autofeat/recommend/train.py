@@ -112,13 +112,12 @@ class TrainingSet:
         tuned = TwoTower(config).fit(inner_rows, self.items, valid=self.valid, progress=progress)
         best = tuned.metrics_["best_epoch"]
         steering = config.history and config.recent
-        grids = tuned.choose_session_weight(self.valid) if steering else {}
+        grids = tuned.choose_steering(self.valid) if steering else {}
         ws, wc = tuned.config.session_weight, tuned.config.category_weight
         model = TwoTower(config, epochs=best).fit(self.frame, self.items, progress=progress)
         model.config = replace(model.config, session_weight=ws, category_weight=wc)
-        last = grids.get("category") or grids.get("session") or {}
-        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": last.get(wc if "category" in grids
-                                                                                        else ws),
+        inner = grids["category"][wc] if grids.get("category") else grids["session"][ws] if steering else None
+        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": inner,
                                "session_weight": ws, "session_weight_grid": grids.get("session", {}),
                                "category_weight": wc, "category_weight_grid": grids.get("category", {})})
         return model
