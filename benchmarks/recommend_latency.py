@@ -1,8 +1,9 @@
 """Recommendation latency with a real redis-server.
 
 1. In process, ML-100K's catalogue (1,682 items, exact index): ``Recommender.recommend(user, k=10)`` p50/p99,
-   next to the anchor measured in the same rounds: Feast's own ``get_online_features`` of the same
-   ``two_tower_query`` service (what any Feast recommender pays before its own work).
+   next to the anchor measured in the same rounds: Feast's own ``get_online_features`` of what a request reads
+   (the two-tower's stored query features and the user's history lists, one call, as serving makes it): what
+   any Feast recommender pays before its own work.
 2. A synthetic 1M-item catalogue (the real item vectors plus noise, unit length) behind an HNSW index
    (usearch): build time, recall@100 against brute force for real users' query vectors, and ``recommend``
    p50/p99 with that index.
@@ -35,7 +36,7 @@ from _common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save,
 from feast_autofeat.quickstart import run_feast  # noqa: E402
 from feast_autofeat.recommend.index import ExactIndex, HnswIndex  # noqa: E402
 from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
-from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
+from feast_autofeat.recommend.recommender import HISTORY_FEATURES, Recommender  # noqa: E402
 from feast_autofeat.testing import free_port  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
@@ -118,9 +119,9 @@ def main() -> None:
         it = iter(range(10**9))
 
         def anchor():
-            u = int(users[next(it) % len(users)])
-            rec.store.get_online_features(features=rec._bundle.features.refs, entity_rows=[
-                {"user_id": u, "recent_items": rec.history(u)[0]}], full_feature_names=True).to_dict()
+            rec.store.get_online_features(features=rec._bundle.features.stored_refs + HISTORY_FEATURES,
+                                          entity_rows=[{"user_id": int(users[next(it) % len(users)])}],
+                                          full_feature_names=True).to_dict()
 
         def recommend():
             rec.recommend(int(users[next(it) % len(users)]), k=10)
