@@ -349,7 +349,7 @@ class TwoTower:
         self.query_in_ = _Inputs(cfg.query_columns, cfg.query_vectors, cfg.fill).fit(train)
         self.item_in_ = _Inputs(cfg.item_columns, cfg.item_vectors, cfg.fill).fit(items)
         self.item_x_ = torch.from_numpy(self.item_in_.transform(items))
-        self.item_cats_ = _categories(items, cfg.item_columns)
+        self.item_cats_, self._units_ = _categories(items, cfg.item_columns), None
         xq = torch.from_numpy(self.query_in_.transform(train))
         uid = torch.from_numpy(self.user_positions(train.user_id))
         ipos = torch.from_numpy(self.item_positions(train.item_id))
@@ -441,9 +441,11 @@ class TwoTower:
         rare category says more about an item than a common one), as a unit vector; None when the term is off."""
         if not self.config.category_weight or not self.item_cats_.shape[1]:
             return None
-        cats = self.item_cats_.float()
-        idf = torch.log(len(cats) / cats.sum(0).clamp(min=1))
-        return torch.cat([torch.zeros(1, cats.shape[1]), F.normalize(cats * idf, dim=1)])
+        if getattr(self, "_units_", None) is None:  # once per model (it is frozen), not per request
+            cats = self.item_cats_.float()
+            idf = torch.log(len(cats) / cats.sum(0).clamp(min=1))
+            self._units_ = torch.cat([torch.zeros(1, cats.shape[1]), F.normalize(cats * idf, dim=1)])
+        return self._units_
 
     def _session_categories(self, units: torch.Tensor, recent: tuple) -> torch.Tensor:
         values, offsets = recent
