@@ -227,12 +227,15 @@ class TabularPreprocessor:
         probs = np.linspace(0, 1, _QUANTILES)
         q = np.asarray(self.quantiles_)
         if self._ties is None:
-            self._ties = []
+            # built whole, then published in one assignment: concurrent first requests must never see a
+            # partial table (``_ranks_row`` would cache tie maps built from it, skewing every later request)
+            ties = []
             for qj in q:
                 values, first, counts = np.unique(qj, return_index=True, return_counts=True)
                 tied = counts > 1
                 mid = 0.5 * (probs[first[tied]] + probs[first[tied] + counts[tied] - 1])
-                self._ties.append((values[tied], mid))
+                ties.append((values[tied], mid))
+            self._ties = ties
         if x.shape[0] == 1:
             return self._ranks_row(x[0], q, probs)[None, :]
         u = np.empty_like(x)

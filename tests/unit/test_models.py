@@ -235,3 +235,41 @@ def test_serving_row_path_equals_frame_path():
         pre.transform_record({"count": "3", "x": 0.0, "kind": "a"})
     with pytest.raises(SchemaError, match="NaN or infinite"):
         pre.transform_record({"count": 1.0, "x": None, "kind": "a"})
+
+
+def test_first_requests_in_parallel_see_complete_lookup_tables():
+    """The serving path builds its lookup tables (tied quantiles, vocabularies) on first use; requests racing on
+    a freshly loaded model must all get the single-threaded answer, and so must every request after them (a
+    half-built table, once cached, would skew that model's every response)."""
+    import sys
+    import threading
+
+    from feast_autofeat.models.base import TabularPreprocessor
+
+    rng = np.random.default_rng(1)
+    cols = {f"c{j}": rng.poisson(0.3, 2000).astype(float) for j in range(40)}  # many tied zero quantiles
+    df = pd.DataFrame({**cols, "kind": rng.choice(["a", "b", "c"], 2000)})
+    state = TabularPreprocessor().fit(df).state()
+    record = {**{c: 0.0 for c in cols}, "kind": "b"}
+    want = TabularPreprocessor.from_state(state).transform_record(record)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to expose a race if there is one
+    try:
+        for _ in range(30):
+            pre = TabularPreprocessor.from_state(state)
+            start, out = threading.Barrier(4), []
+
+            def call(pre=pre, start=start, out=out):
+                start.wait()
+                out.append(pre.transform_record(record))
+
+            threads = [threading.Thread(target=call) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            out.append(pre.transform_record(record))
+            for got in out:
+                np.testing.assert_array_equal(got, want)
+    finally:
+        sys.setswitchinterval(old)
