@@ -256,9 +256,13 @@ class TabularGAN:
         """The critic's score per row: higher = more like the training population."""
         return self.transform(df, batch_size)[:, -1]
 
-    @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, batch_size: int = 4096) -> pd.DataFrame:
         """``n`` synthetic rows with the training frame's columns and dtypes (``seed=None``: fresh randomness)."""
+        return self.inverse_transform(self.sample_matrix(n, seed, batch_size))
+
+    @torch.no_grad()
+    def sample_matrix(self, n: int, seed: int | None = None, batch_size: int = 4096) -> np.ndarray:
+        """``n`` synthetic rows in the preprocessed space (``transform``'s input space, before decoding)."""
         net = self._net()
         gen = torch.Generator()
         if seed is None:
@@ -267,8 +271,7 @@ class TabularGAN:
             gen.manual_seed(seed)
         parts = [net.generator(torch.randn(min(batch_size, n - i), self.config.noise_dim, generator=gen), gen=gen)
                  for i in range(0, n, batch_size)]
-        matrix = torch.cat(parts).numpy() if parts else np.zeros((0, self.preprocessor_.width), np.float32)
-        return self.inverse_transform(matrix)
+        return torch.cat(parts).numpy() if parts else np.zeros((0, self.preprocessor_.width), np.float32)
 
     def inverse_transform(self, matrix: np.ndarray) -> pd.DataFrame:
         """Preprocessed rows -> a DataFrame of the original columns (the inverse of the preprocessing, up to

@@ -70,6 +70,12 @@ class TwoTowerConfig:
     # [candidate, unit item categories]); chosen on validation like session_weight, at least the floor
     category_weight: float = 0.0
     min_category_weight: float = 0.2
+    # the score plus this times the item's log training popularity (add-one smoothed): the logQ correction
+    # takes popularity out of the learned scores, which suits sampling but not every audience (new users follow
+    # the crowd); validation chooses how much to add back (``temperature`` = all of it). Served as one more
+    # index dimension: [.., popularity_weight] against [.., log popularity]
+    popularity_weight: float = 0.0
+    min_popularity_weight: float = 0.0
     user_ids: bool = True  # a user-id embedding in the query tower (row 0: unknown users)
     item_ids: bool = True
     dim: int = 64  # output vector size of both towers
@@ -86,6 +92,10 @@ class TwoTowerConfig:
     patience: int = 5
     seed: int = 0
     fill: dict = field(default_factory=dict)  # documented imputation of tabular columns (as in the encoders)
+    # GAN augmentation (``recommend.augment``, applied by the training set, recorded here): synthetic rows per
+    # training row of a user with at most ``augment_max_events`` rows; 0 = off
+    gan_augment: int = 0
+    augment_max_events: int = 20
 
 
 class _Tower(nn.Module):
@@ -355,7 +365,9 @@ class TwoTower:
         ipos = torch.from_numpy(self.item_positions(train.item_id))
         bags = self.bags(train)
         recent = self._recent(bags)
-        freq = np.bincount(ipos.numpy(), minlength=len(self.item_ids_)) / len(ipos)
+        counts = np.bincount(ipos.numpy(), minlength=len(self.item_ids_)).astype(np.int64)
+        self.item_counts_ = torch.from_numpy(counts)
+        freq = counts / len(ipos)
         log_q = torch.from_numpy(np.log(np.maximum(freq, 1e-12)).astype(np.float32))
         net = _Net(xq.shape[1], self.item_x_.shape[1], len(self.user_ids_), len(self.item_ids_), cfg)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -451,38 +463,58 @@ class TwoTower:
         values, offsets = recent
         return F.normalize(F.embedding_bag(values, units, offsets, mode="mean"), dim=1)
 
+    def log_popularity(self) -> np.ndarray:
+        """Row 0: items the model does not know, row i: the i-th item; log of its add-one smoothed share of the
+        training rows."""
+        counts = np.concatenate([[0], self.item_counts_.numpy()]).astype(np.float64)
+        return np.log((counts + 1) / (counts.sum() + len(counts))).astype(np.float32)
+
     def search_item_vectors(self, vectors: np.ndarray, item_ids) -> np.ndarray:
         """What the item index holds for candidate ``vectors`` of ``item_ids``: the vectors, then (category term
-        on) the items' unit categories (zeros for items the model does not know)."""
-        units = self._category_units()
-        if units is None:
-            return np.asarray(vectors, np.float32)
+        on) the items' unit categories, then (popularity term on) their log popularity; items the model does not
+        know get zero categories and the popularity of an item never seen."""
         rows = self.item_rows(item_ids)
-        return np.concatenate([vectors, units[torch.from_numpy(rows)].numpy()], axis=1).astype(np.float32)
+        blocks = [np.asarray(vectors, np.float32)]
+        units = self._category_units()
+        if units is not None:
+            blocks.append(units[torch.from_numpy(rows)].numpy())
+        if self.config.popularity_weight:
+            blocks.append(self.log_popularity()[rows][:, None])
+        return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def search_query_vectors(self, frame: pd.DataFrame) -> np.ndarray:
-        """``query_vectors`` plus (category term on) ``category_weight`` x the recent items' unit categories:
-        its dot product with ``search_item_vectors`` is the model's score (times the temperature)."""
+        """``query_vectors``, then (category term on) ``category_weight`` x the recent items' unit categories
+        (zeros without history), then (popularity term on) ``popularity_weight``: its dot product with
+        ``search_item_vectors`` is the model's score (times the temperature)."""
         q = self.query_vectors(frame)
+        blocks = [q]
         units = self._category_units()
-        recent = self._recent(self.bags(frame))
-        if units is None or recent is None:
-            return q
-        cats = self._session_categories(units, recent.take(np.arange(len(frame))))
-        return np.concatenate([q, self.config.category_weight * cats.numpy()], axis=1)
+        if units is not None:
+            recent = self._recent(self.bags(frame))
+            cats = (self._session_categories(units, recent.take(np.arange(len(frame)))).numpy() if recent is not None
+                    else np.zeros((len(frame), units.shape[1]), np.float32))
+            blocks.append(self.config.category_weight * cats)
+        if self.config.popularity_weight:
+            blocks.append(np.full((len(frame), 1), self.config.popularity_weight, np.float32))
+        return np.concatenate(blocks, axis=1).astype(np.float32)
 
     @torch.inference_mode()
     def search_query_vector(self, record: Mapping) -> np.ndarray:
         """``search_query_vectors`` of one request given as {column: value} (serving's path)."""
-        q = self.query_vector(record)
+        blocks = [self.query_vector(record)]
         units = self._category_units()
-        if units is None or not self.config.history:
-            return q
-        items = np.asarray(record.get(self.config.history) or [], np.int64)
-        rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
-        rows = torch.from_numpy(rows[rows > 0][:self.config.recent])
-        cats = self._session_categories(units, (rows, torch.zeros(1, dtype=torch.int64)))
-        return np.concatenate([q, self.config.category_weight * cats[0].numpy()])
+        if units is not None:
+            if self.config.history and self.config.recent:
+                items = np.asarray(record.get(self.config.history) or [], np.int64)
+                rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
+                rows = torch.from_numpy(rows[rows > 0][:self.config.recent])
+                cats = self._session_categories(units, (rows, torch.zeros(1, dtype=torch.int64)))[0].numpy()
+            else:
+                cats = np.zeros(units.shape[1], np.float32)
+            blocks.append(self.config.category_weight * cats)
+        if self.config.popularity_weight:
+            blocks.append(np.array([self.config.popularity_weight], np.float32))
+        return np.concatenate(blocks).astype(np.float32)
 
     @torch.inference_mode()
     def query_vector(self, record: Mapping) -> np.ndarray:
@@ -505,18 +537,24 @@ class TwoTower:
         return q[0].numpy()
 
     def choose_steering(self, valid: tuple, grid=(0.0, 0.25, 0.5, 1.0, 2.0),
-                              category_grid=(0.0, 0.05, 0.1, 0.2, 0.4)) -> dict:
-        """Set ``session_weight``, then ``category_weight`` (where the items have categories), each to the
-        weight of at least its floor (``min_*``) with the best validation Recall@20 (ties: the smaller); returns
-        {"session": {weight: recall}, "category": {weight: recall}} over the whole grids (so what a floor costs
-        offline shows)."""
+                              category_grid=(0.0, 0.05, 0.1, 0.2, 0.4),
+                              popularity_grid=(0.0, 0.25, 0.5, 1.0, 1.5)) -> dict:
+        """Set ``session_weight``, then ``category_weight`` (where the items have categories), then
+        ``popularity_weight`` (``popularity_grid`` in units of the temperature: 1 adds back what the logQ
+        correction took out), each to the weight of at least its floor (``min_*``) with the best validation
+        Recall@20 (ties: the smaller); returns {"session": {weight: recall}, "category": .., "popularity": ..}
+        over the whole grids (so what a floor costs offline shows)."""
         vq, targets, exclude = valid
 
         def recall() -> float:
             return float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)[targets.lengths > 0]))
 
         grids = {}
-        for name, values in (("session", grid), ("category", category_grid if self.item_cats_.shape[1] else ())):
+        t = self.config.temperature
+        for name, values in (("session", grid), ("category", category_grid if self.item_cats_.shape[1] else ()),
+                             ("popularity", tuple(round(t * f, 6) for f in popularity_grid))):
+            if not values:
+                continue
             floor = getattr(self.config, f"min_{name}_weight")
             scores = {}
             for w in sorted({floor, *values}):
@@ -558,7 +596,8 @@ class TwoTower:
                                    "item": list(self.config.item_columns) + list(self.config.item_vectors)},
                   "metrics": self.metrics_, **(extra or {})}
         tensors = {"user_ids": torch.from_numpy(self.user_ids_), "item_ids": torch.from_numpy(self.item_ids_),
-                   "item_x": self.item_x_, "item_categories": self.item_cats_, **self.query_in_.tensors("query"),
+                   "item_x": self.item_x_, "item_categories": self.item_cats_, "item_counts": self.item_counts_,
+                   **self.query_in_.tensors("query"),
                    **self.item_in_.tensors("item")}
         return save_model(root, self.name, self._net(), config, tensors)
 
@@ -574,6 +613,7 @@ class TwoTower:
         model.item_x_ = art.tensors["item_x"]
         none = torch.zeros((len(model.item_ids_), 0), dtype=torch.uint8)  # versions saved before categories
         model.item_cats_ = art.tensors.get("item_categories", none)
+        model.item_counts_ = art.tensors.get("item_counts", torch.zeros(len(model.item_ids_), dtype=torch.int64))
         model.query_in_ = _Inputs.restore(cfg.query_columns, cfg.query_vectors, cfg.fill,
                                           art.config["query_inputs"], art.tensors, "query")
         model.item_in_ = _Inputs.restore(cfg.item_columns, cfg.item_vectors, cfg.fill,

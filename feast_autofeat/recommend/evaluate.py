@@ -47,6 +47,7 @@ VARIANTS = {
     "  - DAE": {"groups": ("profile", "behaviour", "gan_critic", "multvae")},
     "  - GAN critic": {"groups": ("profile", "behaviour", "dae", "multvae")},
     "  - Mult-VAE": {"groups": ("profile", "behaviour", "dae", "gan_critic"), "item_groups": ("profile",)},
+    "  + GAN augmentation": {"gan_augment": 2},  # synthetic behaviour rows for sparse users (recommend.augment)
 }
 
 

@@ -72,6 +72,7 @@ class TrainingSet:
     valid: tuple
     fill: dict
     features: QueryFeatures
+    root: Path
 
     @classmethod
     def build(cls, store, repo, train_events: pd.DataFrame, root=None, encoders: dict | None = None) -> TrainingSet:
@@ -86,7 +87,8 @@ class TrainingSet:
         inner = per_user_cut(events)
         item_cols = [c for c in items.columns if c.startswith("item_profile__")]
         return cls(events, items, frame, inner, validation(store, inner, items.item_id.to_numpy(), features),
-                   {**_fill(store, frame.columns), **_profile_fill(frame), **_item_fill(items, item_cols)}, features)
+                   {**_fill(store, frame.columns), **_profile_fill(frame), **_item_fill(items, item_cols)}, features,
+                   Path(root))
 
     def config(self, groups=tuple(GROUPS), item_groups=("profile", "multvae"), history: bool = True,
                **overrides) -> TwoTowerConfig:
@@ -103,24 +105,38 @@ class TrainingSet:
                               history=RECENT_FIELD if history else None, fill=fill, **overrides)
 
     def fit(self, config: TwoTowerConfig, tune: bool = True, progress: bool = True) -> TwoTower:
-        """``tune``: choose the epoch count on the inner cut, then refit on every training event."""
+        """``tune``: choose the epoch count on the inner cut, then refit on every training event.
+        ``config.gan_augment`` > 0 adds GAN-synthesized rows for sparse users to both fits (``recommend.augment``)."""
         if not tune:
             config = replace(config, session_weight=max(config.session_weight, config.min_session_weight),
-                             category_weight=max(config.category_weight, config.min_category_weight))
-            return TwoTower(config).fit(self.frame, self.items, progress=progress)
-        inner_rows = self.frame.iloc[_row_positions(self.events, self.inner.history)]
+                             category_weight=max(config.category_weight, config.min_category_weight),
+                             popularity_weight=max(config.popularity_weight, config.min_popularity_weight))
+            frame, report = self._augmented(self.frame, config)
+            model = TwoTower(config).fit(frame, self.items, progress=progress)
+            model.metrics_["gan_augmentation"] = report
+            return model
+        inner_rows, _ = self._augmented(self.frame.iloc[_row_positions(self.events, self.inner.history)], config)
         tuned = TwoTower(config).fit(inner_rows, self.items, valid=self.valid, progress=progress)
         best = tuned.metrics_["best_epoch"]
-        steering = config.history and config.recent
-        grids = tuned.choose_steering(self.valid) if steering else {}
-        ws, wc = tuned.config.session_weight, tuned.config.category_weight
-        model = TwoTower(config, epochs=best).fit(self.frame, self.items, progress=progress)
-        model.config = replace(model.config, session_weight=ws, category_weight=wc)
-        inner = grids["category"][wc] if grids.get("category") else grids["session"][ws] if steering else None
-        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": inner,
-                               "session_weight": ws, "session_weight_grid": grids.get("session", {}),
-                               "category_weight": wc, "category_weight_grid": grids.get("category", {})})
+        # the session and category terms need a history; the popularity term applies to every variant alike
+        steering = {} if config.history and config.recent else {"grid": (), "category_grid": ()}
+        grids = tuned.choose_steering(self.valid, **steering)
+        chosen = {f"{k}_weight": getattr(tuned.config, f"{k}_weight") for k in ("session", "category", "popularity")}
+        frame, report = self._augmented(self.frame, config)
+        model = TwoTower(config, epochs=best).fit(frame, self.items, progress=progress)
+        model.config = replace(model.config, **chosen)
+        model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": grids["popularity"][
+            chosen["popularity_weight"]], **chosen, **{f"{k}_weight_grid": v for k, v in grids.items()},
+            "gan_augmentation": report})
         return model
+
+    def _augmented(self, frame: pd.DataFrame, config: TwoTowerConfig) -> tuple[pd.DataFrame, dict | None]:
+        if not config.gan_augment:
+            return frame, None
+        from feast_autofeat.recommend.augment import augment_rows
+
+        return augment_rows(frame, self.features.encoders, self.root, config.gan_augment,
+                            config.augment_max_events, seed=config.seed)
 
 
 def validation(store, cut: Cut, item_ids: np.ndarray, features: QueryFeatures):

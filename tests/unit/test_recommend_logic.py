@@ -148,6 +148,33 @@ def test_session_steering_moves_the_query_and_both_paths_agree(weight, tmp_path)
     np.testing.assert_allclose(again.score(queries), model.score(queries), atol=1e-4)
 
 
+def test_popularity_term_adds_the_log_training_share(tmp_path):
+    """popularity_weight adds weight x log(add-one smoothed training share) of each item to its score (counted
+    independently here); both serving paths agree, an item the model never saw counts as never consumed, a
+    large weight ranks by popularity, and a saved version keeps the counts."""
+    from dataclasses import replace
+
+    train, items, _, _ = planted()
+    model = TwoTower(TwoTowerConfig(query_columns=("taste",), item_columns=("kind",), user_ids=False, epochs=5,
+                                    seed=0, history="recent_items")).fit(train, items)
+    counts = train.item_id.value_counts().reindex(items.item_id, fill_value=0).to_numpy(float)
+    want = np.log((counts + 1) / (counts.sum() + len(counts) + 1))
+    np.testing.assert_allclose(model.log_popularity()[1:], want, rtol=1e-5)
+    queries = pd.DataFrame({"user_id": [10_001], "taste": [1.0], "recent_items": [[2, 5]]})
+    base = model.score(queries)[0]
+    model.config = replace(model.config, popularity_weight=0.05)
+    frame = model.search_query_vectors(queries)[0]
+    np.testing.assert_allclose(model.search_query_vector(queries.iloc[0].to_dict()), frame, atol=1e-5)
+    np.testing.assert_allclose(model.score(queries)[0] - base, 0.05 * want / model.config.temperature, atol=1e-3)
+    unknown = model.search_item_vectors(model.item_vectors(items.head(1).assign(item_id=999)), [999])[0, -1]
+    assert unknown == pytest.approx(np.log(1 / (counts.sum() + len(counts) + 1)), rel=1e-5)
+    model.config = replace(model.config, popularity_weight=100.0)
+    top = np.argsort(-model.score(queries)[0])[:5]
+    assert set(counts[top]) <= set(np.sort(counts)[-5:])
+    again = TwoTower.load(tmp_path, model.save(tmp_path).version)
+    np.testing.assert_allclose(again.score(queries), model.score(queries), rtol=1e-5)
+
+
 def test_two_tower_ids_only_and_validation_early_stopping():
     train, items, _, _ = planted(seed=1)
     cut = per_user_cut(train.assign(event_timestamp=pd.Timestamp("2024-01-01", tz="UTC")
