@@ -1,5 +1,14 @@
-"""Item indexes for top-K retrieval by inner product (the two-tower's vectors are unit length, so this is
-cosine): exact search (one matrix product) for small catalogues, HNSW (usearch) for large ones."""
+"""Item indexes for top-K retrieval by inner product. The two-tower's search vectors are not unit length (category
+blocks and a log-popularity dimension are appended to the unit item vector), so the score is the plain dot product.
+
+- ``exact``: brute force (one matrix product); exact, and the fastest on small catalogues.
+- ``ivf``: inverted file, flat (numpy): k-means lists, exact scoring inside the lists nearest the query. Robust for
+  queries that lie off the item manifold (the two-tower's query vectors), where a graph walk stalls in one
+  region; the default above ``EXACT_MAX_ITEMS`` items.
+- ``hnsw``: usearch HNSW, for explicit use only: on a synthetic 1M-item catalogue its recall@100 for
+  two-tower-like queries measured 0.5-0.8, against >= 0.98 for ``ivf`` at similar latency.
+- ``auto``: ``exact`` up to ``EXACT_MAX_ITEMS`` items, ``ivf`` above.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,8 @@ import numpy as np
 
 from feast_autofeat.errors import AutofeatError
 
-EXACT_MAX_ITEMS = 100_000  # "auto" switches to HNSW above this
+EXACT_MAX_ITEMS = 100_000  # "auto" switches to IVF above this
+KINDS = ("auto", "exact", "ivf", "hnsw")
 
 
 class ExactIndex:
@@ -74,15 +84,143 @@ class HnswIndex:
         return out_ids, out_scores
 
 
+def default_nlist(n: int) -> int:
+    """``round(2 * sqrt(n))`` lists, at least 1, and at most ``n // 64`` so that lists average >= 64 items."""
+    return max(1, min(round(2 * np.sqrt(n)), n // IvfIndex.MIN_LIST_MEAN))
+
+
+def default_nprobe(nlist: int) -> int:
+    """About 3% of the lists, so about 3% of the items scanned per query, but at least 8 lists (capped at nlist).
+    On 1M items: 2,000 lists of ~500, 60 probed, ~30k items scored."""
+    return min(nlist, max(8, int(np.ceil(IvfIndex.PROBE_FRACTION * nlist))))
+
+
+class IvfIndex:
+    """Inverted file, flat (numpy): ``nlist`` k-means lists; a query scores exactly every item of the ``nprobe``
+    lists whose centroids have the highest inner product with it, then keeps the best k. Unlike a graph walk it
+    has no local minimum to stall in, so it holds its recall for queries off the item manifold.
+
+    Defaults: ``default_nlist`` and ``default_nprobe`` (about 3% of the items scanned, at least 8 lists).
+    ``nprobe`` is a plain attribute: set it after build to trade latency for recall (``nprobe = nlist`` is exact).
+    A query probes more lists than ``nprobe`` only where those hold fewer items than k plus its exclusions.
+
+    Training: L2 k-means (Lloyd, ``iters`` iterations, from random distinct rows) on a seeded sample of
+    ``64 * nlist`` items, then every item is assigned to its nearest centroid, in chunks. The centroids are the
+    lists' means, so a query's inner product with one is the mean score of that list's items: the order in which
+    lists are probed (MIPS). Deterministic for a seed. Rows are stored grouped by list, each list contiguous:
+    ``ids[i]`` and ``vectors[i]`` are one item, but not in the order given (so no second copy of the vectors).
+    """
+
+    kind = "ivf"
+    MIN_LIST_MEAN = 64  # default nlist keeps lists at least this large on average
+    PROBE_FRACTION = 0.03  # default nprobe: this share of the lists
+    SAMPLE_PER_LIST = 64  # k-means trains on this many sampled items per list
+    CHUNK_FLOATS = 1 << 24  # assignment scores held at once (64 MiB)
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, nlist: int | None = None, nprobe: int | None = None,
+                 seed: int = 0, iters: int = 8):
+        ids = np.asarray(ids, np.int64)
+        vectors = np.asarray(vectors, np.float32)
+        n = len(ids)
+        if n == 0 or vectors.ndim != 2 or len(vectors) != n:
+            raise AutofeatError(f"IvfIndex needs one vector per id, got {n} ids and vectors of shape "
+                                f"{vectors.shape}.")
+        nlist = default_nlist(n) if nlist is None else int(nlist)
+        if not 1 <= nlist <= n:
+            raise AutofeatError(f"nlist must be between 1 and the number of items {n}, got {nlist}.")
+        rng = np.random.default_rng(seed)
+        sample = vectors[np.sort(rng.choice(n, min(n, self.SAMPLE_PER_LIST * nlist), replace=False))]
+        centroids = sample[rng.choice(len(sample), nlist, replace=False)].copy()
+        for _ in range(iters):
+            assign = self._nearest(sample, centroids)
+            counts = np.bincount(assign, minlength=nlist)
+            full = np.flatnonzero(counts)  # an emptied list keeps its old centroid
+            firsts = (np.cumsum(counts) - counts)[full]
+            sums = np.add.reduceat(sample[np.argsort(assign, kind="stable")], firsts, axis=0)
+            centroids[full] = sums / counts[full, None].astype(np.float32)
+        assign = self._nearest(vectors, centroids)
+        order = np.argsort(assign, kind="stable")
+        self.ids = ids[order]
+        self.vectors = np.ascontiguousarray(vectors[order])
+        self.centroids = np.ascontiguousarray(centroids)
+        self.starts = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=nlist))]).astype(np.int64)
+        self.nlist = nlist
+        self.nprobe = default_nprobe(nlist) if nprobe is None else int(nprobe)
+        self._by_id = np.argsort(self.ids, kind="stable")  # id -> row, by binary search (no 1M-entry dict)
+        self._sorted_ids = self.ids[self._by_id]
+
+    @classmethod
+    def _nearest(cls, x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+        """Index of each row's nearest centroid (L2: argmax of x.c - |c|^2 / 2), in chunks of rows."""
+        half = 0.5 * np.einsum("ij,ij->i", centroids, centroids)
+        step = max(1, cls.CHUNK_FLOATS // len(centroids))
+        out = np.empty(len(x), np.int64)
+        for s in range(0, len(x), step):  # chunks of thousands of rows, not items one by one
+            scores = x[s:s + step] @ centroids.T
+            scores -= half
+            out[s:s + step] = np.argmax(scores, axis=1)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _rows(self, items) -> np.ndarray:
+        """Rows of the given item ids (unknown ids ignored), unique and sorted."""
+        items = np.fromiter(items, np.int64) if not isinstance(items, np.ndarray) else items.astype(np.int64)
+        if not len(items):
+            return np.zeros(0, np.int64)
+        j = np.minimum(np.searchsorted(self._sorted_ids, items), len(self.ids) - 1)
+        return np.unique(self._by_id[j[self._sorted_ids[j] == items]])
+
+    def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), each (queries x k), best first; ``exclude[i]``: item ids never returned for query i.
+        Padded with -1 / -inf where fewer than k items remain."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        k = int(k)
+        if k < 1:
+            raise AutofeatError(f"k must be at least 1, got {k}.")
+        out_ids = np.full((len(queries), k), -1, np.int64)
+        out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        sizes = np.diff(self.starts)
+        nprobe = min(max(1, int(self.nprobe)), self.nlist)
+        centroid_scores = queries @ self.centroids.T
+        for row, q in enumerate(queries):  # per query, not per item: a handful of rows per request
+            drop = self._rows(exclude[row]) if exclude else np.zeros(0, np.int64)
+            ranked = np.argsort(-centroid_scores[row], kind="stable")
+            # probe nprobe lists, or more where those hold fewer items than k plus the excluded
+            m = max(nprobe, int(np.searchsorted(np.cumsum(sizes[ranked]), k + len(drop))) + 1)
+            probe = np.sort(ranked[:m])  # in storage order
+            first, last = self.starts[probe], self.starts[probe + 1]
+            offset = np.concatenate([[0], np.cumsum(last - first)])
+            scores = np.empty(offset[-1], np.float32)
+            for a, b, o in zip(first.tolist(), last.tolist(), offset[:-1].tolist()):  # <= m list slices
+                np.dot(self.vectors[a:b], q, out=scores[o:o + b - a])
+            if len(drop):  # excluded rows that lie in a probed list
+                lists = np.searchsorted(self.starts, drop, side="right") - 1
+                slot = np.minimum(np.searchsorted(probe, lists), len(probe) - 1)
+                hit = probe[slot] == lists
+                scores[offset[slot[hit]] + drop[hit] - first[slot[hit]]] = -np.inf
+            kk = min(k, len(scores))
+            top = np.argpartition(-scores, kk - 1)[:kk] if kk < len(scores) else np.arange(len(scores))
+            top = top[np.argsort(-scores[top], kind="stable")]
+            top = top[scores[top] > -np.inf]
+            slot = np.searchsorted(offset, top, side="right") - 1
+            out_ids[row, : len(top)] = self.ids[first[slot] + top - offset[slot]]
+            out_scores[row, : len(top)] = scores[top]
+        return out_ids, out_scores
+
+
 def build_index(ids: np.ndarray, vectors: np.ndarray, kind: str = "auto"):
-    """``exact``, ``hnsw`` or ``auto`` (exact up to ``EXACT_MAX_ITEMS`` items)."""
+    """``exact``, ``ivf``, ``hnsw`` or ``auto`` (exact up to ``EXACT_MAX_ITEMS`` items, ivf above)."""
     if len(ids) == 0:
         raise AutofeatError("no item vectors to index: materialize the item embedding view first "
                             "(`feast materialize` after `feast-autofeat deploy item_two_tower ...`).")
     if kind == "auto":
-        kind = "exact" if len(ids) <= EXACT_MAX_ITEMS else "hnsw"
+        kind = "exact" if len(ids) <= EXACT_MAX_ITEMS else "ivf"
     if kind == "exact":
         return ExactIndex(ids, vectors)
+    if kind == "ivf":
+        return IvfIndex(ids, vectors)
     if kind == "hnsw":
         return HnswIndex(ids, vectors)
-    raise AutofeatError(f"unknown index kind {kind!r}; use auto, exact or hnsw.")
+    raise AutofeatError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}.")

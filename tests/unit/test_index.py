@@ -1,0 +1,177 @@
+"""IvfIndex against brute force (ExactIndex) on a seeded clustered catalogue of non-unit vectors, and the choice
+``build_index`` makes."""
+
+import numpy as np
+import pytest
+
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.recommend import index as index_mod
+from feast_autofeat.recommend.index import ExactIndex, IvfIndex, build_index, default_nlist, default_nprobe
+
+N, D, CLUSTERS = 30_000, 32, 50
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    """Unit cluster centres, items = centre + noise, scaled by 0.5-1.5 (not unit length, like the two-tower's
+    search vectors); ids are neither 0-based nor contiguous."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(CLUSTERS, D)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vecs = centres[rng.integers(0, CLUSTERS, N)] + rng.normal(0, 0.6 / np.sqrt(D), (N, D)).astype(np.float32)
+    vecs *= rng.uniform(0.5, 1.5, (N, 1)).astype(np.float32)
+    ids = np.arange(N, dtype=np.int64) * 7 + 3
+    # item-like queries: an item plus a little noise; off-manifold: a mixture of 2-3 cluster centres plus noise,
+    # as the two-tower's query vectors (a user between tastes) lie off the item clusters
+    item_q = vecs[rng.choice(N, 100)] + rng.normal(0, 0.1 / np.sqrt(D), (100, D)).astype(np.float32)
+    mix_q = np.stack([rng.dirichlet(np.ones(3)) @ centres[rng.choice(CLUSTERS, 3, replace=False)]
+                      for _ in range(100)]).astype(np.float32)
+    mix_q += rng.normal(0, 0.3 / np.sqrt(D), mix_q.shape).astype(np.float32)
+    return ids, vecs.astype(np.float32), {"item": item_q, "mixture": mix_q}
+
+
+@pytest.fixture(scope="module")
+def ivf(catalogue):
+    ids, vecs, _ = catalogue
+    return IvfIndex(ids, vecs)
+
+
+@pytest.fixture(scope="module")
+def exact(catalogue):
+    ids, vecs, _ = catalogue
+    return ExactIndex(ids, vecs)
+
+
+def recall(got: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(t)) / truth.shape[1] for a, t in zip(got, truth)]))
+
+
+def test_defaults_and_layout(catalogue, ivf):
+    assert default_nlist(1_000_000) == 2000 and default_nprobe(2000) == 60  # 60 lists of ~500: 3% scanned
+    assert default_nlist(20_000) == 283 and default_nprobe(283) == 9
+    assert default_nlist(1_000) == 15  # capped: lists average >= 64 items
+    assert default_nlist(10) == 1 and default_nprobe(1) == 1
+    assert default_nprobe(100) == 8  # at least 8 lists
+    ids, vecs, _ = catalogue
+    assert ivf.kind == "ivf" and len(ivf) == N
+    assert ivf.nlist == default_nlist(N) == 346 and ivf.nprobe == default_nprobe(ivf.nlist) == 11
+    assert ivf.starts[0] == 0 and ivf.starts[-1] == N and np.all(np.diff(ivf.starts) >= 0)
+    # rows are grouped by list, but ids[i] and vectors[i] are still one item
+    assert sorted(ivf.ids.tolist()) == ids.tolist()
+    np.testing.assert_array_equal(ivf.vectors, vecs[(ivf.ids - 3) // 7])
+    # every item sits in the list of its nearest centroid (L2)
+    rows = np.random.default_rng(3).choice(N, 500, replace=False)
+    d = ((ivf.vectors[rows, None, :] - ivf.centroids[None, :, :]) ** 2).sum(-1)
+    lists = np.searchsorted(ivf.starts, rows, side="right") - 1
+    np.testing.assert_allclose(d[np.arange(len(rows)), lists], d.min(1), rtol=1e-4, atol=1e-5)
+
+
+def test_probing_every_list_equals_brute_force(catalogue, ivf, exact):
+    _, _, queries = catalogue
+    ivf.nprobe = ivf.nlist
+    try:
+        for q in queries.values():
+            want_ids, want_scores = exact.search(q, 100)
+            got_ids, got_scores = ivf.search(q, 100)
+            np.testing.assert_array_equal(got_ids, want_ids)
+            np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
+    finally:
+        ivf.nprobe = default_nprobe(ivf.nlist)
+
+
+@pytest.mark.parametrize("kind", ["item", "mixture"])
+def test_recall_at_default_nprobe(catalogue, ivf, exact, kind):
+    ids, vecs, queries = catalogue
+    q = queries[kind]
+    want, _ = exact.search(q, 100)
+    got, scores = ivf.search(q, 100)
+    assert recall(got, want) >= 0.95
+    # scanning fewer lists loses recall: the test can tell a working index from a lucky one
+    ivf.nprobe = 1
+    try:
+        assert recall(ivf.search(q, 100)[0], want) < recall(got, want)
+    finally:
+        ivf.nprobe = default_nprobe(ivf.nlist)
+    # scores are the plain inner products of the returned items, best first
+    rows = (got - 3) // 7
+    np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", vecs[rows], q), rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert all(len(set(r)) == 100 for r in got.tolist())
+
+
+def test_exclusions(catalogue, ivf, exact):
+    _, _, queries = catalogue
+    q = queries["mixture"][:4]
+    base, _ = ivf.search(q, 50)
+    top1 = {int(base[0, 0])}
+    many = set(base[1, ::2].tolist())  # every other of the best 50
+    rng = np.random.default_rng(1)
+    scattered = set(rng.choice(ivf.ids, 5000, replace=False).tolist()) | {-5, 10**12}  # unknown ids are ignored
+    exclude = [top1, many, scattered, []]
+    got, scores = ivf.search(q, 50, exclude)
+    assert got[0].tolist() == base[0, 1:].tolist() + [got[0, -1]]  # top-1 gone, the rest shift up
+    assert got[0, -1] not in base[0]
+    for row, excluded in enumerate(exclude):
+        assert not set(got[row].tolist()) & set(excluded)
+        assert np.all(got[row] >= 0) and np.all(np.isfinite(scores[row]))
+    np.testing.assert_array_equal(got[3], base[3])
+    # with every list probed, exclusions give exactly brute force's answer with the same exclusions
+    ivf.nprobe = ivf.nlist
+    try:
+        want, _ = exact.search(q, 50, exclude)
+        np.testing.assert_array_equal(ivf.search(q, 50, exclude)[0], want)
+    finally:
+        ivf.nprobe = default_nprobe(ivf.nlist)
+
+
+def test_pads_when_fewer_than_k_remain_and_probes_more_when_needed():
+    rng = np.random.default_rng(2)
+    vecs = rng.normal(size=(2000, 8)).astype(np.float32)
+    ids = np.arange(2000, dtype=np.int64) + 100
+    small = IvfIndex(ids, vecs, nlist=40, nprobe=1)
+    q = rng.normal(size=(2, 8)).astype(np.float32)
+    # k far above one list's ~50 items: more lists are probed, k valid and distinct ids come back
+    got, scores = small.search(q, 300)
+    assert np.all(got >= 0) and all(len(set(r)) == 300 for r in got.tolist()) and np.all(np.isfinite(scores))
+    # everything but 30 items excluded: those 30, best first, then -1 / -inf
+    keep = set(ids[rng.choice(2000, 30, replace=False)].tolist())
+    excluded = set(ids.tolist()) - keep
+    got, scores = small.search(q, 50, [excluded, excluded])
+    for row in range(2):
+        assert set(got[row, :30].tolist()) == keep
+        assert np.all(got[row, 30:] == -1) and np.all(scores[row, 30:] == -np.inf)
+        assert np.all(np.diff(scores[row, :30]) <= 0)
+    got, scores = small.search(q[0], 2500)  # one query vector, k above the catalogue
+    assert got.shape == (1, 2500) and sorted(got[0, :2000].tolist()) == ids.tolist() and np.all(got[0, 2000:] == -1)
+    with pytest.raises(AutofeatError, match="nlist"):
+        IvfIndex(ids[:10], vecs[:10], nlist=11)
+
+
+def test_deterministic_under_seed(catalogue):
+    ids, vecs, queries = catalogue
+    sub_ids, sub = ids[:8000], vecs[:8000]
+    a, b, c = IvfIndex(sub_ids, sub, seed=7), IvfIndex(sub_ids, sub, seed=7), IvfIndex(sub_ids, sub, seed=8)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    np.testing.assert_array_equal(a.ids, b.ids)
+    got_a, scores_a = a.search(queries["mixture"], 100)
+    got_b, scores_b = b.search(queries["mixture"], 100)
+    np.testing.assert_array_equal(got_a, got_b)
+    np.testing.assert_array_equal(scores_a, scores_b)
+    assert not np.array_equal(a.centroids, c.centroids)  # the seed does matter
+
+
+def test_build_index_kinds(monkeypatch, catalogue):
+    ids, vecs, _ = catalogue
+    ids, vecs = ids[:3000], vecs[:3000]
+    assert build_index(ids, vecs).kind == "exact"
+    monkeypatch.setattr(index_mod, "EXACT_MAX_ITEMS", 2999)
+    index = build_index(ids, vecs)
+    assert index.kind == "ivf" and len(index) == 3000 and index.vectors.shape == (3000, D)
+    monkeypatch.setattr(index_mod, "EXACT_MAX_ITEMS", 3000)
+    assert build_index(ids, vecs, "auto").kind == "exact"
+    assert build_index(ids, vecs, "ivf").kind == "ivf"
+    assert build_index(ids, vecs, "hnsw").kind == "hnsw"
+    with pytest.raises(AutofeatError, match="auto, exact, ivf, hnsw"):
+        build_index(ids, vecs, "annoy")
+    with pytest.raises(AutofeatError, match="materialize"):
+        build_index(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), "ivf")
