@@ -46,6 +46,9 @@ from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import recall_at_k
 
 MAX_CATEGORIES = 256  # string item columns with more distinct values are not categories (ids, titles)
+# the index stores the item's centred log popularity times this (and the request its weight divided by it): the
+# same score, but a dimension on the scale of the vectors' own, so that IVF's k-means lists do not split on it
+POPULARITY_SCALE = 0.1
 
 
 @dataclass(frozen=True)
@@ -465,9 +468,10 @@ class TwoTower:
 
     def log_popularity(self) -> np.ndarray:
         """Row 0: items the model does not know, row i: the i-th item; log of its add-one smoothed share of the
-        training rows."""
+        training rows, centred on the catalogue's mean (a constant per request: the ranking is the same)."""
         counts = np.concatenate([[0], self.item_counts_.numpy()]).astype(np.float64)
-        return np.log((counts + 1) / (counts.sum() + len(counts))).astype(np.float32)
+        logs = np.log((counts + 1) / (counts.sum() + len(counts)))
+        return (logs - logs[1:].mean()).astype(np.float32)
 
     def search_item_vectors(self, vectors: np.ndarray, item_ids) -> np.ndarray:
         """What the item index holds for candidate ``vectors`` of ``item_ids``: the vectors, then (category term
@@ -479,7 +483,7 @@ class TwoTower:
         if units is not None:
             blocks.append(units[torch.from_numpy(rows)].numpy())
         if self.config.popularity_weight:
-            blocks.append(self.log_popularity()[rows][:, None])
+            blocks.append(POPULARITY_SCALE * self.log_popularity()[rows][:, None])
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def search_query_vectors(self, frame: pd.DataFrame) -> np.ndarray:
@@ -495,7 +499,7 @@ class TwoTower:
                     else np.zeros((len(frame), units.shape[1]), np.float32))
             blocks.append(self.config.category_weight * cats)
         if self.config.popularity_weight:
-            blocks.append(np.full((len(frame), 1), self.config.popularity_weight, np.float32))
+            blocks.append(np.full((len(frame), 1), self.config.popularity_weight / POPULARITY_SCALE, np.float32))
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     @torch.inference_mode()
@@ -513,7 +517,7 @@ class TwoTower:
                 cats = np.zeros(units.shape[1], np.float32)
             blocks.append(self.config.category_weight * cats)
         if self.config.popularity_weight:
-            blocks.append(np.array([self.config.popularity_weight], np.float32))
+            blocks.append(np.array([self.config.popularity_weight / POPULARITY_SCALE], np.float32))
         return np.concatenate(blocks).astype(np.float32)
 
     @torch.inference_mode()

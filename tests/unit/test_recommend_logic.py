@@ -158,8 +158,9 @@ def test_popularity_term_adds_the_log_training_share(tmp_path):
     model = TwoTower(TwoTowerConfig(query_columns=("taste",), item_columns=("kind",), user_ids=False, epochs=5,
                                     seed=0, history="recent_items")).fit(train, items)
     counts = train.item_id.value_counts().reindex(items.item_id, fill_value=0).to_numpy(float)
-    want = np.log((counts + 1) / (counts.sum() + len(counts) + 1))
-    np.testing.assert_allclose(model.log_popularity()[1:], want, rtol=1e-5)
+    logs = np.log((counts + 1) / (counts.sum() + len(counts) + 1))
+    want = logs - logs.mean()  # centred: a constant per request, the same ranking
+    np.testing.assert_allclose(model.log_popularity()[1:], want, rtol=1e-5, atol=1e-6)
     queries = pd.DataFrame({"user_id": [10_001], "taste": [1.0], "recent_items": [[2, 5]]})
     base = model.score(queries)[0]
     model.config = replace(model.config, popularity_weight=0.05)
@@ -167,7 +168,8 @@ def test_popularity_term_adds_the_log_training_share(tmp_path):
     np.testing.assert_allclose(model.search_query_vector(queries.iloc[0].to_dict()), frame, atol=1e-5)
     np.testing.assert_allclose(model.score(queries)[0] - base, 0.05 * want / model.config.temperature, atol=1e-3)
     unknown = model.search_item_vectors(model.item_vectors(items.head(1).assign(item_id=999)), [999])[0, -1]
-    assert unknown == pytest.approx(np.log(1 / (counts.sum() + len(counts) + 1)), rel=1e-5)
+    assert unknown * frame[-1] == pytest.approx(0.05 * (np.log(1 / (counts.sum() + len(counts) + 1)) - logs.mean()),
+                                                rel=1e-5)
     model.config = replace(model.config, popularity_weight=100.0)
     top = np.argsort(-model.score(queries)[0])[:5]
     assert set(counts[top]) <= set(np.sort(counts)[-5:])
