@@ -67,14 +67,25 @@ def test_defaults_and_layout(catalogue, ivf):
 
 
 def test_probing_every_list_equals_brute_force(catalogue, ivf, exact):
-    _, _, queries = catalogue
+    """Every list probed: brute force's top 100, up to the order of float32 near-ties (the two sum the dot
+    products in different orders)."""
+    ids, vecs, queries = catalogue
     ivf.nprobe = ivf.nlist
     try:
         for q in queries.values():
             want_ids, want_scores = exact.search(q, 100)
             got_ids, got_scores = ivf.search(q, 100)
-            np.testing.assert_array_equal(got_ids, want_ids)
             np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
+            # each returned score is that item's own score, and the ids differ only where scores tie
+            np.testing.assert_allclose(got_scores, np.einsum("qkd,qd->qk", vecs[(got_ids - 3) // 7], q),
+                                       rtol=1e-5, atol=1e-5)
+            differ = got_ids != want_ids
+            assert differ.mean() < 0.01, differ.mean()
+            gaps = np.abs(np.diff(want_scores, axis=1))
+            near_tie = np.zeros_like(differ)
+            near_tie[:, 1:] |= gaps < 1e-5
+            near_tie[:, :-1] |= gaps < 1e-5
+            assert not (differ & ~near_tie).any()
     finally:
         ivf.nprobe = default_nprobe(ivf.nlist)
 
