@@ -67,6 +67,31 @@ def redis_db(redis_server):
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real three-node Redis Cluster of its own (``redis-cli --cluster create``), stopped at the end."""
+    from feast_autofeat.testing import RedisClusterNodes
+
+    try:
+        cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    except AutofeatError as exc:  # a missing binary fails the test with the install hint, never skips it
+        pytest.fail(str(exc))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_db(redis_cluster):
+    """The session's Redis Cluster, every node emptied for this test."""
+    import redis
+
+    for s in redis_cluster.servers:
+        with redis.Redis(host="127.0.0.1", port=s.port) as client:
+            client.flushall()
+    return redis_cluster
+
+
+@pytest.fixture(scope="session")
 def ml_repo(tmp_path_factory, ml100k_dir) -> Path:
     """feature_repo/ copied to a tmp dir and prepared from ML-100K (not applied)."""
     from feast_autofeat.prepare import prepare

@@ -2,7 +2,9 @@
 
 ``RedisVectorWriter`` is the fast path: each row becomes one ``HSET`` (vector, model version, Feast's
 ``_ts:<view>`` field) in Feast's Redis layout, built for a whole chunk of rows as one numpy block (no per-cell
-protobuf objects), sent down one connection as a pipelined stream of RESP commands. Other online stores
+protobuf objects), sent down one connection as a pipelined stream of RESP commands. ``RedisClusterVectorWriter``
+(Feast's ``redis_type: redis_cluster``) builds the same block, computes every key's hash slot (CRC16, vectorized
+over the block), and streams each node the rows whose slots it owns, all nodes at once. Other online stores
 (SQLite, ...) get ``FeastStoreWriter``, which hands Feast's own ``online_write_batch`` its protobufs.
 
 Both keep Feast's rule that an online value is never replaced by an older one: Feast checks the stored
@@ -52,6 +54,37 @@ def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+def _crc16_table() -> np.ndarray:
+    """CRC16-XMODEM (polynomial 0x1021), Redis Cluster's key hash, one entry per byte value."""
+    table = np.zeros(256, np.uint32)
+    for i in range(256):
+        crc = i << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table[i] = crc & 0xFFFF
+    return table
+
+
+_CRC16 = _crc16_table()
+CLUSTER_SLOTS = 16384
+
+
+def key_slots(keys: np.ndarray) -> np.ndarray:
+    """Redis Cluster hash slots of equal-length binary keys, given as the rows of a uint8 matrix: CRC16 of the
+    key mod 16384, one vectorized step per key byte. Keys holding a ``{`` byte may carry a hash tag; they (a
+    few, for binary keys) take redis-py's rule one by one."""
+    crc = np.zeros(len(keys), np.uint32)
+    for j in range(keys.shape[1]):
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ keys[:, j]) & 0xFF]
+    slots = (crc % CLUSTER_SLOTS).astype(np.int64)
+    tagged = np.flatnonzero((keys == ord("{")).any(axis=1))
+    if len(tagged):
+        from redis.crc import key_slot
+
+        slots[tagged] = [key_slot(keys[r].tobytes()) for r in tagged]
+    return slots
+
+
 def redis_client(repo_config):
     """A client of the single Redis server the store's config names, and its address for messages."""
     from feast.infra.online_stores.redis import RedisOnlineStore
@@ -66,7 +99,7 @@ class RedisVectorWriter:
 
     def __init__(self, repo_config, view: str, join_key: str, dim: int, chunk_rows: int = 4096):
         cfg = repo_config.online_store
-        self.client, self.address = redis_client(repo_config)
+        self.client, self.address = self._connect(repo_config)
         self.view, self.dim, self.chunk_rows = view, dim, chunk_rows
         self.project = repo_config.project.encode()
         self.keys = Int64KeyCodec(join_key, repo_config.entity_key_serialization_version)
@@ -99,6 +132,19 @@ class RedisVectorWriter:
             else:
                 row += part
         return np.frombuffer(bytes(row), np.uint8), key_offsets, vec_offset
+
+    def _connect(self, repo_config):
+        return redis_client(repo_config)
+
+    def _block(self, template: np.ndarray, key_offsets: list[int], vec_offset: int, ids: np.ndarray,
+               vectors: np.ndarray) -> np.ndarray:
+        """One row of RESP commands per id (rows x template bytes)."""
+        block = np.empty((len(ids), len(template)), np.uint8)
+        block[:] = template
+        for off in key_offsets:
+            self.keys.fill(block[:, off:off + self.keys.width], ids)
+        self.values.fill(block[:, vec_offset:vec_offset + self.values.width], vectors)
+        return block
 
     def write(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> int:
         ids = np.asarray(ids, dtype=np.int64)
@@ -155,11 +201,7 @@ class RedisVectorWriter:
             sock = conn._sock  # redis-py did the handshake (AUTH, SELECT, TLS); we stream raw RESP on it
             for start in range(0, len(ids), self.chunk_rows):
                 part_ids, part_vecs = ids[start:start + self.chunk_rows], vectors[start:start + self.chunk_rows]
-                block = np.empty((len(part_ids), len(template)), np.uint8)
-                block[:] = template
-                for off in key_offsets:
-                    self.keys.fill(block[:, off:off + self.keys.width], part_ids)
-                self.values.fill(block[:, vec_offset:vec_offset + self.values.width], part_vecs)
+                block = self._block(template, key_offsets, vec_offset, part_ids, part_vecs)
                 sock.sendall(block.reshape(-1))
                 _read_replies(sock, len(part_ids) * replies_per_row, self.view)
             ok = True
@@ -170,6 +212,71 @@ class RedisVectorWriter:
 
     def close(self) -> None:
         self.client.close()
+
+
+class RedisClusterVectorWriter(RedisVectorWriter):
+    """The same rows in a Redis Cluster: keys routed by hash slot, one pipelined stream per node (every node's
+    rows sent before any replies are read, so the nodes work in parallel). The slot map is read once per
+    writer; a node answering MOVED/ASK (slots migrating mid-write) fails the batch with ``OnlineWriteError`` and
+    the next writer reads a fresh map (rerun the materialization)."""
+
+    def _connect(self, repo_config):
+        from feast.infra.online_stores.redis import RedisOnlineStore
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes, params = RedisOnlineStore._parse_connection_string(repo_config.online_store.connection_string)
+        client = RedisCluster(startup_nodes=[ClusterNode(**n) for n in nodes], **params)
+        return client, "Redis Cluster " + ",".join(f"{n['host']}:{n['port']}" for n in nodes)
+
+    def _slot_owners(self) -> tuple[np.ndarray, list]:
+        """(node position per slot, the nodes) from the client's slot map, read once per writer."""
+        if getattr(self, "_owners", None) is None:
+            self._owners = self._read_slot_map()
+        return self._owners
+
+    def _read_slot_map(self) -> tuple[np.ndarray, list]:
+        manager = self.client.nodes_manager
+        nodes, position, owners = [], {}, np.empty(CLUSTER_SLOTS, np.int64)
+        for slot in range(CLUSTER_SLOTS):
+            node = manager.get_node_from_slot(slot)
+            owners[slot] = position.setdefault(node.name, len(nodes))
+            if owners[slot] == len(nodes):
+                nodes.append(node)
+        return owners, nodes
+
+    def _send(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> None:
+        template, key_offsets, vec_offset = self._template(model_version, ts)
+        replies_per_row = 2 if self.ttl_seconds else 1
+        owners, nodes = self._slot_owners()
+        project = np.frombuffer(self.project, np.uint8)
+        pools = [self.client.get_redis_connection(n).connection_pool for n in nodes]
+        conns: dict[int, object] = {}
+        ok = False
+        try:
+            for start in range(0, len(ids), self.chunk_rows):
+                part_ids, part_vecs = ids[start:start + self.chunk_rows], vectors[start:start + self.chunk_rows]
+                block = self._block(template, key_offsets, vec_offset, part_ids, part_vecs)
+                k = key_offsets[0]
+                keys = np.concatenate([block[:, k:k + self.keys.width],
+                                       np.broadcast_to(project, (len(block), len(project)))], axis=1)
+                node_of = owners[key_slots(keys)]
+                sent = []
+                for n in np.unique(node_of):
+                    rows = np.flatnonzero(node_of == n)
+                    if n not in conns:
+                        conns[n] = pools[n].get_connection()
+                    conns[n]._sock.sendall(block[rows].reshape(-1))
+                    sent.append((n, len(rows)))
+                for n, count in sent:
+                    _read_replies(conns[n]._sock, count * replies_per_row, self.view)
+            ok = True
+        finally:
+            if not ok:
+                self._owners = None  # a node failed or slots moved: the next batch reads the map again
+            for n, conn in conns.items():
+                if not ok:
+                    conn.disconnect()
+                pools[n].release(conn)
 
 
 def _read_replies(sock, n: int, view: str) -> None:
@@ -213,16 +320,27 @@ class FeastStoreWriter:
         pass
 
 
+def redis_kind(repo_config) -> str | None:
+    """"redis" or "redis_cluster" where the store is Redis in Feast's layout (no online view versioning, which
+    renames keys), else None (other stores, Sentinel)."""
+    cfg = repo_config.online_store
+    kind = getattr(getattr(cfg, "redis_type", None), "value", None)
+    if (getattr(cfg, "type", None) != "redis" or kind not in ("redis", "redis_cluster")
+            or getattr(repo_config.registry, "enable_online_feature_view_versioning", False)):
+        return None
+    return kind
+
+
 def single_redis(repo_config) -> bool:
     """The store is one Redis server without online view versioning: the layout our fast paths write."""
-    cfg = repo_config.online_store
-    return (getattr(cfg, "type", None) == "redis"
-            and getattr(getattr(cfg, "redis_type", None), "value", None) == "redis"
-            and not getattr(repo_config.registry, "enable_online_feature_view_versioning", False))
+    return redis_kind(repo_config) == "redis"
 
 
 def vector_writer(repo_config, online_store, feature_view, join_key: str, dim: int) -> VectorWriter:
     """The fastest writer for the configured online store."""
-    if single_redis(repo_config):
+    kind = redis_kind(repo_config)
+    if kind == "redis":
         return RedisVectorWriter(repo_config, feature_view.name, join_key, dim)
+    if kind == "redis_cluster":
+        return RedisClusterVectorWriter(repo_config, feature_view.name, join_key, dim)
     return FeastStoreWriter(repo_config, online_store, feature_view, join_key, dim)

@@ -107,13 +107,16 @@ def online(store, view: str, users, features=("embedding", "model_version")) -> 
                                      entity_rows=[{"user_id": int(u)} for u in users]).to_dict()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "redis_cluster"])
 def test_feast_materialize_writes_model_output(backend, emb_template, tmp_path, request, monkeypatch):
     repo = _copy(emb_template, tmp_path / "repo")
     yaml = None
     if backend == "redis":
         monkeypatch.setenv("REDIS_CONNECTION_STRING", request.getfixturevalue("redis_db").url)
         yaml = "feature_store.redis.yaml"
+    elif backend == "redis_cluster":  # a real three-node cluster: keys spread over every node's slots
+        monkeypatch.setenv("REDIS_CONNECTION_STRING", request.getfixturevalue("redis_cluster_db").nodes)
+        yaml = "feature_store.redis_cluster.yaml"
     v1, _, _ = _versions(repo)
     view = f"user_dae__{v1}"
     run_feast(repo, "apply", yaml=yaml, capture=True)
@@ -146,6 +149,69 @@ def test_feast_materialize_writes_model_output(backend, emb_template, tmp_path, 
     snaps = pd.read_parquet(repo / "data" / "embeddings" / "user_dae" / v1)
     assert sorted(snaps.event_timestamp.dt.strftime("%Y-%m-%d").unique()) == ["1998-03-01", "1998-04-23"]
     assert set(snaps.loc[snaps.event_timestamp == pd.Timestamp(END, tz="UTC"), "user_id"]) == late
+    if backend == "redis_cluster":  # the keys really were spread by slot over all three nodes
+        import redis
+
+        sizes = [redis.Redis(host="127.0.0.1", port=s.port).dbsize() for s in request.getfixturevalue(
+            "redis_cluster").servers]
+        assert min(sizes) > 0.2 * sum(sizes), sizes
+
+
+def test_redis_cluster_node_restart_during_reads(emb_template, tmp_path, redis_cluster_db, monkeypatch):
+    """Readers keep calling get_online_features while one of the three nodes stops and restarts: a read
+    either fails with a Redis error or returns exactly each requested user's vector, never another user's;
+    after the node is back every read succeeds again."""
+    import random
+    import threading
+
+    import redis
+
+    repo = _copy(emb_template, tmp_path / "repo")
+    v1, _, _ = _versions(repo)
+    view, yaml = f"user_dae__{v1}", "feature_store.redis_cluster.yaml"
+    monkeypatch.setenv("REDIS_CONNECTION_STRING", redis_cluster_db.nodes)
+    run_feast(repo, "apply", yaml=yaml, capture=True)
+    run_feast(repo, "materialize", "--views", view, "1997-09-01T00:00:00", END, yaml=yaml, capture=True)
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / yaml)
+    users = np.array(sorted(changed_users(repo, "1997-09-01", END)))
+    want = DAE.load(repo / "models", v1).transform(expected_inputs(repo, users, END))
+    truth = {int(u): want[i] for i, u in enumerate(users)}
+    stop, log, lock = threading.Event(), {"ok": 0, "errors": [], "wrong": []}, threading.Lock()
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            batch = rng.sample(list(truth), 20)
+            try:
+                got = online(store, view, batch, features=("embedding",))["embedding"]
+            except Exception as exc:  # noqa: BLE001 - kept to check it is a Redis failure, not wrong data
+                with lock:
+                    log["errors"].append(exc)
+                time.sleep(0.05)
+                continue
+            with lock:
+                for u, v in zip(batch, got):
+                    if v is None or not np.allclose(v, truth[u], atol=1e-5):
+                        log["wrong"].append(u)
+                log["ok"] += 1
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    before = log["ok"]
+    redis_cluster_db.restart(1, down_seconds=2.0)
+    after = log["ok"]
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert before > 0 and log["ok"] > after, (before, after, log["ok"])  # reads resumed after the restart
+    assert not log["wrong"], f"{len(log['wrong'])} wrong vectors, e.g. users {log['wrong'][:5]}"
+    redis_errors = (redis.exceptions.RedisError, ConnectionError, OSError)
+    assert all(isinstance(e, redis_errors) for e in log["errors"]), {type(e).__name__ for e in log["errors"]}
+    got = online(FeatureStore(repo_path=str(repo), fs_yaml_file=repo / yaml), view, users)
+    np.testing.assert_allclose(np.array(got["embedding"]), want, atol=1e-5)  # the restarted node kept its data
 
 
 def test_backfill_is_point_in_time(emb_template, tmp_path):
@@ -354,3 +420,4 @@ def test_bad_models_fail_clearly(emb_template, tmp_path):
     # and `feast apply` refuses the repo while a deployed version is damaged
     with pytest.raises(Exception, match="does not match its recorded sha256"):
         run_feast(repo, "apply", capture=True)
+

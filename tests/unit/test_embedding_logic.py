@@ -95,3 +95,19 @@ def test_session_encoder_matches_multvae_fold_in():
     for bad in (["a"], [1.0], [True], np.array([1.5])):
         with pytest.raises(SchemaError, match="must be integers"):
             enc.encode([bad])
+
+
+def test_cluster_key_slots_equal_redis_py():
+    """The vectorized CRC16 slot of every key equals redis-py's key_slot, hash tags included."""
+    from redis.crc import key_slot
+
+    from feast_autofeat.feast.writer import key_slots
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 256, (3000, 29)).astype(np.uint8)
+    keys[:300, 5] = ord("{")  # tagged keys: with and without a closing brace after
+    keys[:150, 12] = ord("}")
+    keys[150:160, 6] = ord("}")  # "{}": an empty tag hashes the whole key
+    got = key_slots(keys)
+    assert got.tolist() == [key_slot(k.tobytes()) for k in keys]
+    assert len(np.unique(got)) > 2500  # spread over the slots
