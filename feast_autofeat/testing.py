@@ -149,3 +149,41 @@ class RedisClusterNodes:
         for s in self.servers:
             s.stop()
 
+
+class LocalRayCluster:
+    """A real Ray cluster on this machine: a head node and ``workers`` worker nodes (``ray start``, each a
+    raylet of its own with ``cpus`` CPUs), for tests and benchmarks. ``address`` is what ``ray.init`` and the
+    engine's ``ray_address`` take. ``stop`` runs ``ray stop --force`` (every Ray process of this machine)."""
+
+    OBJECT_STORE_BYTES = 500 * 2**20  # per node; Ray's default takes 30% of the machine's memory
+
+    def __init__(self, workers: int = 1, cpus: int = 1):
+        import sys
+
+        self.ray = str(Path(sys.executable).with_name("ray"))
+        if not Path(self.ray).exists():
+            raise AutofeatError("ray not found beside this Python: pip install 'feast-autofeat[ray]' (or run "
+                                ".ci/setup).")
+        self.workers, self.cpus = workers, cpus
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+
+    def _run(self, *args: str) -> None:
+        import os
+
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        proc = subprocess.run([self.ray, *args], capture_output=True, text=True, timeout=180, env=env)
+        if proc.returncode != 0:
+            raise AutofeatError(f"`ray {' '.join(args)}` failed: {proc.stdout[-800:]} {proc.stderr[-800:]}")
+
+    def start(self) -> None:
+        memory = f"--object-store-memory={self.OBJECT_STORE_BYTES}"
+        self._run("start", "--head", f"--port={self.port}", f"--num-cpus={self.cpus}", "--num-gpus=0", memory,
+                  "--include-dashboard=false", f"--temp-dir={self.temp}", "--disable-usage-stats")
+        for _ in range(self.workers):
+            self._run("start", f"--address={self.address}", f"--num-cpus={self.cpus}", "--num-gpus=0", memory)
+
+    def stop(self) -> None:
+        self._run("stop", "--force")
+        shutil.rmtree(self.temp, ignore_errors=True)

@@ -7,6 +7,7 @@
       batch_size: 16384      # rows per pipeline step (encode | online write | snapshot write)
       device: cpu            # cpu | cuda | auto
       threads: 2             # torch intra-op threads (default: torch's choice)
+      ray_address: head:6379 # optional: encode on a Ray cluster's actor pool (``ray_encode.py``)
 
 ``feast materialize START END`` on an embedding view (see ``embeddings.py``) computes, for every entity whose
 input features have rows in ``[START, END]``, the embedding of its inputs *as of END* (Feast's point-in-time
@@ -69,6 +70,11 @@ class AutofeatEngineConfig(FeastConfigBaseModel):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = None
     write_offline: bool = True  # also write the point-in-time snapshot at END
+    # Ray (``ray_encode.py``): set ray_address ("auto", "host:port") to encode in an actor pool on that cluster
+    ray_address: str | None = None
+    ray_actors: int = 2
+    ray_cpus_per_actor: float = 1.0
+    ray_gpus_per_actor: float = 0.0
 
 
 def utc(ts: datetime) -> datetime:
@@ -197,10 +203,7 @@ def encode_and_write(comp: EmbeddingComputer, inputs: pa.Table, writer, at: date
     the rows written online."""
     written, online, offline = 0, [], []
     with ThreadPoolExecutor(max_workers=1) as online_pool, ThreadPoolExecutor(max_workers=1) as offline_pool:
-        for start in range(0, inputs.num_rows, batch_size):
-            table = inputs.slice(start, batch_size)
-            keys = table.column(comp.spec.key).to_numpy()
-            vectors = comp.encode(table)
+        for keys, vectors in encoded_batches(comp, inputs, batch_size):
             online.append(online_pool.submit(writer.write, keys, vectors, comp.spec.version, at))
             if snapshot is not None:
                 offline.append(offline_pool.submit(snapshot.write, comp.snapshot_table(keys, at, vectors)))
@@ -215,6 +218,26 @@ def encode_and_write(comp: EmbeddingComputer, inputs: pa.Table, writer, at: date
         for future in offline:
             future.result()
     return written
+
+
+def encoded_batches(comp: EmbeddingComputer, inputs: pa.Table, batch_size: int):
+    """(keys, vectors) per batch: in this process, or (``ray_address`` set) from a Ray actor pool."""
+    cfg = comp.config
+    if cfg.ray_address:
+        from feast_autofeat.feast.ray_encode import ray_batches
+
+        stats: dict = {}
+        yield from ray_batches(inputs, address=cfg.ray_address, root=comp.spec.root, model=comp.spec.model,
+                               version=comp.spec.version, key=comp.spec.key, batch_size=batch_size,
+                               actors=cfg.ray_actors, cpus_per_actor=cfg.ray_cpus_per_actor,
+                               gpus_per_actor=cfg.ray_gpus_per_actor, stats=stats)
+        log.info("%s: %d rows encoded by %d Ray actors, model loads per actor %s", comp.spec.view.name,
+                 inputs.num_rows, stats.get("actors", 0), sorted(stats.get("model_loads", {}).values()))
+        comp.ray_stats = stats
+        return
+    for start in range(0, inputs.num_rows, batch_size):
+        table = inputs.slice(start, batch_size)
+        yield table.column(comp.spec.key).to_numpy(), comp.encode(table)
 
 
 class AutofeatEngine(LocalComputeEngine):

@@ -20,6 +20,7 @@ from feast import FeatureStore
 
 from feast_autofeat.artifacts import load_version
 from feast_autofeat.cli import main as cli
+from feast_autofeat.errors import AutofeatError
 from feast_autofeat.feast.embeddings import Deployments
 from feast_autofeat.feast.engine import (
     AutofeatEngineConfig,
@@ -421,3 +422,47 @@ def test_bad_models_fail_clearly(emb_template, tmp_path):
     with pytest.raises(Exception, match="does not match its recorded sha256"):
         run_feast(repo, "apply", capture=True)
 
+
+def test_ray_engine_equals_local_engine(emb_template, tmp_path, caplog):
+    """The same view materialized by the engine's Ray path (a real local cluster: a head and a worker node,
+    an actor pool of 2) and by its local path: identical online vectors and offline snapshots; each actor
+    loaded the model once; selected by feature_store.yaml alone."""
+    import logging
+
+    from feast_autofeat.testing import LocalRayCluster
+
+    try:
+        cluster = LocalRayCluster(workers=1, cpus=1)
+    except AutofeatError as exc:
+        pytest.fail(str(exc))
+    local, remote = _copy(emb_template, tmp_path / "local"), _copy(emb_template, tmp_path / "ray")
+    v1, _, _ = _versions(local)
+    view, start = f"user_dae__{v1}", "1997-09-01T00:00:00"
+    yaml = remote / "feature_store.yaml"
+    yaml.write_text(yaml.read_text().replace("batch_size: 16384", "batch_size: 100").replace(
+        "  device: cpu", f"  device: cpu\n  ray_address: {cluster.address}\n  ray_actors: 2"))
+    run_feast(local, "apply", capture=True)
+    run_feast(local, "materialize", "--views", view, start, END, capture=True)
+    cluster.start()
+    try:
+        run_feast(remote, "apply", capture=True)
+        store = FeatureStore(repo_path=str(remote))
+        with caplog.at_level(logging.INFO, logger="feast_autofeat.feast.engine"):
+            store.materialize(start_date=datetime.fromisoformat(start), end_date=datetime.fromisoformat(END),
+                              feature_views=[view])
+    finally:
+        cluster.stop()
+    stats = [r.getMessage() for r in caplog.records if "Ray actors" in r.getMessage()]
+    assert len(stats) == 1 and "rows encoded by" in stats[0], stats
+    n_actors = int(stats[0].split("encoded by ")[1].split(" Ray")[0])
+    assert n_actors == 2 and stats[0].endswith("[1, 1]"), stats[0]  # both actors worked, one model load each
+    users = sorted(changed_users(local, start, END))
+    want = online(FeatureStore(repo_path=str(local)), view, users)
+    got = online(store, view, users)
+    assert got["model_version"] == want["model_version"] and set(got["model_version"]) == {v1}
+    np.testing.assert_allclose(np.array(got["embedding"]), np.array(want["embedding"]), atol=1e-6)
+    snaps = [pd.read_parquet(r / "data" / "embeddings" / "user_dae" / v1).sort_values("user_id", ignore_index=True)
+             for r in (local, remote)]
+    assert len(snaps[0]) == len(users)
+    pd.testing.assert_frame_equal(snaps[1].drop(columns="embedding"), snaps[0].drop(columns="embedding"))
+    np.testing.assert_allclose(np.stack(snaps[1].embedding), np.stack(snaps[0].embedding), atol=1e-6)
