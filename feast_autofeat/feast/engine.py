@@ -7,6 +7,7 @@
       batch_size: 16384      # rows per pipeline step (encode | online write | snapshot write)
       device: cpu            # cpu | cuda | auto
       threads: 2             # torch intra-op threads (default: torch's choice)
+      input_chunk_rows: 1000000  # entities per read of the inputs: bounds memory at any entity count
       ray_address: head:6379 # optional: encode on a Ray cluster's actor pool (``ray_encode.py``)
 
 ``feast materialize START END`` on an embedding view (see ``embeddings.py``) computes, for every entity whose
@@ -39,7 +40,7 @@ from feast.infra.common.materialization_job import MaterializationJobStatus, Mat
 from feast.infra.compute_engines.local.compute import LocalComputeEngine
 from feast.infra.compute_engines.local.job import LocalMaterializationJob
 from feast.repo_config import FeastConfigBaseModel
-from pydantic import ConfigDict, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.feast.embeddings import (
@@ -70,6 +71,9 @@ class AutofeatEngineConfig(FeastConfigBaseModel):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = None
     write_offline: bool = True  # also write the point-in-time snapshot at END
+    # entities per read of the inputs: more entities are read in that many key partitions (key mod P), one at a
+    # time through the pipeline, so a materialization's memory does not grow with the entity count
+    input_chunk_rows: int = Field(default=1_000_000, ge=1)
     # Ray (``ray_encode.py``): set ray_address ("auto", "host:port") to encode in an actor pool on that cluster
     ray_address: str | None = None
     ray_actors: int = 2
@@ -142,23 +146,50 @@ class EmbeddingComputer:
         df = pd.concat(frames, ignore_index=True)
         return df.groupby(self.spec.key, as_index=False)["first_seen"].min()
 
-    def latest_inputs(self, start: datetime, end: datetime) -> pa.Table:
+    def _latest_jobs(self, end: datetime) -> list[tuple[object, list[str]]]:
+        """Per input view: Feast's ``pull_latest_from_table_or_query`` job up to ``end`` and the columns read."""
+        key, refs, jobs = self.spec.key, set(self.encoder.feature_refs), []
+        for view in self.inputs:
+            src = view.batch_source
+            cols = [f.name for f in view.features if f"{view.name}:{f.name}" in refs]
+            jobs.append((self.offline.pull_latest_from_table_or_query(
+                config=self.repo_config, data_source=src, join_key_columns=[key], feature_name_columns=cols,
+                timestamp_field=src.timestamp_field, created_timestamp_column=src.created_timestamp_column or None,
+                start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=end), cols))
+        return jobs
+
+    def input_partitions(self, end: datetime) -> tuple[int, int]:
+        """(key partitions, entities) for reading the inputs as of ``end`` in chunks of at most about
+        ``input_chunk_rows`` entities: one count per input view (the largest is the estimate). Offline stores
+        whose jobs are not Ibis expressions (DuckDB's are) are read whole: (1, 0)."""
+        counts = []
+        for job, _ in self._latest_jobs(end):
+            table = getattr(job, "table", None)
+            if table is None or not hasattr(table, "count"):
+                return 1, 0
+            counts.append(int(table.count().to_pyarrow().as_py()))
+        entities = max(counts, default=0)
+        return max(1, -(-entities // self.config.input_chunk_rows)), entities
+
+    def latest_inputs(self, start: datetime, end: datetime, part: tuple[int, int] = (0, 1)) -> pa.Table:
         """Every entity with an input row in [start, end], with its inputs as of ``end``: per input view the
         latest row at or before ``end`` (Feast's ``pull_latest_from_table_or_query``: ties broken by the
         created timestamp), features nulled where that row is older than the view's TTL. For one time this is
         exactly Feast's point-in-time join (tested against it), at one scan per view instead of a join per
-        entity row."""
+        entity row. ``part=(p, P)``: only the entities whose key mod P is p (the filter runs in the offline
+        store's query, so only that partition reaches this process)."""
 
-        key, refs = self.spec.key, set(self.encoder.feature_refs)
+        key = self.spec.key
+        p, n_parts = part
         end_scalar = pa.scalar(end, pa.timestamp("us", tz="UTC"))
         tables, changed = [], []
-        for view in self.inputs:
+        for (job, cols), view in zip(self._latest_jobs(end), self.inputs):
             src = view.batch_source
-            cols = [f.name for f in view.features if f"{view.name}:{f.name}" in refs]
-            t = self.offline.pull_latest_from_table_or_query(
-                config=self.repo_config, data_source=src, join_key_columns=[key], feature_name_columns=cols,
-                timestamp_field=src.timestamp_field, created_timestamp_column=src.created_timestamp_column or None,
-                start_date=datetime(1970, 1, 1, tzinfo=timezone.utc), end_date=end).to_arrow()
+            if n_parts == 1:
+                t = job.to_arrow()
+            else:  # Ibis (input_partitions checked); the mod is made non-negative for negative keys
+                expr = job.table
+                t = expr.filter(((expr[key] % n_parts) + n_parts) % n_parts == p).to_pyarrow()
             ts = t.column(src.timestamp_field)
             ts = ts.cast(pa.timestamp("us", tz="UTC")) if ts.type.tz is None else ts.cast(pa.timestamp("us", "UTC"))
             changed.append(pc.filter(t.column(key), pc.greater_equal(ts, pa.scalar(start, end_scalar.type))))
@@ -267,8 +298,9 @@ class AutofeatEngine(LocalComputeEngine):
         spec = EmbeddingSpec.from_view(fv, registry, task.project, self.config.model_root)
         comp = EmbeddingComputer(spec, self.repo_config, self.offline_store, registry, task.project, self.config)
         end = utc(task.end_time)
-        inputs = comp.latest_inputs(utc(task.start_time), end)
-        bar = task.tqdm_builder(inputs.num_rows) if task.tqdm_builder else None
+        n_parts, entities = comp.input_partitions(end)
+        inputs = comp.latest_inputs(utc(task.start_time), end, (0, n_parts))
+        bar = task.tqdm_builder(entities if n_parts > 1 else inputs.num_rows) if task.tqdm_builder else None
         writer = vector_writer(self.repo_config, self.online_store, fv, spec.key, comp.encoder.dim)
         snapshot = None
         if self.config.write_offline:
@@ -277,6 +309,12 @@ class AutofeatEngine(LocalComputeEngine):
                                        snapshot_schema(spec.key, comp.encoder.dim))
         try:
             written = encode_and_write(comp, inputs, writer, end, self.config.batch_size, snapshot, bar)
+            for p in range(1, n_parts):  # the next partition is read only after the previous one is written
+                inputs = None  # let the previous partition go before the next is read
+                inputs = comp.latest_inputs(utc(task.start_time), end, (p, n_parts))
+                written += encode_and_write(comp, inputs, writer, end, self.config.batch_size, snapshot, bar)
+            if n_parts > 1:
+                log.info("%s: %d rows from %d input partitions", fv.name, written, n_parts)
             if snapshot is not None:
                 snapshot.commit()
         finally:

@@ -118,6 +118,10 @@ def test_feast_materialize_writes_model_output(backend, emb_template, tmp_path, 
     elif backend == "redis_cluster":  # a real three-node cluster: keys spread over every node's slots
         monkeypatch.setenv("REDIS_CONNECTION_STRING", request.getfixturevalue("redis_cluster_db").nodes)
         yaml = "feature_store.redis_cluster.yaml"
+    else:  # and the inputs read in key partitions of at most 300 entities (bounded memory): the same values
+        path = repo / "feature_store.yaml"
+        assert "  device: cpu\n" in path.read_text()
+        path.write_text(path.read_text().replace("  device: cpu\n", "  device: cpu\n  input_chunk_rows: 300\n"))
     v1, _, _ = _versions(repo)
     view = f"user_dae__{v1}"
     run_feast(repo, "apply", yaml=yaml, capture=True)
@@ -262,6 +266,15 @@ def test_backfill_is_point_in_time(emb_template, tmp_path):
         slow = slow.sort_values("user_id", ignore_index=True)[fast.columns]
         assert len(fast) > 400 and fast.events_7d.isna().sum() > 100  # expired behaviour is null in both
         pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
+    # read in key partitions (bounded memory): the partitions are disjoint and together the whole read
+    comp.config = AutofeatEngineConfig(input_chunk_rows=200)
+    n_parts, entities = comp.input_partitions(at)
+    assert entities == len(fast) and n_parts == -(-len(fast) // 200) >= 3, (n_parts, entities, len(fast))
+    parts = [comp.latest_inputs(datetime(1970, 1, 1, tzinfo=UTC), at, (p, n_parts)).to_pandas()
+             for p in range(n_parts)]
+    assert all(set(part.user_id % n_parts) == {p} for p, part in enumerate(parts))
+    whole = pd.concat(parts).sort_values("user_id", ignore_index=True)
+    pd.testing.assert_frame_equal(whole, fast)
 
 
 def test_versions_side_by_side_promote_rollback(emb_template, tmp_path):
