@@ -67,6 +67,9 @@ def ray_batches(inputs: pa.Table, *, address: str, root: str, model: str, versio
                                 "--head`) or fix batch_engine.ray_address.") from exc
     try:
         device = "cuda" if gpus_per_actor > 0 else "cpu"
+        # Feast's own progress bar counts the rows (the engine updates it per batch): keep Ray Data's quiet
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         # one block per batch, so that every actor of the pool gets work (one table = one block = one actor)
         blocks = [inputs.slice(start, batch_size) for start in range(0, inputs.num_rows, batch_size)]
         ds = ray.data.from_arrow(blocks or [inputs]).map_batches(
