@@ -171,6 +171,32 @@ class EmbeddingComputer:
         entities = max(counts, default=0)
         return max(1, -(-entities // self.config.input_chunk_rows)), entities
 
+    def _partition_query(self, job, view, cols: list[str], end: datetime, p: int, n_parts: int):
+        """The Ibis query of ``job`` (Feast's latest rows up to ``end``) for the keys with key mod n_parts = p
+        (made non-negative for negative keys). On DuckDB it is rebuilt from Feast's own pieces (its source reader
+        and ``deduplicate``) with the key filter *before* the latest-row window: DuckDB does not push the filter
+        through the window, which would then rank every entity's rows for every partition (memory growing with
+        the entity count). Elsewhere the filter goes on top of Feast's query."""
+        key = self.spec.key
+
+        def mine(t):
+            return ((t[key] % n_parts) + n_parts) % n_parts == p
+
+        try:
+            from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, _read_data_source
+            from feast.infra.offline_stores.ibis import deduplicate
+        except ImportError:  # another Feast layout: correct, without the memory bound
+            return job.table.filter(mine(job.table))
+        if not (self.offline is DuckDBOfflineStore or isinstance(self.offline, DuckDBOfflineStore)):
+            return job.table.filter(mine(job.table))
+        src = view.batch_source
+        ts, created = src.timestamp_field, src.created_timestamp_column or None
+        table = _read_data_source(src, str(self.repo_config.repo_path))
+        table = table.select(*([key] + cols + [ts] + ([created] if created else [])))
+        low, high = datetime(1970, 1, 1), utc(end).replace(tzinfo=None)  # Feast's pull_latest bounds, naive UTC
+        table = table.filter(mine(table), table[ts].cast("timestamp") >= low, table[ts].cast("timestamp") <= high)
+        return deduplicate(table=table, group_by_cols=[key], event_timestamp_col=ts, created_timestamp_col=created)
+
     def latest_inputs(self, start: datetime, end: datetime, part: tuple[int, int] = (0, 1)) -> pa.Table:
         """Every entity with an input row in [start, end], with its inputs as of ``end``: per input view the
         latest row at or before ``end`` (Feast's ``pull_latest_from_table_or_query``: ties broken by the
@@ -187,9 +213,8 @@ class EmbeddingComputer:
             src = view.batch_source
             if n_parts == 1:
                 t = job.to_arrow()
-            else:  # Ibis (input_partitions checked); the mod is made non-negative for negative keys
-                expr = job.table
-                t = expr.filter(((expr[key] % n_parts) + n_parts) % n_parts == p).to_pyarrow()
+            else:  # Ibis (input_partitions checked)
+                t = self._partition_query(job, view, cols, end, p, n_parts).to_pyarrow()
             ts = t.column(src.timestamp_field)
             ts = ts.cast(pa.timestamp("us", tz="UTC")) if ts.type.tz is None else ts.cast(pa.timestamp("us", "UTC"))
             changed.append(pc.filter(t.column(key), pc.greater_equal(ts, pa.scalar(start, end_scalar.type))))
