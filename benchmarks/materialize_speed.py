@@ -81,7 +81,7 @@ globals().update(decl.feast_objects())
 '''
 
 
-def make_data(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+def make_data(n: int, seed: int = 0, vectors: bool = True) -> tuple[pd.DataFrame, np.ndarray | None]:
     """Seeded features (half of them linear mixes of a few latent factors, so they correlate) and vectors."""
     rng = np.random.default_rng(seed)
     latent = rng.standard_normal((n, 4))
@@ -91,23 +91,26 @@ def make_data(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     df = pd.DataFrame(np.hstack([mixed, free]), columns=COLUMNS)
     df.insert(0, "user_id", np.arange(1, n + 1, dtype=np.int64))
     df.insert(1, "event_timestamp", pd.Timestamp(T0))
-    return df, rng.standard_normal((n, DIM)).astype(np.float32)
+    return df, rng.standard_normal((n, DIM)).astype(np.float32) if vectors else None
 
 
 def build_repo(repo: Path, redis_url: str, n: int, dae_epochs: int = 3, threads: int = 1,
-               ) -> tuple[pd.DataFrame, np.ndarray, object, str]:
+               precomputed: bool = True) -> tuple[pd.DataFrame, np.ndarray | None, object, str]:
+    """The repo of the module's docstring (``precomputed=False``: without the anchor's vectors, an empty file)."""
     from feast_autofeat.feast.embeddings import Deployments
     from feast_autofeat.models.dae import DAE
     from feast_autofeat.quickstart import run_feast
 
     (repo / "data").mkdir(parents=True)
-    df, vectors = make_data(n)
+    df, vectors = make_data(n, vectors=precomputed)
     df.to_parquet(repo / "data" / "user_features.parquet", index=False)
-    ts = np.full(n, pd.Timestamp(T0).to_datetime64().astype("datetime64[us]"))
+    m = n if precomputed else 0
+    ts = np.full(m, pd.Timestamp(T0).to_datetime64().astype("datetime64[us]"))
     ts[:WARMUP_ROWS] -= np.timedelta64(1, "h")
+    flat = vectors.reshape(-1) if precomputed else np.zeros(0, np.float32)
     pq.write_table(pa.table({
-        "user_id": df.user_id.to_numpy(), "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM).cast(
+        "user_id": df.user_id.to_numpy()[:m], "event_timestamp": pa.array(ts, pa.timestamp("us", tz="UTC")),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat), DIM).cast(
             pa.list_(pa.float32()))}), repo / "data" / "precomputed.parquet")
     t = time.perf_counter()
     model = DAE(dim=DIM, epochs=dae_epochs, seed=0).fit(df[COLUMNS].iloc[:TRAIN_ROWS])
