@@ -33,6 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import redis_server, save, timed_rounds  # noqa: E402
 from materialize_speed import COLUMNS, DIM, T0, build_repo, quiet  # noqa: E402
 
+from feast_autofeat.feast.engine import AutofeatEngineConfig  # noqa: E402
+
+CHUNK_ROWS = AutofeatEngineConfig().input_chunk_rows  # the engine's default, which the chunked runs use
+
 
 def yaml_with(repo: Path, name: str, extra: str) -> str:
     """A copy of the repo's feature_store.yaml with ``extra`` lines in its batch_engine block."""
@@ -150,7 +154,7 @@ def memory(sizes: list[int], tmp: Path) -> dict:
                                      "users")
                 row = {"rows": n, "mode": mode, **r, "rows_per_s": n / r["seconds"],
                        "redis_used_memory_mb": client.info("memory")["used_memory"] / 2**20,
-                       "input_partitions": -(-n // 1_000_000) if mode == "chunked" else 1}
+                       "input_partitions": -(-n // CHUNK_ROWS) if mode == "chunked" else 1}
                 print(f"memory: {n:>11,} entities, inputs {mode:<8} {r['seconds']:7.1f} s  "
                       f"{row['rows_per_s']:>9,.0f} rows/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
                       f"(redis-server {row['redis_used_memory_mb']:.0f} MB)", flush=True)
@@ -181,7 +185,7 @@ def main() -> None:
                   f"{f['local']['rows_per_s']:,.0f} rows/s, Ray (2 actors on a 2-node local cluster) "
                   f"{f['ray']['rows_per_s']:,.0f} rows/s = {f['ray']['vs_local']:.2f}x local")
     result["parameters"] = {"dim": DIM, "features": len(COLUMNS), "batch_size": 16384, "quick": args.quick,
-                            "input_chunk_rows": 1_000_000}
+                            "input_chunk_rows": CHUNK_ROWS}
     path = save("scale_out" + ("_quick" if args.quick else ""),
                 {**result, "script_seconds": time.perf_counter() - t_start})
     print(f"saved {path} ({time.perf_counter() - t_start:.0f} s)")

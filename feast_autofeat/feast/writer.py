@@ -228,9 +228,11 @@ class RedisClusterVectorWriter(RedisVectorWriter):
         client = RedisCluster(startup_nodes=[ClusterNode(**n) for n in nodes], **params)
         return client, "Redis Cluster " + ",".join(f"{n['host']}:{n['port']}" for n in nodes)
 
+    _owners: tuple[np.ndarray, list] | None = None  # the slot map, read once per writer (reset on failure)
+
     def _slot_owners(self) -> tuple[np.ndarray, list]:
         """(node position per slot, the nodes) from the client's slot map, read once per writer."""
-        if getattr(self, "_owners", None) is None:
+        if self._owners is None:
             self._owners = self._read_slot_map()
         return self._owners
 
