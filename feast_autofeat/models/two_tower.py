@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from feast_autofeat.artifacts import Artifact
+from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import (
     EarlyStopping,
     NotFittedError,
@@ -79,6 +80,11 @@ class TwoTowerConfig:
     # index dimension: [.., popularity_weight] against [.., log popularity]
     popularity_weight: float = 0.0
     min_popularity_weight: float = 0.0
+    # the popularity weight for a user the model has no user-id row for (held out of training, or arrived after
+    # it): new users follow the crowd more than known ones do. Chosen on users held out of the tuning fit whose
+    # first few positives are known (an inner protocol C cut, ``choose_cold_popularity``); None: the same as
+    # popularity_weight
+    cold_popularity_weight: float | None = None
     user_ids: bool = True  # a user-id embedding in the query tower (row 0: unknown users)
     item_ids: bool = True
     dim: int = 64  # output vector size of both towers
@@ -317,7 +323,7 @@ class TwoTower:
         return pos
 
     def user_positions(self, user_ids) -> np.ndarray:
-        """Rows of the user-id embedding: 1.. for users seen in training, 0 for anyone else."""
+        """Rows of the user-id embedding (when it has one): 1.. for users seen in training, 0 for anyone else."""
         ids = np.asarray(user_ids, dtype=np.int64)
         if not len(self.user_ids_):
             return np.zeros(len(ids), np.int64)
@@ -358,7 +364,8 @@ class TwoTower:
         if items.item_id.duplicated().any():
             raise SchemaError("the item catalogue lists an item_id twice.")
         self.item_ids_ = items.item_id.to_numpy(np.int64)
-        self.user_ids_ = np.unique(train.user_id.to_numpy(np.int64)) if cfg.user_ids else np.zeros(0, np.int64)
+        # the users it is trained on, also without an id embedding: who counts as new (cold_popularity_weight)
+        self.user_ids_ = np.unique(train.user_id.to_numpy(np.int64))
         self.query_in_ = _Inputs(cfg.query_columns, cfg.query_vectors, cfg.fill).fit(train)
         self.item_in_ = _Inputs(cfg.item_columns, cfg.item_vectors, cfg.fill).fit(items)
         self.item_x_ = torch.from_numpy(self.item_in_.transform(items))
@@ -473,6 +480,19 @@ class TwoTower:
         logs = np.log((counts + 1) / (counts.sum() + len(counts)))
         return (logs - logs[1:].mean()).astype(np.float32)
 
+    def _popularity_on(self) -> bool:
+        return bool(self.config.popularity_weight or self.config.cold_popularity_weight)
+
+    def popularity_weights(self, user_ids) -> np.ndarray:
+        """Each query's popularity weight: ``cold_popularity_weight`` (when set) for users without a user-id
+        row, ``popularity_weight`` for the rest."""
+        cfg = self.config
+        users = np.atleast_1d(np.asarray(user_ids, np.int64))
+        if cfg.cold_popularity_weight is None or cfg.cold_popularity_weight == cfg.popularity_weight:
+            return np.full(len(users), cfg.popularity_weight, np.float32)
+        return np.where(self.user_positions(users) == 0, cfg.cold_popularity_weight,
+                        cfg.popularity_weight).astype(np.float32)
+
     def search_item_vectors(self, vectors: np.ndarray, item_ids) -> np.ndarray:
         """What the item index holds for candidate ``vectors`` of ``item_ids``: the vectors, then (category term
         on) the items' unit categories, then (popularity term on) their log popularity; items the model does not
@@ -482,7 +502,7 @@ class TwoTower:
         units = self._category_units()
         if units is not None:
             blocks.append(units[torch.from_numpy(rows)].numpy())
-        if self.config.popularity_weight:
+        if self._popularity_on():
             blocks.append(POPULARITY_SCALE * self.log_popularity()[rows][:, None])
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
@@ -498,8 +518,9 @@ class TwoTower:
             cats = (self._session_categories(units, recent.take(np.arange(len(frame)))).numpy() if recent is not None
                     else np.zeros((len(frame), units.shape[1]), np.float32))
             blocks.append(self.config.category_weight * cats)
-        if self.config.popularity_weight:
-            blocks.append(np.full((len(frame), 1), self.config.popularity_weight / POPULARITY_SCALE, np.float32))
+        if self._popularity_on():
+            users = frame["user_id"] if "user_id" in frame else np.full(len(frame), -1)
+            blocks.append(self.popularity_weights(users)[:, None] / POPULARITY_SCALE)
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     @torch.inference_mode()
@@ -516,8 +537,8 @@ class TwoTower:
             else:
                 cats = np.zeros(units.shape[1], np.float32)
             blocks.append(self.config.category_weight * cats)
-        if self.config.popularity_weight:
-            blocks.append(np.array([self.config.popularity_weight / POPULARITY_SCALE], np.float32))
+        if self._popularity_on():
+            blocks.append(self.popularity_weights(record.get("user_id", -1)) / POPULARITY_SCALE)
         return np.concatenate(blocks).astype(np.float32)
 
     @torch.inference_mode()
@@ -568,6 +589,22 @@ class TwoTower:
             self.config = replace(self.config, **{f"{name}_weight": best})
             grids[name] = scores
         return grids
+
+    def choose_cold_popularity(self, cold_valid: tuple, grid=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)) -> dict:
+        """Set ``cold_popularity_weight`` (``grid`` in units of the temperature) to the best Recall@20 (ties: the
+        smaller) on ``cold_valid``: (query frame, targets, known items) of users the model has no row for.
+        Returns {weight: recall}."""
+        vq, targets, exclude = cold_valid
+        if (self.user_positions(vq["user_id"]) > 0).any():
+            raise AutofeatError("the cold-user validation set holds users the model was trained on.")
+        scores = {}
+        for w in sorted({round(self.config.temperature * f, 6) for f in grid}):
+            self.config = replace(self.config, cold_popularity_weight=float(w))
+            scores[float(w)] = float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)
+                                             [targets.lengths > 0]))
+        best = max(scores, key=lambda w: (scores[w], -w))
+        self.config = replace(self.config, cold_popularity_weight=best)
+        return scores
 
     @torch.no_grad()
     def item_vectors(self, items: pd.DataFrame | None = None) -> np.ndarray:

@@ -76,7 +76,7 @@ def per_user_cut(events: pd.DataFrame, share: float = 0.2, min_events: int = 5) 
 
 
 def cold_users_cut(events: pd.DataFrame, share: float = 0.1, known: int = 5, seed: int = 0,
-                   min_future: int = 1) -> tuple[pd.DataFrame, Cut]:
+                   min_future: int = 1, salt: int = COLD_SALT) -> tuple[pd.DataFrame, Cut]:
     """Protocol C: ``share`` of users (seeded) are held out entirely; of each, only the first ``known``
     positives are known at request time and everything later is a target. Returns (training events of the
     other users, the held-out users' cut)."""
@@ -85,7 +85,7 @@ def cold_users_cut(events: pd.DataFrame, share: float = 0.1, known: int = 5, see
     users = events.user_id.unique()
     # a different hash stream than the encoders' validation hold-out (same share, seed 0): otherwise every
     # validation user of the encoders would be a cold user, absent from their training events
-    cold = users[holdout_users(users, share, seed + COLD_SALT)]
+    cold = users[holdout_users(users, share, seed + salt)]
     ev = events.sort_values(["user_id", "event_timestamp", "item_id"], ignore_index=True)
     is_cold = ev.user_id.isin(cold).to_numpy()
     held = ev[is_cold].reset_index(drop=True)

@@ -5,6 +5,10 @@ returns as of the event (point in time), its ``recent_items`` the user's positiv
 are the whole catalogue with their profile and the live Mult-VAE's item vectors. The number of epochs is
 chosen by early stopping on the same cut repeated inside the training events (each user's last 20% are
 validation targets), then the model is refit on all training events for that many epochs.
+
+The tuning fit also leaves out a share of users entirely (``cold_share``): with their first ``cold_known``
+positives as the only history and the rest as targets, they choose how much popularity to add for users the
+model has no row for (new users; protocol C repeated inside the training events).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from feast_autofeat.recommend.data import (
     QueryFeatures,
     attach_history,
     catalogue,
+    cold_users_cut,
     histories,
     per_user_cut,
     positive_events,
@@ -34,6 +39,9 @@ from feast_autofeat.recommend.data import (
 )
 
 ITEM_MULTVAE = "item_multvae"
+# the tuning fit's cold users: another hash stream than protocol C's (``cold_users_cut``'s default), whose
+# cold users are already absent from the events a two-tower is trained on
+INNER_COLD_SALT = 2_000_029
 
 
 def live_version(repo, name: str) -> str | None:
@@ -68,27 +76,35 @@ class TrainingSet:
     events: pd.DataFrame
     items: pd.DataFrame
     frame: pd.DataFrame
-    inner: Cut
+    inner: Cut  # the users in the tuning fit: history (what it trains on) and validation targets
     valid: tuple
     fill: dict
     features: QueryFeatures
     root: Path
+    cold_valid: tuple | None = None  # users left out of the tuning fit (None: too few to choose from)
 
     @classmethod
-    def build(cls, store, repo, train_events: pd.DataFrame, root=None, encoders: dict | None = None) -> TrainingSet:
-        """``encoders``: {embedding: version} the query features use (default: the live versions)."""
+    def build(cls, store, repo, train_events: pd.DataFrame, root=None, encoders: dict | None = None,
+              cold_share: float = 0.1, cold_known: int = 5, min_cold_users: int = 20) -> TrainingSet:
+        """``encoders``: {embedding: version} the query features use (default: the live versions).
+        ``cold_share`` of users (at least ``min_cold_users`` with targets, else none) are left out of the
+        tuning fit to choose the cold-user popularity weight."""
         from feast_autofeat.artifacts import model_root
 
         root = model_root(root, default=Path(repo) / "models")
         features = query_features(store, repo, encoders)
         items = catalogue(store, repo, item_vectors(repo, root, features.encoders.get("session_multvae")))
+        item_ids = items.item_id.to_numpy()
         events = train_events[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
         frame = query_frame(store, training_rows(events), features)
-        inner = per_user_cut(events)
+        warm, cold = cold_users_cut(events, share=cold_share, known=cold_known, salt=INNER_COLD_SALT)
+        if cold.future.user_id.nunique() < min_cold_users:
+            warm, cold = events, None
+        inner = per_user_cut(warm)
         item_cols = [c for c in items.columns if c.startswith("item_profile__")]
-        return cls(events, items, frame, inner, validation(store, inner, items.item_id.to_numpy(), features),
+        return cls(events, items, frame, inner, validation(store, inner, item_ids, features),
                    {**_fill(store, frame.columns), **_profile_fill(frame), **_item_fill(items, item_cols)}, features,
-                   Path(root))
+                   Path(root), validation(store, cold, item_ids, features) if cold is not None else None)
 
     def config(self, groups=tuple(GROUPS), item_groups=("profile", "multvae"), history: bool = True,
                **overrides) -> TwoTowerConfig:
@@ -121,13 +137,17 @@ class TrainingSet:
         # the session and category terms need a history; the popularity term applies to every variant alike
         steering = {} if config.history and config.recent else {"grid": (), "category_grid": ()}
         grids = tuned.choose_steering(self.valid, **steering)
-        chosen = {f"{k}_weight": getattr(tuned.config, f"{k}_weight") for k in ("session", "category", "popularity")}
+        if self.cold_valid is not None:
+            grids["cold_popularity"] = tuned.choose_cold_popularity(self.cold_valid)
+        chosen = {f"{k}_weight": getattr(tuned.config, f"{k}_weight")
+                  for k in ("session", "category", "popularity", "cold_popularity")}
         frame, report = self._augmented(self.frame, config)
         model = TwoTower(config, epochs=best).fit(frame, self.items, progress=progress)
         model.config = replace(model.config, **chosen)
         model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": grids["popularity"][
             chosen["popularity_weight"]], **chosen, **{f"{k}_weight_grid": v for k, v in grids.items()},
-            "gan_augmentation": report})
+            "gan_augmentation": report,
+            "inner_cold_users": 0 if self.cold_valid is None else int((self.cold_valid[1].lengths > 0).sum())})
         return model
 
     def _augmented(self, frame: pd.DataFrame, config: TwoTowerConfig) -> tuple[pd.DataFrame, dict | None]:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import SchemaError
 from feast_autofeat.models.two_tower import TwoTower, TwoTowerConfig
 from feast_autofeat.recommend.data import attach_history, cold_users_cut, histories, per_user_cut
@@ -175,6 +176,48 @@ def test_popularity_term_adds_the_log_training_share(tmp_path):
     assert set(counts[top]) <= set(np.sort(counts)[-5:])
     again = TwoTower.load(tmp_path, model.save(tmp_path).version)
     np.testing.assert_allclose(again.score(queries), model.score(queries), rtol=1e-5)
+
+
+def test_cold_popularity_weight_applies_to_users_without_a_row_only(tmp_path):
+    """cold_popularity_weight replaces popularity_weight for users the model has no user-id row for, on both
+    serving paths; known users keep theirs. choose_cold_popularity picks the weight of the best Recall@20 on
+    new users (here: targets that are the most popular items, so the largest weight) and refuses known users."""
+    from dataclasses import replace
+
+    train, items, _, _ = planted()
+    popular = np.arange(1, 11)  # ten items of every group, consumed six times as often as the rest
+    train = pd.concat([train] + [train[train.item_id.isin(popular)]] * 5, ignore_index=True)
+    model = TwoTower(TwoTowerConfig(query_columns=("taste",), item_columns=("kind",), user_ids=True, epochs=3,
+                                    seed=0, history="recent_items")).fit(train, items)
+    queries = pd.DataFrame({"user_id": [5, 10_001], "taste": [1.0, 1.0], "recent_items": [[2, 5], [2, 5]]})
+    model.config = replace(model.config, popularity_weight=0.05)
+    warm = model.score(queries)
+    model.config = replace(model.config, cold_popularity_weight=0.3)
+    both = model.score(queries)
+    np.testing.assert_allclose(both[0], warm[0], atol=1e-5)  # a known user: unchanged
+    want = (0.3 - 0.05) * model.log_popularity()[1:] / model.config.temperature
+    np.testing.assert_allclose(both[1] - warm[1], want, atol=1e-3)
+    frame = model.search_query_vectors(queries)
+    for i in range(2):
+        np.testing.assert_allclose(model.search_query_vector(queries.iloc[i].to_dict()), frame[i], atol=1e-5)
+    again = TwoTower.load(tmp_path, model.save(tmp_path).version)
+    np.testing.assert_allclose(again.score(queries), both, rtol=1e-5)
+    # warm weight 0, cold weight on: the popularity block still exists for the cold user
+    model.config = replace(model.config, popularity_weight=0.0)
+    assert model.search_query_vectors(queries).shape[1] == 65
+
+    new = np.arange(20_001, 20_031)
+    ids = items.item_id.to_numpy()
+    targets = histories(pd.DataFrame({"user_id": np.repeat(new, 10), "item_id": np.tile(popular, 30)}), new, ids)
+    known = histories(pd.DataFrame({"user_id": new[:0], "item_id": []}), new, ids)
+    vq = pd.DataFrame({"user_id": new, "taste": np.tile([0.0, 1.0, 2.0], 10),
+                       "recent_items": [[] for _ in new]})
+    grid = model.choose_cold_popularity((vq, targets, known))
+    recalls = [grid[w] for w in sorted(grid)]
+    assert recalls == sorted(recalls) and recalls[-1] > recalls[0] + 0.3, grid  # more popularity, more of them
+    assert model.config.cold_popularity_weight == max(grid)
+    with pytest.raises(AutofeatError, match="trained on"):
+        model.choose_cold_popularity((vq.assign(user_id=np.arange(1, 31)), targets, known))
 
 
 def test_two_tower_ids_only_and_validation_early_stopping():
