@@ -68,16 +68,29 @@ def strong_generalization_split(user_ids: np.ndarray, item_ids: np.ndarray, held
     return StrongSplit(build(train_u, train_pairs), valid_in, valid_out, test_in, test_out, items)
 
 
+def per_user(scores: np.ndarray, fold_in: Histories, targets: Histories, metrics=METRICS) -> dict:
+    """{metric: its value for each user with at least one target}; history excluded. ``metrics``: (name,
+    function, k) triples."""
+    has = targets.lengths > 0
+    return {name: fn(scores, targets, k, exclude=fold_in)[has] for name, fn, k in metrics}
+
+
+def mean_se(values: np.ndarray) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0}
+
+
+def summarize(values: dict) -> dict:
+    """``per_user``'s vectors as {metric: {mean, se}, users}."""
+    out = {name: mean_se(v) for name, v in values.items()}
+    out["users"] = len(next(iter(values.values()))) if values else 0
+    return out
+
+
 def evaluate(scores: np.ndarray, fold_in: Histories, targets: Histories, metrics=METRICS) -> dict:
     """Mean and standard error of each metric over users with at least one target; history excluded.
     ``metrics``: (name, function, k) triples."""
-    has = targets.lengths > 0
-    out = {}
-    for name, fn, k in metrics:
-        v = fn(scores, targets, k, exclude=fold_in)[has]
-        out[name] = {"mean": float(v.mean()), "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0}
-    out["users"] = int(has.sum())
-    return out
+    return summarize(per_user(scores, fold_in, targets, metrics))
 
 
 def tune_ease(split: StrongSplit, grid=(10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)):

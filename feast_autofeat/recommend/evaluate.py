@@ -9,9 +9,13 @@ known items excluded; Recall@K divided by min(K, targets); standard errors over 
   evaluation"): one user's history can lie after another user's targets, so models trained on all histories
   see some "future" of the global timeline; the global split below has no such leak.
 - **C** (new users): 10% of users are held out of all training; at request time only their first 5 positives
-  (and their profile) are known; everything they did later is a target.
+  (and their profile) are known; everything they did later is a target. On a small dataset one run scores few
+  users, so ``pool`` combines runs with different held-out users and seeds into one table.
 - **G** (global temporal): train on the first 80% of positives by time, test on the rest, for users with at
   least one positive on each side; few MovieLens users qualify (most rate within days of signing up).
+
+Every two-tower row also carries ``paired``: its per-user difference from each baseline on the same users, with
+the standard error of those differences (much smaller than either model's own, as the users' difficulty cancels).
 
 Every protocol retrains the encoders (DAE, GAN, Mult-VAE) on its own training events only, deploys them as the
 live versions of the repo's embedding views, backfills daily snapshots, and builds training sets through the
@@ -80,12 +84,42 @@ def protocol_g(events: pd.DataFrame, train_share: float = 0.8) -> Protocol:
                     train.reset_index(drop=True), cut)
 
 
-def evaluate(scores: np.ndarray, known: Histories, targets: Histories) -> dict:
-    """This harness's metrics (``METRICS``), mean and standard error over users with targets; known items
-    excluded."""
-    from feast_autofeat.evaluation import evaluate as evaluate_metrics
+BASELINES = ("popularity", "EASE", "Mult-VAE")
+PAIRED = ("ndcg@10", "recall@20")  # the metrics of the targets, compared user by user with each baseline
 
-    return evaluate_metrics(scores, known, targets, METRICS)
+
+def paired(per_user: dict) -> dict:
+    """{model: {baseline: {metric: {mean, se}}}}: each two-tower's per-user difference from each baseline on the
+    same users. Two models scored on the same users share most of their noise (which users are easy), so the
+    difference's standard error is far smaller than either model's own: the comparison a target needs."""
+    from feast_autofeat.evaluation import mean_se
+
+    out = {}
+    for name, values in per_user.items():
+        if name in BASELINES:
+            continue
+        out[name] = {b: {m: mean_se(values[m] - per_user[b][m]) for m in PAIRED} for b in BASELINES
+                     if b in per_user}
+    return out
+
+
+def pool(results: list[dict]) -> dict:
+    """One protocol run several times (e.g. C with different held-out users and seeds) as one table: every
+    model's metrics over all runs' test users together, paired differences likewise, and each run's own table
+    under ``runs``. Takes ``run_protocol``'s results (with their ``per_user`` vectors)."""
+    from feast_autofeat.evaluation import summarize
+
+    names = [n for n in results[0]["per_user"] if all(n in r["per_user"] for r in results)]
+    per_user = {n: {m: np.concatenate([r["per_user"][n][m] for r in results]) for m in results[0]["per_user"][n]}
+                for n in names}
+    models = {n: summarize(per_user[n]) for n in names}
+    for n, comparisons in paired(per_user).items():
+        models[n]["paired"] = comparisons
+    return {"protocol": results[0]["protocol"] + f"; {len(results)} runs pooled (each its own held-out users "
+            "and seed)", "runs": [{k: v for k, v in r.items() if k != "per_user"} for r in results],
+            "train_events": [r["train_events"] for r in results],
+            "test_users": sum(r["test_users"] for r in results), "targets": sum(r["targets"] for r in results),
+            "seconds": sum(r["seconds"] for r in results), "models": models, "per_user": per_user}
 
 
 def train_encoders(repo: Path, events: pd.DataFrame, seed: int = 0, progress: bool = False, **overrides) -> dict:
@@ -164,10 +198,14 @@ def run_protocol(repo: Path, protocol: Protocol, variants: dict = VARIANTS, seed
     data = TrainingSet.build(store, repo, protocol.train_events)
     item_ids = data.items.item_id.to_numpy()
     qframe, targets, known = validation(store, protocol.cut, item_ids, data.features)
-    rows = {}
+    rows, per_user = {}, {}
 
     def record(name: str, scores: np.ndarray, started: float, **extra) -> None:
-        rows[name] = {**evaluate(scores, known, targets), "seconds": time.perf_counter() - started, **extra}
+        from feast_autofeat.evaluation import per_user as metric_values
+        from feast_autofeat.evaluation import summarize
+
+        per_user[name] = metric_values(scores, known, targets, METRICS)
+        rows[name] = {**summarize(per_user[name]), "seconds": time.perf_counter() - started, **extra}
         log.info("%s %s: recall@20 %.4f", protocol.name, name, rows[name]["recall@20"]["mean"])
 
     train_h = histories(data.events, np.unique(data.events.user_id), item_ids)
@@ -182,6 +220,9 @@ def run_protocol(repo: Path, protocol: Protocol, variants: dict = VARIANTS, seed
         t = time.perf_counter()
         model = data.fit(data.config(seed=seed, **variant), progress=progress)
         record(name, model.score(qframe), t, **{k: v for k, v in model.metrics_.items() if k != "train_seconds"})
+    for name, comparisons in paired(per_user).items():
+        rows[name]["paired"] = comparisons
     return {"protocol": protocol.description, "train_events": len(protocol.train_events),
             "test_users": int((targets.lengths > 0).sum()), "targets": int(targets.lengths.sum()),
-            "encoders": versions, "seconds": time.perf_counter() - t0, "models": rows}
+            "encoders": versions, "seconds": time.perf_counter() - t0, "models": rows,
+            "per_user": per_user}  # {model: {metric: value per test user}}: not JSON; ``pool`` reads it

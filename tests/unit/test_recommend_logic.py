@@ -62,6 +62,42 @@ def test_global_split_is_one_time_for_everyone():
     assert abs(len(p.train_events) / len(ev) - 0.8) < 0.01
 
 
+def test_paired_differences_and_pooled_runs():
+    """paired(): each model's per-user difference from each baseline (mean, standard error of the differences);
+    pool(): runs' users concatenated, metrics and paired differences over all of them (checked by hand)."""
+    from feast_autofeat.recommend.evaluate import paired, pool
+
+    rng = np.random.default_rng(0)
+
+    def run(n, shift):
+        base = rng.uniform(0, 1, n)  # how easy each user is: shared by every model
+        return {"protocol": "C", "train_events": 10, "test_users": n, "targets": 3 * n, "seconds": 1.0,
+                "models": {}, "per_user": {
+                    "popularity": {"ndcg@10": base, "recall@20": base},
+                    "EASE": {"ndcg@10": base - 0.1, "recall@20": base - 0.1},
+                    "two-tower learned": {"ndcg@10": base + shift + rng.normal(0, 0.01, n),
+                                          "recall@20": base + shift}}}
+
+    one = run(50, 0.02)
+    d = paired(one["per_user"])
+    assert set(d) == {"two-tower learned"} and set(d["two-tower learned"]) == {"popularity", "EASE"}
+    diff = one["per_user"]["two-tower learned"]["ndcg@10"] - one["per_user"]["popularity"]["ndcg@10"]
+    got = d["two-tower learned"]["popularity"]["ndcg@10"]
+    assert got["mean"] == pytest.approx(diff.mean()) and got["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(50))
+    assert got["se"] < 0.01 < np.std(one["per_user"]["popularity"]["ndcg@10"]) / np.sqrt(50)  # shared noise cancels
+    assert d["two-tower learned"]["EASE"]["recall@20"]["mean"] == pytest.approx(0.12)
+    two = run(30, 0.04)
+    pooled = pool([one, two])
+    assert pooled["test_users"] == 80 and pooled["targets"] == 240 and len(pooled["runs"]) == 2
+    both = np.concatenate([one["per_user"]["two-tower learned"]["ndcg@10"],
+                           two["per_user"]["two-tower learned"]["ndcg@10"]])
+    row = pooled["models"]["two-tower learned"]
+    assert row["users"] == 80 and row["ndcg@10"]["mean"] == pytest.approx(both.mean())
+    assert row["ndcg@10"]["se"] == pytest.approx(both.std(ddof=1) / np.sqrt(80))
+    assert row["paired"]["popularity"]["recall@20"]["mean"] == pytest.approx((50 * 0.02 + 30 * 0.04) / 80)
+    assert "per_user" not in pooled["runs"][0]
+
+
 def test_attach_history_strictly_before_matches_pandas():
     ev = events()
     rows = ev.sample(40, random_state=0)[["user_id", "item_id", "event_timestamp"]]
