@@ -37,7 +37,7 @@ from feast_autofeat.feast.embeddings import view_name  # noqa: E402
 from feast_autofeat.quickstart import run_feast  # noqa: E402
 from feast_autofeat.recommend.index import build_index  # noqa: E402
 from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
-from feast_autofeat.recommend.recommender import Bundle, Recommender  # noqa: E402
+from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
 EPOCHS = {"dae": 3, "gan": 3, "multvae": 5, "two_tower": 5}
@@ -137,8 +137,7 @@ def main() -> None:
                 model.config = replace(model.config, category_weight=weight)
                 b = rec._current()
                 ids, vectors = rec._item_vectors(view_name("item_two_tower", b.version))
-                rec.swap(Bundle(b.version, model, build_index(ids, model.search_item_vectors(vectors, ids)),
-                                b.features))
+                rec.swap(replace(b, index=build_index(ids, model.search_item_vectors(vectors, ids))))
             shares = []
             for n, user in enumerate(users[:args.users] if run == "as_trained" else users[args.users:]):
                 before = rec.recommend(user, k=10).items

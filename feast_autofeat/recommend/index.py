@@ -20,6 +20,16 @@ EXACT_MAX_ITEMS = 100_000  # "auto" switches to IVF above this
 KINDS = ("auto", "exact", "ivf", "hnsw")
 
 
+def _rows(index, items) -> np.ndarray:
+    """Rows of ``index`` (``ids``, ``_by_id``, ``_sorted_ids``) holding the given item ids (a list, set or array;
+    unknown ids ignored), unique and sorted."""
+    items = np.fromiter(items, np.int64) if not isinstance(items, np.ndarray) else items.astype(np.int64)
+    if not len(items) or not len(index.ids):
+        return np.zeros(0, np.int64)
+    j = np.minimum(np.searchsorted(index._sorted_ids, items), len(index.ids) - 1)
+    return np.unique(index._by_id[j[index._sorted_ids[j] == items]])
+
+
 class ExactIndex:
     """Brute force: exact, and on a few thousand items faster than any graph."""
 
@@ -28,7 +38,8 @@ class ExactIndex:
     def __init__(self, ids: np.ndarray, vectors: np.ndarray):
         self.ids = np.asarray(ids, np.int64)
         self.vectors = np.ascontiguousarray(vectors, np.float32)
-        self._pos = {int(i): p for p, i in enumerate(self.ids)}
+        self._by_id = np.argsort(self.ids, kind="stable")  # id -> row, by binary search
+        self._sorted_ids = self.ids[self._by_id]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -37,8 +48,7 @@ class ExactIndex:
         """(ids, scores), each (queries x k), best first; ``exclude[i]``: item ids never returned for query i."""
         scores = np.asarray(queries, np.float32) @ self.vectors.T
         for row, items in enumerate(exclude or ()):
-            pos = [self._pos[i] for i in items if i in self._pos]
-            scores[row, pos] = -np.inf
+            scores[row, _rows(self, items)] = -np.inf
         k = min(k, scores.shape[1])
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
@@ -164,14 +174,6 @@ class IvfIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _rows(self, items) -> np.ndarray:
-        """Rows of the given item ids (unknown ids ignored), unique and sorted."""
-        items = np.fromiter(items, np.int64) if not isinstance(items, np.ndarray) else items.astype(np.int64)
-        if not len(items):
-            return np.zeros(0, np.int64)
-        j = np.minimum(np.searchsorted(self._sorted_ids, items), len(self.ids) - 1)
-        return np.unique(self._by_id[j[self._sorted_ids[j] == items]])
-
     def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), each (queries x k), best first; ``exclude[i]``: item ids never returned for query i.
         Padded with -1 / -inf where fewer than k items remain."""
@@ -185,7 +187,7 @@ class IvfIndex:
         nprobe = min(max(1, int(self.nprobe)), self.nlist)
         centroid_scores = queries @ self.centroids.T
         for row, q in enumerate(queries):  # per query, not per item: a handful of rows per request
-            drop = self._rows(exclude[row]) if exclude else np.zeros(0, np.int64)
+            drop = _rows(self, exclude[row]) if exclude else np.zeros(0, np.int64)
             ranked = np.argsort(-centroid_scores[row], kind="stable")
             # probe nprobe lists, or more where those hold fewer items than k plus the excluded
             m = max(nprobe, int(np.searchsorted(np.cumsum(sizes[ranked]), k + len(drop))) + 1)

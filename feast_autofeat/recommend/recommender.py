@@ -1,7 +1,8 @@
 """``Recommender.recommend(user_id, k, recent_items=None)``: online features in, top-K items out.
 
 Per request: the user's history (``user_recent_items``, or the caller's ``recent_items``) and the stored
-``two_tower_query`` features come from the online store in one ``store.get_online_features`` call; the session
+``two_tower_query`` features come from the online store in one read (``recommend.online``: on Redis one HMGET
+of Feast's own layout through Feast's Redis store code, elsewhere ``store.get_online_features``); the session
 embedding of the history is computed in-process by the function its on-demand view runs (same model version,
 same code); the query tower turns them into a vector; the item index returns the best items, never one the user
 already has among their recent or seen items.
@@ -36,6 +37,7 @@ from feast_autofeat.models.base import SchemaError
 from feast_autofeat.recommend.data import RECENT_FIELD, QueryFeatures, query_features
 from feast_autofeat.recommend.feedback import RECENT_VIEW, FeedbackLog, FeedbackResult
 from feast_autofeat.recommend.index import build_index
+from feast_autofeat.recommend.online import online_reader
 
 log = logging.getLogger(__name__)
 ITEM_VIEW = "item_two_tower"
@@ -70,6 +72,8 @@ class Bundle:
     model: object  # TwoTower
     index: object
     features: QueryFeatures
+    read: Callable[[int], dict]  # user id -> {full feature name: value} of the stored refs and history lists
+    columns: dict[str, str]  # full feature name read -> the model's column
 
 
 class Recommender:
@@ -84,8 +88,10 @@ class Recommender:
 
     def __init__(self, repo: str | Path, version: str | None = None, index: str = "auto", store=None,
                  yaml: str | None = None, root=None, clock: Callable[[], datetime] | None = None,
-                 check_every: float = 1.0):
-        """``clock``: the request time for TTLs (default: now, UTC); replaying history passes its own."""
+                 check_every: float = 1.0, online_read: str = "auto"):
+        """``clock``: the request time for TTLs (default: now, UTC); replaying history passes its own.
+        ``online_read``: ``auto`` (one HMGET of Feast's layout on Redis, else ``get_online_features``),
+        ``redis`` or ``feast`` (``recommend.online``)."""
         from feast import FeatureStore
 
         from feast_autofeat.artifacts import model_root
@@ -94,6 +100,7 @@ class Recommender:
         self.follow_live = version is None
         self.index_kind, self.root = index, model_root(root, default=self.repo / "models")
         self.check_every = check_every
+        self.online_read = online_read
         version = version or self._live()
         if version is None:
             raise AutofeatError(f"no live {ITEM_VIEW} version in {self.repo}: train one (`feast-autofeat train "
@@ -141,9 +148,13 @@ class Recommender:
         model = TwoTower.load(self.root, version)
         features = query_features(self.store, self.repo, model.saved_config_.get("encoders"))
         ids, vectors = self._item_vectors(view_name(ITEM_VIEW, version))
+        refs = features.stored_refs + HISTORY_FEATURES
+        read = online_reader(self.store, refs, timestamps=bool(features.ttl), kind=self.online_read)
+        names = [r.replace(":", "__", 1) for r in refs]
+        columns = {n: features.column(n) for n in names + [n + TIMESTAMP_POSTFIX for n in names]}
         # the index holds the model's search vectors: the materialized candidate vectors (plus category blocks)
         return Bundle(version, model, build_index(ids, model.search_item_vectors(vectors, ids), self.index_kind),
-                      features)
+                      features, read, columns)
 
     def swap(self, bundle: Bundle) -> None:
         self._bundle = bundle  # one reference assignment: a request holds either the old bundle or the new one
@@ -213,15 +224,13 @@ class Recommender:
                 raise SchemaError(f"recent_items must be a list of item ids, got {type(recent_items).__name__}.")
             recent_items = [_int(i, "each of recent_items") for i in recent_items]
         # one online read: the stored query features and the user's history lists
-        raw = self.store.get_online_features(
-            features=b.features.stored_refs + HISTORY_FEATURES, entity_rows=[{"user_id": user_id}],
-            full_feature_names=True).to_dict(include_event_timestamps=bool(b.features.ttl))
+        raw = b.read(user_id)
         if recent_items is not None:  # the request's own history replaces the stored one
             history, seen = list(recent_items), list(recent_items)
         else:
-            history = raw[f"{RECENT_VIEW}__recent_items"][0] or []
-            seen = raw[f"{RECENT_VIEW}__seen_items"][0] or []
-        feats = {b.features.column(k): v[0] for k, v in raw.items()}
+            history = raw[f"{RECENT_VIEW}__recent_items"] or []
+            seen = raw[f"{RECENT_VIEW}__seen_items"] or []
+        feats = {b.columns.get(k) or b.features.column(k): v for k, v in raw.items()}
         if b.features.ttl:
             now = self.clock().timestamp()
             for col, ttl in b.features.ttl.items():

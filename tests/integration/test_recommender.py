@@ -86,6 +86,55 @@ def test_recent_items_override_unknown_user_and_bad_input(rec_repo, recommender)
         recommender.recommend("1")
 
 
+def test_online_read_equals_get_online_features(rec_repo, rec_redis, recommender):
+    """The recommender's Redis read (one HMGET of Feast's layout) returns exactly what Feast's
+    get_online_features(...).to_dict() returns: known and unknown users, a user whose behaviour row is missing,
+    values and event timestamps; recommendations through either read are identical; a SQLite store gets Feast's
+    own read."""
+    import redis
+
+    from feast_autofeat.recommend.online import FeastRead, RedisRead, online_reader
+    from feast_autofeat.recommend.recommender import HISTORY_FEATURES
+
+    repo, _ = rec_repo
+    b = recommender._bundle
+    assert isinstance(b.read, RedisRead)
+    refs = b.features.stored_refs + HISTORY_FEATURES
+    ours, feast = RedisRead(recommender.store, refs, timestamps=True), FeastRead(recommender.store, refs,
+                                                                                 timestamps=True)
+    users = [1, 7, 50, 405, 655, 943, 0, 999_999]
+    for user in users:
+        got, want = ours(user), feast(user)
+        assert got == want, user
+    assert any(v is not None for k, v in ours(7).items() if k.startswith("user_behaviour__"))
+    assert all(v is None for k, v in ours(999_999).items() if k != "user_id" and not k.endswith("__ts"))
+    # one view's row gone from a user's hash (the other views stay): both reads give that view's nulls
+    host, port = rec_redis.url.split(":")
+    client = redis.Redis(host=host, port=int(port))
+    key, user = ours.key(942), 942
+    fv_name, names, start, _ = next(v for v in ours.views if v[0] == "user_behaviour")
+    fields = ours.fields[start:start + len(names)]
+    saved = dict(zip(fields, client.hmget(key, fields)))
+    try:
+        assert client.hdel(key, *fields) == len(fields)
+        got, want = ours(user), feast(user)
+        assert got == want
+        assert got["user_behaviour__events_30d"] is None and got["user_behaviour__events_30d__ts"] == 0
+        assert got["user_profile__age"] is not None
+    finally:
+        client.hset(key, mapping=saved)
+        client.close()
+    via_feast = Recommender(repo, yaml=REDIS_YAML, clock=recommender.clock, online_read="feast")
+    assert isinstance(via_feast._bundle.read, FeastRead)
+    for user in (1, 50, 942, 999_999):
+        a, c = recommender.recommend(user, k=10), via_feast.recommend(user, k=10)
+        assert (a.items, a.scores, a.source) == (c.items, c.scores, c.source)
+    sqlite = FeatureStore(repo_path=str(repo))  # the embedded default
+    assert isinstance(online_reader(sqlite, refs), FeastRead)
+    with pytest.raises(ValueError, match="needs a Redis online store"):
+        online_reader(sqlite, refs, kind="redis")
+
+
 def test_http_service(rec_repo, rec_redis):
     repo, version = rec_repo
     recommender = Recommender(repo, yaml=REDIS_YAML)  # the server's clock: now (every behaviour row expired)
