@@ -113,6 +113,19 @@ def is_embedding_view(fv) -> bool:
     return (getattr(fv, "tags", None) or {}).get(KIND_TAG) == "embedding"
 
 
+def _duckdb_reader(offline):
+    """Feast's DuckDB source reader (an Ibis table of a data source) when ``offline`` is Feast's DuckDB offline
+    store, else None."""
+    try:
+        from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, _read_data_source
+        from feast.infra.offline_stores.ibis import deduplicate  # noqa: F401 - the partition query needs it
+    except ImportError:
+        return None
+    if offline is DuckDBOfflineStore or isinstance(offline, DuckDBOfflineStore):
+        return _read_data_source
+    return None
+
+
 class EmbeddingComputer:
     """Inputs as of a time -> vectors, in batches: shared by ``feast materialize`` and ``backfill``."""
 
@@ -160,16 +173,33 @@ class EmbeddingComputer:
 
     def input_partitions(self, end: datetime) -> tuple[int, int]:
         """(key partitions, entities) for reading the inputs as of ``end`` in chunks of at most about
-        ``input_chunk_rows`` entities: one count per input view (the largest is the estimate). Offline stores
-        whose jobs are not Ibis expressions (DuckDB's are) are read whole: (1, 0)."""
-        counts = []
-        for job, _ in self._latest_jobs(end):
-            table = getattr(job, "table", None)
-            if table is None or not hasattr(table, "count"):
-                return 1, 0
-            counts.append(int(table.count().to_pyarrow().as_py()))
-        entities = max(counts, default=0)
+        ``input_chunk_rows`` entities: one count per input view (the largest is the estimate). When every
+        view's source rows fit one chunk, the entities figure is that row count, a bound. Offline stores whose
+        jobs are not Ibis expressions (DuckDB's are) are read whole: (1, 0)."""
+        jobs = self._latest_jobs(end)
+        if any(not hasattr(getattr(job, "table", None), "count") for job, _ in jobs):
+            return 1, 0
+        # a source has no more entities than rows up to ``end``: when that bound fits one chunk (the usual
+        # case), skip the exact count, which costs a latest-row pass over the source
+        bound = [self._source_rows(view, end) for view in self.inputs]
+        if None not in bound and max(bound, default=0) <= self.config.input_chunk_rows:
+            return 1, max(bound, default=0)
+        entities = max((int(job.table.count().to_pyarrow().as_py()) for job, _ in jobs), default=0)
         return max(1, -(-entities // self.config.input_chunk_rows)), entities
+
+    def _source_rows(self, view, end: datetime) -> int | None:
+        """A bound on ``view``'s entities up to ``end``: a local parquet source's row count (from the file
+        footers), else its rows at or before ``end`` counted by DuckDB (DuckDB offline store; elsewhere None)."""
+        read = _duckdb_reader(self.offline)
+        if read is None:
+            return None
+        src = view.batch_source
+        path = getattr(src, "path", None) or ""
+        if path.endswith(".parquet") and "://" not in path and Path(path).is_file():
+            return pq.ParquetFile(path).metadata.num_rows
+        table = read(src, str(self.repo_config.repo_path))
+        ts = table[src.timestamp_field].cast("timestamp")
+        return int(table.filter(ts <= utc(end).replace(tzinfo=None)).count().to_pyarrow().as_py())
 
     def _partition_query(self, job, view, cols: list[str], end: datetime, p: int, n_parts: int):
         """The Ibis query of ``job`` (Feast's latest rows up to ``end``) for the keys with key mod n_parts = p
@@ -182,16 +212,14 @@ class EmbeddingComputer:
         def mine(t):
             return ((t[key] % n_parts) + n_parts) % n_parts == p
 
-        try:
-            from feast.infra.offline_stores.duckdb import DuckDBOfflineStore, _read_data_source
-            from feast.infra.offline_stores.ibis import deduplicate
-        except ImportError:  # another Feast layout: correct, without the memory bound
+        read = _duckdb_reader(self.offline)
+        if read is None:  # another offline store or Feast layout: correct, without the memory bound
             return job.table.filter(mine(job.table))
-        if not (self.offline is DuckDBOfflineStore or isinstance(self.offline, DuckDBOfflineStore)):
-            return job.table.filter(mine(job.table))
+        from feast.infra.offline_stores.ibis import deduplicate
+
         src = view.batch_source
         ts, created = src.timestamp_field, src.created_timestamp_column or None
-        table = _read_data_source(src, str(self.repo_config.repo_path))
+        table = read(src, str(self.repo_config.repo_path))
         table = table.select(*([key] + cols + [ts] + ([created] if created else [])))
         low, high = datetime(1970, 1, 1), utc(end).replace(tzinfo=None)  # Feast's pull_latest bounds, naive UTC
         table = table.filter(mine(table), table[ts].cast("timestamp") >= low, table[ts].cast("timestamp") <= high)
@@ -223,12 +251,18 @@ class EmbeddingComputer:
                 t = pa.table({key: t.column(key), **{c: pc.if_else(expired, pa.nulls(len(t), t.column(c).type),
                                                                      t.column(c)) for c in cols}})
             tables.append(t.select([key] + cols))
-        ids = pc.unique(pa.chunked_array(changed).combine_chunks().cast(pa.int64()))
-        out = pa.table({key: ids})
-        for t in tables:
-            out = out.join(t.cast(pa.schema([(key, pa.int64())] + [(f.name, f.type) for f in t.schema][1:])),
-                           keys=key, join_type="left outer")
-        return out.sort_by(key).combine_chunks()
+        # (the chunks themselves: pa.chunked_array of ChunkedArrays would convert them value by value)
+        ids = pc.unique(pa.chunked_array([c for ch in changed for c in ch.cast(pa.int64()).chunks], pa.int64()))
+        ids = ids.take(pc.sort_indices(ids))
+        columns = {key: ids}
+        for t in tables:  # one row per key in each (the latest): a hash lookup per id instead of a join
+            rows = pc.index_in(ids, value_set=t.column(key).combine_chunks().cast(pa.int64()))
+            for c in t.column_names[1:]:
+                if c in columns:
+                    raise AutofeatError(f"{self.spec.view.name}: input column {c!r} comes from two input views; "
+                                        "rename one of the features.")
+                columns[c] = t.column(c).take(rows)  # null where the view has no row for the id
+        return pa.table(columns).combine_chunks()
 
     def inputs_as_of(self, entity_df: pd.DataFrame) -> pa.Table:
         """Point-in-time input features for (key, event_timestamp) rows, through Feast's offline store."""

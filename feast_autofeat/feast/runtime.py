@@ -61,13 +61,15 @@ class FeatureEncoder:
     def input_views(self) -> list[str]:
         return list(dict.fromkeys(ref.split(":", 1)[0] for ref in self.feature_refs))
 
-    def encode_frame(self, df: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
+    def encode_frame(self, df: pd.DataFrame, batch_size: int | None = None) -> np.ndarray:
         """Feature rows -> float32 vectors (n x dim). Missing columns / NaN without a fill: ``SchemaError``.
-        The network runs over ``batch_size`` rows at a time: small enough for the CPU cache (2.5x faster than
-        64k-row batches), large enough to amortize the call."""
+        The network runs over ``batch_size`` rows at a time. On CPU the default (1024) keeps a batch's hidden
+        activations near the core's cache (for the 512-wide DAE, 1.2x the rows/s of 4096-row batches and 2.5x
+        that of 64k); on a GPU, 16384 rows per kernel launch."""
         x = torch.from_numpy(self._pre.transform(df))
         if not len(x):
             return np.zeros((0, self.dim), np.float32)
+        batch_size = batch_size or (16384 if self.device.type == "cuda" else 1024)
         with torch.inference_mode():
             out = [self._forward(x[s:s + batch_size].to(self.device)).cpu() for s in range(0, len(x), batch_size)]
         return torch.cat(out).numpy()
