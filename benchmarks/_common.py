@@ -18,12 +18,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu, cpu_id = platform.processor(), {}
+    try:  # the first core's name, family/model (VMs all say "AMD EPYC": the family tells a Zen 2 from a Zen 5)
+        for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines():
+            name, _, value = (part.strip() for part in line.partition(":"))
+            if name == "model name":
+                cpu = value
+            elif name in ("cpu family", "model", "cpu MHz"):
+                cpu_id[{"cpu family": "cpu_family", "model": "cpu_model", "cpu MHz": "cpu_mhz"}[name]] = value
     except OSError:
         pass
     versions = {}
@@ -32,7 +34,7 @@ def machine() -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"cores": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+    return {"cores": os.cpu_count(), "cpu": cpu, **cpu_id, "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions,
             "load_average": os.getloadavg()}  # 1/5/15 min: other work on the machine skews timings
 
