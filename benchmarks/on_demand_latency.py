@@ -10,8 +10,12 @@ Then, interleaved in one loop (A/B order alternating every iteration), for one u
   C  runtime.session_embeddings([[10 ids]])                              the model's own time
   D  A + a python-mode ODFV over the same request field that returns a constant vector of the same size
      (no model): Feast's own floor for any python on-demand view, so D - A is Feast's part of B - A
+  E  A + request_dae__<v>:request_dae: the DAE over the user's raw features sent with the request (the
+     values its input views hold online for the user)
+  F  runtime.feature_embeddings of that one request row: E's model time
 
-Target: B - A <= 0.5 ms at p50. Checked once: B's vector equals ``MultVAE.load(...).fold_in(ids)``.
+Target: B - A <= 0.5 ms at p50. Checked once: B's vector equals ``MultVAE.load(...).fold_in(ids)``, E's equals
+``DAE.load(...).transform`` of the same row.
 
     python benchmarks/on_demand_latency.py [--iterations 2000] [--warmup 200] [--quick]
 """
@@ -27,6 +31,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ML100K, CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save  # noqa: E402
@@ -83,6 +88,7 @@ def setup(repo: Path, url: str, epochs: int, max_rows: int) -> tuple[str, str, d
     t = time.perf_counter()
     deploy(repo, "user_dae", "dae", versions["dae"])
     deploy(repo, "session_multvae", "multvae", versions["multvae"])
+    deploy(repo, "request_dae", "dae", versions["dae"])
     seconds["deploy"] = time.perf_counter() - t
     start, end = load_manifest(repo / "data").materialize_window()
     t = time.perf_counter()
@@ -110,7 +116,9 @@ def main() -> None:
     with redis_server() as server, ml100k_repo(args.data_dir) as repo:
         from feast import FeatureStore
 
-        from feast_autofeat.feast.runtime import session_embeddings
+        from feast_autofeat.artifacts import load_version
+        from feast_autofeat.feast.runtime import feature_embeddings, session_embeddings
+        from feast_autofeat.models.dae import DAE
         from feast_autofeat.models.multvae import MultVAE
 
         v, mv, setup_seconds = setup(repo, server.url, args.epochs, args.max_rows)
@@ -143,6 +151,20 @@ def main() -> None:
             return store.get_online_features(features=[emb_ref, "feast_floor:floor_vec"],
                                              entity_rows=[{"user_id": user, "recent_items": items}])
 
+        # E: the user's raw DAE inputs as a request would send them (what the input views hold online)
+        refs = load_version(root, "dae", v).config["feature_refs"]
+        raw = store.get_online_features(features=refs, entity_rows=[{"user_id": user}]).to_dict()
+        request = {r.split(":", 1)[1]: raw[r.split(":", 1)[1]][0] for r in refs}
+        request_ref = f"request_dae__{v}:request_dae"
+
+        def e():
+            return store.get_online_features(features=[emb_ref, request_ref], entity_rows=[{"user_id": user,
+                                                                                           **request}])
+
+        def f():
+            return feature_embeddings({k: [x] for k, x in request.items()}, root=root, model="dae", version=v,
+                                      output="request_dae")
+
         # correctness, once: B's session vector is the model's own fold-in; B's stored vector is A's
         out_a, out_b = a().to_dict(), b().to_dict()
         known = store.get_online_features(
@@ -156,11 +178,15 @@ def main() -> None:
 
         if len(d().to_dict()["floor_vec"][0]) != vae.config.dim:
             raise SystemExit("the floor view D does not return a vector of the session view's size")
-        times = {"A": [], "B": [], "C": [], "D": []}
-        calls = {"A": a, "B": b, "C": c, "D": d}
+        request_diff = float(np.abs(np.array(e().to_dict()["request_dae"][0], np.float32) - DAE.load(root, v).transform(
+            pd.DataFrame({k: [x] for k, x in request.items()}))[0]).max())
+        if not request_diff < 1e-5:
+            raise SystemExit(f"CORRECTNESS FAILED: request DAE view max|diff| {request_diff} from the model")
+        times = {"A": [], "B": [], "C": [], "D": [], "E": [], "F": []}
+        calls = {"A": a, "B": b, "C": c, "D": d, "E": e, "F": f}
         cpu = CpuMonitor(own_pids=(server.pid,))
         for i in range(args.warmup + args.iterations):
-            for label in ("A", "B", "C", "D") if i % 2 == 0 else ("B", "D", "A", "C"):
+            for label in ("A", "B", "C", "D", "E", "F") if i % 2 == 0 else ("B", "D", "F", "A", "E", "C"):
                 t = time.perf_counter()
                 calls[label]()
                 elapsed = time.perf_counter() - t
@@ -175,11 +201,14 @@ def main() -> None:
     floor = [td - ta for ta, td in zip(times["A"], times["D"])]
     figures["D_minus_A"] = {"p50_ms": figures["D"]["p50_ms"] - figures["A"]["p50_ms"],
                             "paired": percentiles_ms(floor)}
-    for k in ("A", "B", "C", "D"):
+    figures["E_minus_A"] = {"p50_ms": figures["E"]["p50_ms"] - figures["A"]["p50_ms"],
+                            "paired": percentiles_ms([te - ta for ta, te in zip(times["A"], times["E"])])}
+    for k in ("A", "B", "C", "D", "E", "F"):
         figures[k]["vs_A_p50"] = figures[k]["p50_ms"] / figures["A"]["p50_ms"]
     met = added_p50 <= 0.5
     labels = {"A": "A get_online_features (stored)", "B": "B + session ODFV", "C": "C session model alone",
-              "D": "D + no-op python ODFV (Feast)"}
+              "D": "D + no-op python ODFV (Feast)", "E": f"E + request DAE ODFV ({len(request)} fields)",
+              "F": "F request DAE model alone"}
     print(f"\none user, {args.iterations} interleaved iterations after {args.warmup} warm-up (ms)")
     print(f"{'figure':<34}{'p50':>8}{'p99':>8}{'mean':>8}{'x A':>7}")
     for k, label in labels.items():
@@ -190,18 +219,19 @@ def main() -> None:
     print(f"{'  paired B-A per iteration':<34}{paired['p50_ms']:>8.3f}{paired['p99_ms']:>8.3f}")
     print(f"{'Feast floor (p50 D - p50 A)':<34}{figures['D_minus_A']['p50_ms']:>8.3f}   any python on-demand view "
           "costs this before any model work")
+    print(f"{'added by request DAE (E - A)':<34}{figures['E_minus_A']['p50_ms']:>8.3f}")
     params = {"iterations": args.iterations, "warmup": args.warmup, "epochs": args.epochs, "quick": args.quick,
               "dae_max_rows": args.max_rows, "load_average_at_start": load_start,
               "user_id": user, "recent_items": items, "dae_version": v, "multvae_version": mv,
               "online_store": "redis (private redis-server on loopback)", "dataset": "movielens-100k",
-              "order": "A,B,C,D on even iterations; B,D,A,C on odd"}
+              "request_dae_fields": sorted(request), "order": "A..F on even iterations; B,D,F,A,E,C on odd"}
     if contention["others_share_of_machine"] > 0.05:
         print(f"WARNING: other processes used {contention['others_share_of_machine']:.0%} of the machine's CPU "
               "while timing; timings are pessimistic")
     path = save("on_demand_latency" + ("_quick" if args.quick else ""),
                 {"parameters": params, "anchor": "A", "figures": figures, "setup_seconds": setup_seconds,
                  "checks": {"session_max_abs_diff": session_diff, "stored_embedding_equal": stored_same,
-                            "known_items": known},
+                            "known_items": known, "request_dae_max_abs_diff": request_diff},
                  "targets_met": {"added_p50_ms<=0.5": met},
                  "other_processes": contention, "script_seconds": time.perf_counter() - t_start})
     print(f"saved {path} ({time.perf_counter() - t_start:.0f} s)")

@@ -354,15 +354,26 @@ def test_on_demand_session_embedding_online_historical_http(emb_template, tmp_pa
         store.get_online_features(features=[f"{view}:session_multvae"],
                                   entity_rows=[{"recent_items": ["a", "b"]}])
 
-    # the DAE on raw request features equals the DAE on the same row
+    # the DAE on raw request features equals the DAE on the same rows: one request row (online's usual call,
+    # encoded without pandas) and several (encoded as a frame)
     dae_view = f"request_dae__{v1}"
-    row = expected_inputs(repo, np.array([13]), END).drop(columns=["user_id", "ts"])
-    row = row.fillna(load_version(repo / "models", "dae", v1).config["architecture"]["fill"])
+    rows = expected_inputs(repo, np.array([13, 14, 15]), END).drop(columns=["user_id", "ts"])
+    rows = rows.fillna(load_version(repo / "models", "dae", v1).config["architecture"]["fill"])
     cols = [f.name for f in store.get_on_demand_feature_view(dae_view).source_request_sources[
         f"{dae_view}_request"].schema]
-    req = {c: (str(row[c].iloc[0]) if row[c].dtype == object else float(row[c].iloc[0])) for c in cols}
-    out = store.get_online_features(features=[f"{dae_view}:request_dae"], entity_rows=[req]).to_dict()
-    np.testing.assert_allclose(out["request_dae"][0], DAE.load(repo / "models", v1).transform(row)[0], atol=1e-5)
+    reqs = [{c: (str(rows[c].iloc[i]) if rows[c].dtype == object else float(rows[c].iloc[i])) for c in cols}
+            for i in range(len(rows))]
+    want = DAE.load(repo / "models", v1).transform(rows)
+    out = store.get_online_features(features=[f"{dae_view}:request_dae"], entity_rows=reqs[:1]).to_dict()
+    np.testing.assert_allclose(out["request_dae"][0], want[0], atol=1e-5)
+    out = store.get_online_features(features=[f"{dae_view}:request_dae"], entity_rows=reqs).to_dict()
+    np.testing.assert_allclose(np.array(out["request_dae"]), want, atol=1e-5)
+    numeric = next(c for c in cols if rows[c].dtype != object)
+    # (every row's value a string: Feast infers a request field's type from its first value, so a column mixing
+    # floats and strings fails in Feast's own conversion before any UDF runs)
+    for bad in ([{**reqs[0], numeric: "abc"}], [{**r, numeric: "abc"} for r in reqs[:2]]):  # either path
+        with pytest.raises(Exception, match=rf"request_dae: column\(s\) \['{numeric}'\] must be numeric"):
+            store.get_online_features(features=[f"{dae_view}:request_dae"], entity_rows=bad)
 
     # Feast's HTTP feature server, unmodified
     import requests
