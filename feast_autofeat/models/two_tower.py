@@ -408,8 +408,7 @@ class TwoTower:
                 total += float(loss.detach()) * len(idx)
             self.net_, self._steer_ = net.eval(), None
             if valid is not None:
-                vq, targets, exclude = valid
-                score = float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)[targets.lengths > 0]))
+                score = self._recall20(valid)
                 bar.set_postfix(loss=f"{total / len(ipos):.3f}", recall20=f"{score:.4f}")
                 if stopper.step(score, epoch, net):
                     break
@@ -569,11 +568,6 @@ class TwoTower:
         correction took out), each to the weight of at least its floor (``min_*``) with the best validation
         Recall@20 (ties: the smaller); returns {"session": {weight: recall}, "category": .., "popularity": ..}
         over the whole grids (so what a floor costs offline shows)."""
-        vq, targets, exclude = valid
-
-        def recall() -> float:
-            return float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)[targets.lengths > 0]))
-
         grids = {}
         t = self.config.temperature
         for name, values in (("session", grid), ("category", category_grid if self.item_cats_.shape[1] else ()),
@@ -584,7 +578,7 @@ class TwoTower:
             scores = {}
             for w in sorted({floor, *values}):
                 self.config = replace(self.config, **{f"{name}_weight": float(w)})
-                scores[float(w)] = recall()
+                scores[float(w)] = self._recall20(valid)
             best = max((w for w in scores if w >= floor), key=lambda w: (scores[w], -w)) if scores else 0.0
             self.config = replace(self.config, **{f"{name}_weight": best})
             grids[name] = scores
@@ -594,17 +588,20 @@ class TwoTower:
         """Set ``cold_popularity_weight`` (``grid`` in units of the temperature) to the best Recall@20 (ties: the
         smaller) on ``cold_valid``: (query frame, targets, known items) of users the model has no row for.
         Returns {weight: recall}."""
-        vq, targets, exclude = cold_valid
-        if (self.user_positions(vq["user_id"]) > 0).any():
+        if (self.user_positions(cold_valid[0]["user_id"]) > 0).any():
             raise AutofeatError("the cold-user validation set holds users the model was trained on.")
         scores = {}
         for w in sorted({round(self.config.temperature * f, 6) for f in grid}):
             self.config = replace(self.config, cold_popularity_weight=float(w))
-            scores[float(w)] = float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)
-                                             [targets.lengths > 0]))
+            scores[float(w)] = self._recall20(cold_valid)
         best = max(scores, key=lambda w: (scores[w], -w))
         self.config = replace(self.config, cold_popularity_weight=best)
         return scores
+
+    def _recall20(self, valid: tuple) -> float:
+        """Mean Recall@20 on (query frame, targets, known items) over the users with targets."""
+        vq, targets, exclude = valid
+        return float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)[targets.lengths > 0]))
 
     @torch.no_grad()
     def item_vectors(self, items: pd.DataFrame | None = None) -> np.ndarray:

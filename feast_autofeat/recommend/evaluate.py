@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from feast_autofeat.evaluation import mean_se, summarize
+from feast_autofeat.evaluation import per_user as metric_values
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
 from feast_autofeat.recommend.data import ENCODERS, Cut, cold_users_cut, histories, per_user_cut
@@ -92,8 +94,6 @@ def paired(per_user: dict) -> dict:
     """{model: {baseline: {metric: {mean, se}}}}: each two-tower's per-user difference from each baseline on the
     same users. Two models scored on the same users share most of their noise (which users are easy), so the
     difference's standard error is far smaller than either model's own: the comparison a target needs."""
-    from feast_autofeat.evaluation import mean_se
-
     out = {}
     for name, values in per_user.items():
         if name in BASELINES:
@@ -107,8 +107,6 @@ def pool(results: list[dict]) -> dict:
     """One protocol run several times (e.g. C with different held-out users and seeds) as one table: every
     model's metrics over all runs' test users together, paired differences likewise, and each run's own table
     under ``runs``. Takes ``run_protocol``'s results (with their ``per_user`` vectors)."""
-    from feast_autofeat.evaluation import summarize
-
     names = [n for n in results[0]["per_user"] if all(n in r["per_user"] for r in results)]
     per_user = {n: {m: np.concatenate([r["per_user"][n][m] for r in results]) for m in results[0]["per_user"][n]}
                 for n in names}
@@ -201,9 +199,6 @@ def run_protocol(repo: Path, protocol: Protocol, variants: dict = VARIANTS, seed
     rows, per_user = {}, {}
 
     def record(name: str, scores: np.ndarray, started: float, **extra) -> None:
-        from feast_autofeat.evaluation import per_user as metric_values
-        from feast_autofeat.evaluation import summarize
-
         per_user[name] = metric_values(scores, known, targets, METRICS)
         rows[name] = {**summarize(per_user[name]), "seconds": time.perf_counter() - started, **extra}
         log.info("%s %s: recall@20 %.4f", protocol.name, name, rows[name]["recall@20"]["mean"])
