@@ -1,4 +1,9 @@
-"""The ``feast-autofeat`` command line. Feast's own CLI (``feast apply``, ``feast materialize``) stays as is."""
+"""The ``feast-autofeat`` command line. Feast's own CLI (``feast apply``, ``feast materialize``) stays as is.
+
+Every command works on the declarations of a feature repo (``--repo``, default: the current directory when it
+holds a ``feature_store.yaml``, as Feast's own CLI does, else ``feature_repo``; ``-f`` picks another YAML).
+Nothing succeeds silently: a flag that does not apply is an error, and a command that did nothing says so.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +16,51 @@ from feast_autofeat import __version__
 from feast_autofeat.errors import AutofeatError
 
 
+def _repo(args):
+    from feast_autofeat.repo import Repo
+
+    return Repo(args.repo, args.feature_store_yaml)
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    from feast_autofeat.datasets.logfile import parse_columns, parse_split
     from feast_autofeat.datasets.synthetic import SyntheticConfig
     from feast_autofeat.prepare import prepare
 
-    given = {k: getattr(args, k) for k in ("users", "items", "days", "events") if getattr(args, k) is not None}
-    config = None
-    if args.dataset == "synthetic":  # unset options keep SyntheticConfig's defaults
-        config = SyntheticConfig(**given, seed=args.seed, start=args.start)
-    elif given:
-        raise AutofeatError("--users/--items/--days/--events apply to --dataset synthetic only.")
+    own, config = {}, None
+    if args.interactions is not None:  # your own log: --users / --items are files
+        for flag in ("days", "events"):
+            if getattr(args, flag) is not None:
+                raise AutofeatError(f"--{flag} applies to --dataset synthetic only.")
+        own = {"interactions": args.interactions, "users": args.users, "items": args.items,
+               "columns": parse_columns(args.columns), "split": parse_split(args.split), "positive": args.positive}
+    else:
+        extra = [f for f, v in (("--columns", args.columns), ("--split", args.split), ("--positive", args.positive))
+                 if v]
+        if extra:
+            raise AutofeatError(f"{', '.join(extra)} apply to --interactions (your own log) only.")
+        given = {k: getattr(args, k) for k in ("users", "items", "days", "events") if getattr(args, k) is not None}
+        if args.dataset == "synthetic":  # unset options keep SyntheticConfig's defaults; --users / --items: counts
+            for k in ("users", "items"):
+                if k in given and not str(given[k]).isdigit():
+                    raise AutofeatError(f"--{k} of --dataset synthetic is a number of {k}, got {given[k]!r}.")
+                if k in given:
+                    given[k] = int(given[k])
+            config = SyntheticConfig(**given, seed=args.seed, start=args.start)
+        elif given:
+            raise AutofeatError(f"{', '.join('--' + k for k in given)} apply to --dataset synthetic (counts) or "
+                                "--interactions (--users / --items files) only.")
     result = prepare(args.dataset, args.repo, raw_dir=args.data_dir, config=config,
-                     progress=lambda msg: print(f"  {msg} ...", flush=True))
+                     progress=lambda msg: print(f"  {msg} ...", flush=True), **own)
     m = result.manifest
     print(f"prepared {m.dataset} in {result.seconds:.1f}s -> {result.data_dir}")
     for name, n in m.rows.items():
         print(f"  {name:<16} {n:>12,} rows")
     print(f"  events from {m.time_range[0]} to {m.time_range[1]}")
     print(f"  snapshots from {m.snapshot_range[0]} to {m.snapshot_range[1]}")
+    print(f"  ids: users {m.user_kind}, items {m.item_kind}; positive: {(m.spec.positive if m.spec else '')}")
+    if m.params.get("duplicates_dropped"):
+        print(f"  {m.params['duplicates_dropped']:,} exact duplicate rows dropped")
     start, end = m.materialize_window()
     print(f"next: cd {args.repo} && feast apply && feast materialize {start} {end}")
     return 0
@@ -44,105 +76,111 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from feast_autofeat.training import train
 
+    repo = _repo(args)
+    decl = repo.declaration(args.name)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("dim", args.dim)) if v is not None}
     if args.gan_augment:
-        if args.model != "two-tower":
-            raise AutofeatError("--gan-augment applies to the two-tower only (it adds GAN rows to its training set).")
         overrides["gan_augment"] = args.gan_augment
-    print(f"training {args.model} from {args.repo} as of {args.as_of or 'the last event'} ...", flush=True)
-    if args.model == "two-tower":
-        from feast_autofeat.recommend.train import train_two_tower
-
-        result = train_two_tower(args.repo, as_of=args.as_of, root=args.model_root, seed=args.seed,
-                                 yaml=args.feature_store_yaml, **overrides)
-    else:
-        result = train(args.model, args.repo, as_of=args.as_of, root=args.model_root, seed=args.seed,
-                       max_rows=args.max_rows, yaml=args.feature_store_yaml, **overrides)
+    if args.no_gate:
+        if decl.kind != "two_tower":
+            raise AutofeatError(f"--no-gate applies to a two-tower only, not to {args.name} ({decl.model}).")
+        overrides["gate"] = False
+    print(f"training {args.name} ({decl.model}) from {repo.path} as of {args.as_of or 'the last event'} ...",
+          flush=True)
+    result = train(repo, args.name, as_of=args.as_of, entity_df=args.entity_df, max_rows=args.max_rows,
+                   root=args.model_root, seed=args.seed, **overrides)
     print(result.summary())
     return 0
 
 
-def feast_apply(repo: Path, yaml: str | None = None) -> None:
-    """``feast apply`` in this process (the same code path as Feast's CLI)."""
-    from feast.repo_config import load_repo_config
-    from feast.repo_operations import apply_total
+def _engine_hint(repo, decl) -> None:
+    """Say so when a stored embedding is deployed where ``feast materialize`` would not compute it."""
+    from feast_autofeat.feast.embeddings import ENGINE_YAML, _engine_type
 
-    repo = repo.resolve()
-    cwd = os.getcwd()
-    sys.path.insert(0, str(repo))  # as Feast's CLI does: the repo's modules import by name
-    for path in repo.rglob("*.py"):  # re-read definitions an earlier apply (of any repo) imported by these names
-        sys.modules.pop(".".join(path.relative_to(repo).with_suffix("").parts), None)
-    try:
-        apply_total(load_repo_config(repo, repo / (yaml or "feature_store.yaml")), repo,
-                    skip_source_validation=False)
-    finally:
-        os.chdir(cwd)
-        sys.path.remove(str(repo))
+    engine = _engine_type(repo.store.config)
+    if decl.stored and not engine.endswith("AutofeatEngine"):
+        print(f"warning: {repo.yaml_file.name}'s batch engine is {engine!r}, so `feast materialize` will not "
+              f"compute {decl.name}. Add to it:\n{ENGINE_YAML}", file=sys.stderr)
 
 
-def _deployments(args):
-    from feast_autofeat.feast.embeddings import Deployments
-
-    return Deployments(args.repo)
-
-
-def _finish_deploy(args, deployments, entry, name: str) -> int:
+def _finish_deploy(args, repo, deployments, entry, name: str) -> int:
     before = deployments.path.read_bytes() if deployments.path.exists() else None
     deployments.save()
     print(f"{name}: model {entry.model}, live {entry.live}, deployed {', '.join(entry.versions)}")
     if args.no_apply:
-        print(f"next: cd {args.repo} && feast apply")
+        print(f"next: cd {repo.path} && feast apply")
         return 0
     try:
-        feast_apply(args.repo, args.feature_store_yaml)
+        repo.apply()
     except Exception as exc:  # put embeddings.json back: the registry still matches the old one
         if before is None:
             deployments.path.unlink()
         else:
             deployments.path.write_bytes(before)
         raise AutofeatError(f"`feast apply` failed, so {deployments.path.name} was left unchanged: {exc}") from exc
+    decl = repo.declaration(name)
     print(f"applied: feature service {name} now serves {name}__{entry.live}")
+    _engine_hint(repo, decl)
+    if decl.stored:
+        print(f"next: feast materialize START END (or `feast-autofeat backfill {name} --start .. --end ..`)")
     return 0
 
 
-def _cmd_deploy(args: argparse.Namespace) -> int:
-    from feast_autofeat.artifacts import list_versions, load_version, model_root
+def trained_versions(decl) -> list[str]:
+    """Versions of the declaration's model under its model root that were trained for it (oldest first)."""
+    from feast_autofeat.artifacts import list_versions, load_version
 
-    root = model_root(args.model_root, default=args.repo / "models")
-    deployments = _deployments(args)
-    existing = deployments.get(args.name)
-    model = args.model or (existing.model if existing else None)
-    if model is None:
-        raise AutofeatError(f"{args.name} is not deployed yet: say which model computes it (--model dae|gan|multvae).")
+    out = []
+    for version in list_versions(decl.root, decl.model):
+        try:
+            config = load_version(decl.root, decl.model, version).config
+        except AutofeatError:
+            continue
+        if config.get("declaration") == decl.name:
+            out.append(version)
+    return out
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from feast_autofeat.artifacts import load_version
+
+    repo = _repo(args)
+    decl = repo.declaration(args.name)
+    root = args.model_root.resolve() if args.model_root else decl.root
     version = args.version
     if version in (None, "latest"):
-        versions = list_versions(root, model)
+        versions = trained_versions(decl) if not args.model_root else []
         if not versions:
-            raise AutofeatError(f"no trained versions of {model} under {root}: run `feast-autofeat train {model}`.")
+            raise AutofeatError(f"no version of {args.name} is trained under {root}: run `feast-autofeat train "
+                                f"{args.name}` first (or pass --version).")
         version = versions[-1]
-    load_version(root, model, version)  # exists and is intact
-    entry = deployments.deploy(args.name, model, version, live=args.live)
-    return _finish_deploy(args, deployments, entry, args.name)
+    art = load_version(root, decl.model, version)  # exists and is intact (content hash)
+    decl.check_version(version, art.config)  # fits the declaration: same inputs, dimension, key
+    deployments = repo.deployments()
+    entry = deployments.deploy(args.name, decl.model, version, live=args.live)
+    return _finish_deploy(args, repo, deployments, entry, args.name)
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    deployments = _deployments(args)
+    repo = _repo(args)
+    repo.declaration(args.name)
+    deployments = repo.deployments()
     entry = deployments.promote(args.name, args.version)
-    return _finish_deploy(args, deployments, entry, args.name)
+    return _finish_deploy(args, repo, deployments, entry, args.name)
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from feast_autofeat.recommend.recommender import ITEM_VIEW
-
-    if args.name == ITEM_VIEW:  # the recommender: its previous two-tower with the encoders it was trained on
+    repo = _repo(args)
+    decl = repo.declaration(args.name)
+    if decl.kind == "two_tower":  # the recommender: its previous version with the encoders it was trained on
         from feast_autofeat.recommend.refresh import rollback
 
-        rollback(args.repo)
-        deployments = _deployments(args)
-        return _finish_deploy(args, deployments, deployments.get(ITEM_VIEW), ITEM_VIEW)
-    deployments = _deployments(args)
+        rollback(repo, args.name)
+        deployments = repo.deployments()
+        return _finish_deploy(args, repo, deployments, deployments.get(args.name), args.name)
+    deployments = repo.deployments()
     entry = deployments.rollback(args.name)
-    return _finish_deploy(args, deployments, entry, args.name)
+    return _finish_deploy(args, repo, deployments, entry, args.name)
 
 
 def _cmd_refresh(args: argparse.Namespace) -> int:
@@ -154,32 +192,57 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
     for item in args.epochs or []:
         model, _, n = item.partition("=")
         if not n.isdigit():
-            raise AutofeatError(f"--epochs {item!r}: use MODEL=N, e.g. dae=5 or two_tower=10.")
+            raise AutofeatError(f"--epochs {item!r}: use NAME=N, e.g. dae=5 or two_tower=10.")
         epochs[model] = int(n)
     result = refresh(args.repo, yaml=args.feature_store_yaml, as_of=args.as_of, holdout_days=args.holdout_days,
                      tolerance=args.tolerance, epochs=epochs, seed=args.seed, cut_over=not args.no_cut_over,
-                     progress=True, say=lambda m: print(m, flush=True))
+                     progress=True, say=lambda m: print(m, flush=True), name=args.name)
     print(json.dumps({"cut_over": result.cut_over, "reason": result.reason, "versions": result.versions,
                       "gate": result.gate, "health": result.health}, indent=2, default=str))
     return 0 if result.cut_over or args.no_cut_over else 1
 
 
 def _cmd_embeddings(args: argparse.Namespace) -> int:
-    deployments = _deployments(args)
-    if not deployments.entries:
-        print(f"no embeddings deployed in {args.repo} (see `feast-autofeat deploy --help`)")
-    for name, entry in sorted(deployments.entries.items()):
-        print(f"{name}  (model {entry.model})")
-        for v in entry.versions:
+    repo = _repo(args)
+    deployments = repo.deployments()
+    declared = repo.declarations
+    if not declared:
+        print(f"{repo.path} declares no embeddings (see the guide \"Add learned embeddings to your own Feast repo\")")
+    for name, decl in sorted(declared.items()):
+        entry = deployments.get(name)
+        print(f"{name}  ({decl.kind}, model {decl.model})" + ("" if entry else "  not deployed: "
+              f"`feast-autofeat train {name}` then `feast-autofeat deploy {name}`"))
+        for v in entry.versions if entry else []:
             print(f"  {'*' if v == entry.live else ' '} {name}__{v}")
+    stale = sorted(set(deployments.entries) - set(declared))
+    for name in stale:
+        print(f"{name}  deployed in {deployments.path.name} but no longer declared (its views are not registered)")
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from feast_autofeat.recommend.service import serve
 
-    print(f"serving {args.repo} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
-    serve(args.repo, host=args.host, port=args.port, index=args.index, yaml=args.feature_store_yaml)
+    repo = _repo(args)
+    os.chdir(repo.path)  # as `feast serve`: relative source paths resolve against the repo
+    print(f"serving {repo.path} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
+    serve(repo.path, host=args.host, port=args.port, index=args.index, yaml=args.feature_store_yaml, name=args.name)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from feast_autofeat.recommend.evaluate import evaluate_repo, table_text
+
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()] if args.protocols else None
+    if protocols is None:
+        protocols = ["P", "C"] if args.quick else ["P", "C", "T"]
+    print(f"evaluating {args.repo} ({', '.join(protocols)}{', quick' if args.quick else ''}) in a scratch copy "
+          "of the repo ...", flush=True)
+    result = evaluate_repo(args.repo, args.feature_store_yaml, protocols=protocols, quick=args.quick,
+                           seed=args.seed, c_runs=args.c_runs, out=args.out, name=args.name,
+                           say=lambda m: print(f"  {m}", flush=True))
+    print(table_text(result["protocols"]))
+    print(f"saved {result['json']} and {result['png']} ({result['seconds']:.0f}s)")
     return 0
 
 
@@ -197,21 +260,23 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     import warnings
 
     from feast_autofeat.feast.engine import LeakageWarning, backfill
-    from feast_autofeat.training import open_store, parse_as_of
+    from feast_autofeat.feast.offline import parse_time
 
-    deployments = _deployments(args)
+    repo = _repo(args)
+    decl = repo.declaration(args.name)
+    if not decl.stored:
+        raise AutofeatError(f"{args.name} is computed on demand ({decl.kind}); only stored embeddings have "
+                            "snapshots to backfill.")
+    deployments = repo.deployments()
     entry = deployments.get(args.name)
     if entry is None:
-        raise AutofeatError(f"no embedding named {args.name!r} is deployed in {args.repo}.")
-    version = args.version or entry.live
-    matches = [v for v in entry.versions if v.startswith(version or "")]
-    if len(matches) != 1:
-        raise AutofeatError(f"{args.name}: version {version!r} is not deployed ({', '.join(entry.versions)}).")
-    store = open_store(args.repo, args.feature_store_yaml)
+        raise AutofeatError(f"{args.name} has no deployed version in {repo.path}: `feast-autofeat deploy "
+                            f"{args.name}` first.")
+    version = deployments.resolve(args.name, args.version or entry.live)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LeakageWarning)
-        summary = backfill(store, f"{args.name}__{matches[0]}", parse_as_of(args.start, args.repo),
-                           parse_as_of(args.end, args.repo), parse_every(args.every))
+        summary = backfill(repo.store, f"{args.name}__{version}", parse_time(args.start, "--start"),
+                           parse_time(args.end, "--end"), parse_every(args.every))
     for w in caught:
         if issubclass(w.category, LeakageWarning):
             print(f"warning: {w.message}", file=sys.stderr)
@@ -221,63 +286,85 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from feast_autofeat.repo import default_repo
+
     parser = argparse.ArgumentParser(
         prog="feast-autofeat",
         description="Learned features as first-class Feast feature views. Use Feast's own CLI for "
-        "`feast apply` and `feast materialize`; this tool prepares data, trains and evaluates.",
+        "`feast apply` and `feast materialize`; this tool prepares data, trains, deploys and evaluates the "
+        "embeddings your repo declares.",
     )
     parser.add_argument("--version", action="version", version=f"feast-autofeat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    repo_help = "feature repo (default: the current directory if it holds feature_store.yaml, else feature_repo)"
 
-    p = sub.add_parser("prepare", help="write the parquet tables a feature repo reads (MovieLens or synthetic)",
+    def repo_options(p: argparse.ArgumentParser, yaml: bool = True) -> None:
+        p.add_argument("--repo", type=Path, default=None, help=repo_help)
+        if yaml:
+            p.add_argument("--feature-store-yaml", "-f", help="YAML inside the repo (default feature_store.yaml)")
+
+    p = sub.add_parser("prepare", help="write the parquet tables a prepared feature repo reads (MovieLens, synthetic "
+                       "or your own interaction log)",
                        description="Read raw data (or generate synthetic data) and write <repo>/data: "
-                       "interactions, users, items and daily behaviour snapshots, atomically.")
-    p.add_argument("--dataset", required=True, choices=["movielens-100k", "synthetic"])
-    p.add_argument("--data-dir", type=Path, help="folder with the raw GroupLens files u.data, u.user, u.item")
-    p.add_argument("--repo", type=Path, default=Path("feature_repo"), help="feature repo (default: feature_repo)")
+                       "interactions, users, items, daily behaviour snapshots and users' recent items, "
+                       "atomically (on any error the previous data is untouched).")
+    p.add_argument("--dataset", choices=["movielens-100k", "synthetic"], help="a built-in dataset")
+    p.add_argument("--data-dir", type=Path, help="movielens-100k: folder with the raw GroupLens files u.data, "
+                   "u.user, u.item")
+    repo_options(p, yaml=False)
+    o = p.add_argument_group("your own log (instead of --dataset)")
+    o.add_argument("--interactions", type=Path, help="the interaction log, CSV or parquet")
+    o.add_argument("--users", help="with --interactions: a users file (profile columns; its ids in a column named "
+                   "as the log's user column). With --dataset synthetic: the number of users (default 2000)")
+    o.add_argument("--items", help="with --interactions: an items file (profile columns, categories). With "
+                   "--dataset synthetic: the number of items (default 500)")
+    o.add_argument("--columns", help="user_id=COL,item_id=COL,event_timestamp=COL[,rating=COL][,event_type=COL]")
+    o.add_argument("--split", action="append", metavar="COL=SEP", help="an items column of delimiter-separated "
+                   "values to split into categories, e.g. 'genres=|' (repeatable)")
+    o.add_argument("--positive", metavar="EXPR", help="SQL predicate of a positive event, e.g. 'rating >= 4' "
+                   "(default: the top quarter of the rating scale, else every event)")
     g = p.add_argument_group("synthetic data")
-    g.add_argument("--users", type=int, help="number of users (default 2000)")
-    g.add_argument("--items", type=int, help="number of items (default 500)")
     g.add_argument("--days", type=int, help="length of the period in days (default 60)")
     g.add_argument("--events", type=int, help="number of events (default 60 per user)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--start", default="2025-01-01", help="first day of the period (UTC)")
     p.set_defaults(func=_cmd_prepare)
 
-    t = sub.add_parser("train", help="train an encoder (dae, multvae, gan) or the two-tower recommender from the "
-                       "store's point-in-time data",
-                       description="Build a training set through Feast (get_historical_features / the offline "
-                       "store) with only data at or before --as-of, train with early stopping on held-out users, "
-                       "and save a hash-verified version (safetensors + JSON).")
-    t.add_argument("model", choices=["dae", "multvae", "gan", "two-tower"],
-                   help="two-tower reads the live encoders' features: deploy and backfill them first")
-    t.add_argument("--repo", type=Path, default=Path("feature_repo"))
-    t.add_argument("--feature-store-yaml", "-f", help="YAML inside the repo (default feature_store.yaml)")
-    t.add_argument("--as-of", help="use data at or before this time (ISO 8601, UTC); default: the last event")
-    t.add_argument("--model-root", type=Path, help="where versions are written (default: $AUTOFEAT_MODEL_ROOT "
-                   "or <repo>/models)")
+    t = sub.add_parser("train", help="train a declared embedding or two-tower from the store's point-in-time data",
+                       description="Train the model the repo declares under NAME on exactly its declared inputs "
+                       "(get_historical_features, point in time, data at or before --as-of), with early stopping "
+                       "on held-out entities, and save a hash-verified version (safetensors + JSON) that records "
+                       "its feature refs, join key and key type.")
+    t.add_argument("name", help="a name the repo declares (embedding_view, session_embedding_view, "
+                   "request_embedding_view or two_tower)")
+    repo_options(t)
+    t.add_argument("--as-of", help="use data at or before this time (ISO 8601, UTC); default: all")
+    t.add_argument("--entity-df", type=Path, help="tabular embeddings: training rows (parquet or CSV with the join "
+                   "key and event_timestamp); default: the input views' own source rows")
+    t.add_argument("--max-rows", type=int, help="tabular embeddings: sample size of the default rows (50,000)")
+    t.add_argument("--model-root", type=Path, help="where versions are written (default: the declaration's root, "
+                   "$AUTOFEAT_MODEL_ROOT or <repo>/models)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--max-rows", type=int, default=50_000, help="training rows for tabular models")
     t.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
-    t.add_argument("--dim", type=int, help="embedding dimension")
+    t.add_argument("--dim", type=int, help="embedding dimension (default: the declaration's)")
     t.add_argument("--gan-augment", type=int, default=0, metavar="N",
                    help="two-tower: add N GAN-synthesized behaviour rows per training row of each sparse user "
-                   "(at most 20 positives); default 0 (off). See the README's evaluation for its measured effect")
+                   "(at most 20 positives); default 0 (off)")
+    t.add_argument("--no-gate", action="store_true", help="two-tower: keep every learned embedding, even those that "
+                   "do not improve the inner validation")
     t.set_defaults(func=_cmd_train)
 
     def deploy_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--repo", type=Path, default=Path("feature_repo"))
-        p.add_argument("--feature-store-yaml", "-f", help="YAML inside the repo (default feature_store.yaml)")
+        repo_options(p)
         p.add_argument("--no-apply", action="store_true", help="only edit embeddings.json; run `feast apply` later")
 
-    d = sub.add_parser("deploy", help="deploy a trained model version as an embedding view (beside live ones)",
+    d = sub.add_parser("deploy", help="deploy a trained version of a declared embedding (beside live ones)",
                        description="Add a version to <repo>/embeddings.json and `feast apply`: the repo then "
                        "registers view <name>__<version>. The first version of a name also becomes live.")
-    d.add_argument("name", help="embedding name declared in the repo, e.g. user_dae")
-    d.add_argument("--model", choices=["dae", "gan", "multvae", "two_tower"], help="model (needed the first time)")
-    d.add_argument("--version", help="model version hash (default: the newest trained)")
+    d.add_argument("name", help="a name the repo declares, e.g. user_dae")
+    d.add_argument("--version", help="model version hash (default: the newest trained for this name)")
     d.add_argument("--live", action="store_true", help="also make it the live version")
-    d.add_argument("--model-root", type=Path)
+    d.add_argument("--model-root", type=Path, help="where the version lies (default: the declaration's root)")
     deploy_options(d)
     d.set_defaults(func=_cmd_deploy)
 
@@ -287,63 +374,83 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_options(pr)
     pr.set_defaults(func=_cmd_promote)
 
-    rb = sub.add_parser("rollback", help="make the previous live version live again")
+    rb = sub.add_parser("rollback", help="make the previous live version live again (a two-tower: with the encoder "
+                        "versions it was trained with)")
     rb.add_argument("name")
     deploy_options(rb)
     rb.set_defaults(func=_cmd_rollback)
 
-    rf = sub.add_parser("refresh", help="retrain the encoders and the two-tower on everything logged, check them "
-                        "in shadow (parity, evaluation gate) and cut over in one step",
+    rf = sub.add_parser("refresh", help="retrain the two-tower's embeddings and the two-tower on everything logged, "
+                        "check them in shadow (parity, evaluation gate) and cut over in one step",
                         description="See feast_autofeat/recommend/refresh.py. Exit 0: cut over; 1: a check "
                         "failed and the live versions are untouched (the reason is printed).")
+    rf.add_argument("--name", help="the two-tower (default: the repo's only one)")
     rf.add_argument("--as-of", help="train on events up to this time (default: the log's last event)")
     rf.add_argument("--holdout-days", type=float, default=7.0, help="the gate's held-out period (default 7)")
     rf.add_argument("--tolerance", type=float, default=0.02,
                     help="the candidate may be this much worse than live on Recall@20, relatively (default 0.02)")
-    rf.add_argument("--epochs", nargs="*", metavar="MODEL=N", help="cap epochs per model, e.g. dae=5 two_tower=10")
+    rf.add_argument("--epochs", nargs="*", metavar="NAME=N", help="cap epochs per model or embedding, e.g. dae=5 "
+                    "two_tower=10")
     rf.add_argument("--seed", type=int, default=0)
     rf.add_argument("--no-cut-over", action="store_true", help="run every check, leave the live versions")
-    rf.add_argument("--repo", type=Path, default=Path("feature_repo"))
-    rf.add_argument("--feature-store-yaml", "-f")
+    repo_options(rf)
     rf.set_defaults(func=_cmd_refresh)
 
-    e = sub.add_parser("embeddings", help="list deployed embedding versions (* = live)")
-    e.add_argument("--repo", type=Path, default=Path("feature_repo"))
+    e = sub.add_parser("embeddings", help="list declared embeddings and their deployed versions (* = live)")
+    repo_options(e)
     e.set_defaults(func=_cmd_embeddings)
 
-    b = sub.add_parser("backfill", help="write point-in-time snapshots of an embedding view for past times",
+    b = sub.add_parser("backfill", help="write point-in-time snapshots of a stored embedding for past times",
                        description="For each time START, START+EVERY, ... <= END, encode every entity's inputs "
                        "as of that time and write the snapshot atomically. Warns when the model's training "
                        "window overlaps the range (leakage).")
-    b.add_argument("name", help="embedding name, e.g. user_dae")
+    b.add_argument("name", help="a stored embedding the repo declares, e.g. user_dae")
     b.add_argument("--start", required=True, help="first snapshot time (ISO 8601, UTC)")
     b.add_argument("--end", required=True, help="last snapshot time (inclusive)")
     b.add_argument("--every", default="1d", help="spacing, e.g. 1d, 6h (default 1d)")
     b.add_argument("--version", help="deployed version (default: the live one)")
-    b.add_argument("--repo", type=Path, default=Path("feature_repo"))
-    b.add_argument("--feature-store-yaml", "-f")
+    repo_options(b)
     b.set_defaults(func=_cmd_backfill)
 
+    ev = sub.add_parser("evaluate", help="evaluate the repo's two-tower against baselines on its own data (protocols "
+                        "P, C, T), in a scratch copy of the repo",
+                        description="Popularity, EASE, Mult-VAE, the two-tower as ids only, without learned "
+                        "features, as shipped (learned groups gated) and without each learned embedding; one "
+                        "table with paired differences, a JSON and a PNG. The repo itself is not changed.")
+    ev.add_argument("--protocols", help="comma-separated, of P (per-user temporal), C (new users), T (global "
+                    "temporal); default P,C,T (--quick: P,C)")
+    ev.add_argument("--quick", action="store_true", help="fewer epochs and rows: minutes, not tens of minutes")
+    ev.add_argument("--out", type=Path, help="the JSON (default <repo>/reports/evaluation-<time>.json); the PNG "
+                    "lies beside it")
+    ev.add_argument("--name", help="the two-tower (default: the repo's only one)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--c-runs", type=int, default=1, help="protocol C runs pooled, each its own held-out users")
+    repo_options(ev)
+    ev.set_defaults(func=_cmd_evaluate)
+
     sv = sub.add_parser("serve", help="serve recommendations over HTTP (GET /recommend, /healthz; docs at /docs)")
-    sv.add_argument("--repo", type=Path, default=Path("feature_repo"))
-    sv.add_argument("--feature-store-yaml", "-f", help="YAML inside the repo (e.g. feature_store.redis.yaml)")
+    repo_options(sv)
+    sv.add_argument("--name", help="the two-tower (default: the repo's only one)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--index", choices=["auto", "exact", "hnsw"], default="auto")
+    sv.add_argument("--index", choices=["auto", "exact", "ivf", "hnsw"], default="auto")
     sv.set_defaults(func=_cmd_serve)
 
-    q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, "
-                       "print online features (SQLite, no server)")
-    q.add_argument("--repo", type=Path, default=Path("feature_repo"))
+    q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, train and "
+                       "serve a recommender (SQLite, no server)")
+    q.add_argument("--repo", type=Path, default=Path("feature_repo"), help="the bundled repo (default feature_repo)")
     q.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     q.add_argument("--show", type=int, default=5, help="users whose online features are printed")
     q.set_defaults(func=_cmd_quickstart)
+    parser.set_defaults(_default_repo=default_repo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "repo", "") is None:
+        args.repo = args._default_repo()
     try:
         return args.func(args)
     except AutofeatError as exc:

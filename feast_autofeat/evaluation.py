@@ -8,64 +8,15 @@ model as history and a target part (20%) it must rank, over the full catalogue, 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import ndcg_at_k, recall_at_k
+from feast_autofeat.splits import StrongSplit, strong_generalization_split  # noqa: F401 - re-exported
 
 METRICS = (("recall@20", recall_at_k, 20), ("recall@50", recall_at_k, 50), ("ndcg@100", ndcg_at_k, 100))
-
-
-@dataclass(frozen=True)
-class StrongSplit:
-    train: Histories
-    valid_in: Histories
-    valid_out: Histories
-    test_in: Histories
-    test_out: Histories
-    item_ids: np.ndarray  # item id of each column
-
-    def describe(self) -> dict:
-        return {"train_users": self.train.n_users, "valid_users": self.valid_in.n_users,
-                "test_users": self.test_in.n_users, "items": len(self.item_ids),
-                "train_interactions": int(self.train.lengths.sum())}
-
-
-def strong_generalization_split(user_ids: np.ndarray, item_ids: np.ndarray, heldout_share: float = 0.1,
-                                fold_in: float = 0.8, min_items: int = 5, seed: int = 0) -> StrongSplit:
-    """Split positive (user, item) pairs by user; items are those the train users touched."""
-    rng = np.random.default_rng(seed)
-    pairs = np.unique(np.stack([np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)], axis=1), axis=0)
-    users, counts = np.unique(pairs[:, 0], return_counts=True)
-    users = users[counts >= min_items]
-    pairs = pairs[np.isin(pairs[:, 0], users)]
-    perm = rng.permutation(users)
-    n_out = max(1, int(round(heldout_share * len(users))))
-    test_u, valid_u, train_u = perm[:n_out], perm[n_out:2 * n_out], perm[2 * n_out:]
-    train_pairs = pairs[np.isin(pairs[:, 0], train_u)]
-    items = np.unique(train_pairs[:, 1])
-
-    def build(group_users: np.ndarray, rows: np.ndarray) -> Histories:
-        upos = np.searchsorted(np.sort(group_users), rows[:, 0])
-        return Histories.from_pairs(upos, np.searchsorted(items, rows[:, 1]), len(group_users), len(items))
-
-    def heldout(group: np.ndarray) -> tuple[Histories, Histories]:
-        rows = pairs[np.isin(pairs[:, 0], group) & np.isin(pairs[:, 1], items)]
-        # per user, a random 20% (at least one) becomes targets
-        order = rng.permutation(len(rows))
-        rows = rows[order][np.argsort(rows[order][:, 0], kind="stable")]
-        _, start, n = np.unique(rows[:, 0], return_index=True, return_counts=True)
-        rank = np.arange(len(rows)) - np.repeat(start, n)
-        n_target = np.maximum(1, np.round((1 - fold_in) * n)).astype(int)
-        is_target = rank < np.repeat(n_target, n)
-        return build(group, rows[~is_target]), build(group, rows[is_target])
-
-    valid_in, valid_out = heldout(valid_u)
-    test_in, test_out = heldout(test_u)
-    return StrongSplit(build(train_u, train_pairs), valid_in, valid_out, test_in, test_out, items)
 
 
 def per_user(scores: np.ndarray, fold_in: Histories, targets: Histories, metrics=METRICS) -> dict:
@@ -127,21 +78,22 @@ def strong_generalization_table(split: StrongSplit, seed: int = 0, vae_overrides
     return rows
 
 
-def next_period_activity(store, cutoffs, horizon_days: int = 14) -> pd.DataFrame:
-    """A downstream task for tabular encoders: from a user's features as of a cutoff (point in time), predict
-    whether they interact again within ``horizon_days``. One row per (cutoff, user already seen by then)."""
-    from feast_autofeat.training import interactions_until, user_feature_refs
+def next_period_activity(store, inter, refs: list[str], cutoffs, horizon_days: int = 14) -> pd.DataFrame:
+    """A downstream task for tabular encoders: from a user's features ``refs`` as of a cutoff (point in time),
+    predict whether they interact again within ``horizon_days`` (events of the interaction log ``inter``). One
+    row per (cutoff, user already seen by then), with the user key as the log names it."""
+    from feast_autofeat.feast.offline import read_events
 
     cutoffs = sorted(pd.Timestamp(c) for c in cutoffs)
-    ev = interactions_until(store, (cutoffs[-1] + pd.Timedelta(days=horizon_days)).to_pydatetime())
+    ev = read_events(store, inter, (cutoffs[-1] + pd.Timedelta(days=horizon_days)).to_pydatetime())
     rows = []
     for c in cutoffs:  # a handful of cutoffs; each is one vectorized pass over the events
         seen = ev.loc[ev.event_timestamp < c, "user_id"].unique()
         later = ev.loc[(ev.event_timestamp >= c) & (ev.event_timestamp < c + pd.Timedelta(days=horizon_days)),
                        "user_id"].unique()
-        rows.append(pd.DataFrame({"user_id": seen, "event_timestamp": c, "label": np.isin(seen, later)}))
+        rows.append(pd.DataFrame({inter.user_key: seen, "event_timestamp": c, "label": np.isin(seen, later)}))
     entity = pd.concat(rows, ignore_index=True)
-    return store.get_historical_features(entity_df=entity, features=user_feature_refs(store)).to_df()
+    return store.get_historical_features(entity_df=entity, features=refs).to_df()
 
 
 def downstream_auc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> float:

@@ -1,10 +1,11 @@
-"""``feast-autofeat prepare``: raw data -> every parquet table a feature repo reads, written atomically."""
+"""``feast-autofeat prepare``: raw data (MovieLens, synthetic, or your own log) -> every parquet table a prepared
+feature repo reads, written atomically; ``rebuild`` recomputes the derived tables from the grown event log."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,17 +13,18 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from feast_autofeat import __version__
-from feast_autofeat.datasets import get_spec, movielens, synthetic
+from feast_autofeat.datasets import get_spec, load_manifest, movielens, spec_of, synthetic
 from feast_autofeat.datasets.base import (
     EVENT_LOG,
     MANIFEST,
     PREPARED_PART,
     Manifest,
+    event_log_dir,
     staged_directory,
     write_parquet_atomic,
 )
 from feast_autofeat.errors import DataError
-from feast_autofeat.features.snapshots import build_snapshots, recent_items_table, snapshot_range
+from feast_autofeat.features.snapshots import derived_tables, snapshot_range
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -46,27 +48,68 @@ def data_dir_of(repo: str | Path) -> Path:
     return Path(repo) / "data"
 
 
+def _kind(table: pa.Table, column: str) -> str:
+    return "string" if pa.types.is_string(table.schema.field(column).type) or pa.types.is_large_string(
+        table.schema.field(column).type) else "int64"
+
+
 def prepare(
-    dataset: str,
+    dataset: str | None,
     repo: str | Path,
     raw_dir: str | Path | None = None,
     config: synthetic.SyntheticConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    interactions: str | Path | None = None,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    columns: dict[str, str] | None = None,
+    split: dict[str, str] | None = None,
+    positive: str | None = None,
 ) -> PrepareResult:
-    """Write ``<repo>/data``: interactions, users, items, behaviour snapshots and ``manifest.json``.
+    """Write ``<repo>/data``: interactions, users, items, behaviour snapshots, users' recent items and
+    ``manifest.json``, from a built-in ``dataset`` (``movielens-100k`` from ``raw_dir``, ``synthetic`` from
+    ``config``) or from your own log (``interactions`` with its ``columns`` mapping, optional ``users`` /
+    ``items`` files, ``split`` and ``positive``; see ``datasets.logfile``).
 
-    The directory is replaced whole or not at all.
+    The directory is replaced whole or not at all: on any error the previous data is untouched.
     """
     say = progress or (lambda _msg: None)
-    spec = get_spec(dataset)
+    own = {"users": users, "items": items, "columns": columns, "split": split, "positive": positive}
+    if interactions is not None:
+        if dataset is not None:
+            raise DataError("give either --dataset or --interactions, not both.")
+        if raw_dir is not None or config is not None:
+            raise DataError("--data-dir and the synthetic options do not apply to --interactions.")
+        if not columns:
+            raise DataError("--interactions needs --columns user_id=COL,item_id=COL,event_timestamp=COL[,...].")
+    else:
+        given = [f"--{k}" for k, v in own.items() if v]
+        if given:
+            raise DataError(f"{', '.join(given)} apply to --interactions (your own log) only.")
+        if dataset is None:
+            raise DataError("say what to prepare: --dataset movielens-100k|synthetic, or --interactions FILE.")
+        get_spec(dataset)  # a known name, or the list of them
+        if dataset != movielens.SPEC.name and raw_dir is not None:
+            raise DataError(f"--data-dir applies to --dataset {movielens.SPEC.name} only (the {dataset} data is "
+                            "generated).")
+        if dataset != synthetic.SPEC.name and config is not None:
+            raise DataError(f"the synthetic options apply to --dataset {synthetic.SPEC.name} only.")
     t0 = time.perf_counter()
-    if dataset == movielens.SPEC.name:
+    if interactions is not None:
+        from feast_autofeat.datasets import logfile
+
+        say(f"reading {Path(interactions).name}")
+        tables, spec, params = logfile.load_log(interactions, columns, users, items, split, positive)
+    elif dataset == movielens.SPEC.name:
+        spec = movielens.SPEC
         if raw_dir is None:
             raise DataError(f"--data-dir is required for {dataset}: {movielens.HELP}.")
         say(f"reading {raw_dir}")
         tables = movielens.load_raw(raw_dir)
         params: dict = {"source": str(Path(raw_dir).resolve())}
     else:
+        spec = synthetic.SPEC
         config = config or synthetic.SyntheticConfig()
         say(f"generating {config.n_events:,} events for {config.users:,} users and {config.items:,} items")
         with tqdm(total=config.n_events, unit="ev", unit_scale=True, disable=progress is None) as bar:
@@ -75,19 +118,8 @@ def prepare(
     tables = {name: _normalize_timestamps(t) for name, t in tables.items()}
 
     say("computing behaviour snapshots in DuckDB")
-    snaps = build_snapshots(tables["interactions"], tables["items"], spec)
-    snaps["user_recent_items"] = recent_items_table(tables["interactions"], spec)
-    ts = tables["interactions"]["event_timestamp"]
-    first = min(pc.min(t[c]).as_py() for t in tables.values() for c in t.column_names if c.endswith("timestamp"))
-    manifest = Manifest(
-        dataset=spec.name,
-        params=params,
-        rows={name: t.num_rows for name, t in {**tables, **snaps}.items()},
-        time_range=(pc.min(ts).as_py().isoformat(), pc.max(ts).as_py().isoformat()),
-        snapshot_range=snapshot_range(snaps),
-        materialize_range=(first.isoformat(), snapshot_range(snaps)[1]),
-        version=__version__,
-    )
+    snaps = derived_tables(tables["interactions"], tables["items"], spec)
+    manifest = _manifest(spec, params, tables, snaps)
     target = data_dir_of(repo)
     with staged_directory(target) as staging:
         for name, table in {**tables, **snaps}.items():
@@ -98,3 +130,46 @@ def prepare(
                 write_parquet_atomic(table, staging / f"{name}.parquet")
         (staging / MANIFEST).write_text(manifest.to_json())
     return PrepareResult(data_dir=target, manifest=manifest, seconds=time.perf_counter() - t0)
+
+
+def _manifest(spec, params: dict, tables: dict, snaps: dict, rows: dict | None = None) -> Manifest:
+    log = tables["interactions"]
+    ts = log["event_timestamp"]
+    first = min(pc.min(t[c]).as_py() for t in tables.values() for c in t.column_names if c.endswith("timestamp")
+                and len(t))
+    return Manifest(
+        dataset=spec.name,
+        params=params,
+        rows=rows or {name: t.num_rows for name, t in {**tables, **snaps}.items()},
+        time_range=(pc.min(ts).as_py().isoformat(), pc.max(ts).as_py().isoformat()),
+        snapshot_range=snapshot_range(snaps),
+        materialize_range=(first.isoformat(), snapshot_range(snaps)[1]),
+        version=__version__,
+        spec=spec,
+        keys={"user": _kind(log, "user_id"), "item": _kind(log, "item_id")},
+    )
+
+
+def rebuild(data_dir: str | Path) -> dict:
+    """Recompute every table a prepared repo derives from its event log (behaviour and popularity snapshots,
+    users' recent items) and the manifest's ranges, so training, backfill and ``feast materialize`` see logged
+    feedback. Returns the events counted and the last one's time."""
+    import pyarrow.parquet as pq
+
+    data = Path(data_dir)
+    manifest = load_manifest(data)
+    spec = spec_of(manifest)
+    log = pq.read_table(event_log_dir(data))
+    items = pq.read_table(data / "items.parquet")
+    snaps = derived_tables(log, items, spec)
+    for name, table in snaps.items():
+        write_parquet_atomic(table, data / f"{name}.parquet")
+    users = pq.read_table(data / "users.parquet")
+    updated = _manifest(spec, manifest.params, {EVENT_LOG: log, "users": users, "items": items}, snaps,
+                        rows={**manifest.rows, EVENT_LOG: log.num_rows, **{k: t.num_rows for k, t in snaps.items()}})
+    updated = replace(updated, materialize_range=(min(manifest.materialize_range[0], updated.materialize_range[0]),
+                                                  updated.materialize_range[1]), keys=manifest.keys)
+    tmp = data / f".{MANIFEST}.tmp"
+    tmp.write_text(updated.to_json())
+    tmp.replace(data / MANIFEST)
+    return {"events": log.num_rows, "last_event": updated.time_range[1]}

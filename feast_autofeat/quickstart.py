@@ -7,40 +7,16 @@ Runs Feast's real CLI in the feature repo, exactly as a user would, then reads t
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from feast_autofeat.datasets.synthetic import SyntheticConfig
-from feast_autofeat.errors import AutofeatError, RepoError
+from feast_autofeat.errors import RepoError
 from feast_autofeat.prepare import prepare
+from feast_autofeat.repo import feast_executable, run_feast  # noqa: F401 - Feast's CLI, as a user runs it
 
 # a demo, not a benchmark: a few epochs each (early stopping would take a few minutes more on 2 cores)
 QUICK_EPOCHS = {"dae": 5, "gan": 5, "multvae": 20, "two_tower": 5}
-
-
-def feast_executable() -> str:
-    """The ``feast`` CLI of this environment (next to the running interpreter), else the one on PATH."""
-    here = Path(sys.executable).parent / "feast"
-    found = str(here) if here.exists() else shutil.which("feast")
-    if not found:
-        raise AutofeatError("the `feast` command was not found; install feast-autofeat (it depends on feast).")
-    return found
-
-
-def run_feast(repo: Path, *args: str, yaml: str | None = None, env: dict | None = None,
-              capture: bool = False) -> subprocess.CompletedProcess:
-    """Run Feast's own CLI in ``repo``; raise with Feast's output when it fails."""
-    cmd = [feast_executable()] + (["-f", yaml] if yaml else []) + list(args)
-    proc = subprocess.run(cmd, cwd=repo, env={**os.environ, **(env or {})}, text=True,
-                          capture_output=capture)
-    if proc.returncode != 0:
-        detail = f"\n{proc.stdout}\n{proc.stderr}" if capture else ""
-        raise AutofeatError(f"`{' '.join(cmd[1:])}` failed in {repo} (exit {proc.returncode}).{detail}")
-    return proc
 
 
 def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
@@ -92,7 +68,7 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     items = pd.read_parquet(result.data_dir / "items.parquet").set_index("item_id")
     label = [c for c in ("category", "brand", "title") if c in items.columns]
     for user in top[:3] + [10**9]:
-        r = rec.recommend(int(user), k=5)
+        r = rec.recommend(user, k=5)
         shown = ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)
                           for i in r.items)
         print(f"  user {user} [{r.source}, {r.history_items} known items]: {shown}")

@@ -42,6 +42,18 @@ class RedisServer:
         return self.proc.pid if self.proc is not None else None
 
     def start(self) -> None:
+        """Start and wait for PING. A first start whose port was taken meanwhile (another process bound the free
+        port between ``free_port`` and the server's bind) retries on a fresh port; a restart keeps its port."""
+        first = self.proc is None
+        for attempt in range(3):
+            try:
+                return self._start()
+            except AutofeatError:
+                if not first or attempt == 2 or self.proc.poll() is None:
+                    raise
+                self.port = free_port()
+
+    def _start(self) -> None:
         import redis
 
         self.proc = subprocess.Popen(

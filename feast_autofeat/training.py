@@ -1,36 +1,43 @@
-"""Training sets from the feature store, and ``feast-autofeat train MODEL``.
+"""``feast-autofeat train NAME`` and ``feast_autofeat.train(store, NAME)``: train a declared embedding (or the
+declared two-tower) from the store's own data, and save a hash-verified version.
 
-Only data a model could have seen at ``as_of`` is used:
+What a model learns from is exactly what its declaration names:
 
-- tabular encoders (DAE, GAN) train on users' feature vectors as of the moments they interacted, built with
-  ``store.get_historical_features`` (point-in-time) from entity rows at or before ``as_of``;
-- Mult-VAE trains on interaction histories read through Feast's offline store with ``end_date=as_of``.
+- tabular encoders (DAE, GAN; ``embedding_view`` / ``request_embedding_view``) train on the declared input
+  features of the declared entity, point in time through ``store.get_historical_features``. Training rows are an
+  entity dataframe (``entity_df``: the join key and ``event_timestamp``), by default the (key, time) pairs of the
+  input views' own source rows at or before ``as_of`` (a seeded sample of at most ``max_rows``);
+- Mult-VAE (``session_embedding_view``) trains on the positive events of the declared interaction log, read
+  through Feast's offline store up to ``as_of``;
+- the two-tower (``two_tower``) trains as ``recommend.train`` describes.
 
-Validation holds out whole users (a seeded hash of the user id), so early stopping never sees a training user.
+Every version records its feature refs, join key, key type and training window. Validation holds out whole
+entities (a seeded hash of the key), so early stopping never sees a training entity.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 
-from feast_autofeat.artifacts import load_version, model_root
-from feast_autofeat.datasets import get_spec, load_manifest
-from feast_autofeat.errors import AutofeatError
-from feast_autofeat.features.snapshots import WINDOWS
+from feast_autofeat.errors import AutofeatError, DataError
+from feast_autofeat.feast.offline import TS, parse_time, positive_mask, read_events, registered_view, source_rows
+from feast_autofeat.ids import kind_of_value_type
+from feast_autofeat.repo import Repo
+from feast_autofeat.splits import holdout_users  # noqa: F401 - re-exported for callers of the old location
 
-USER_VIEWS = ("user_profile", "user_behaviour")
-MODELS = ("dae", "multvae", "gan")
+MAX_ROWS = 50_000
+_TABULAR_TYPES = ("INT32", "INT64", "FLOAT", "DOUBLE", "BOOL", "STRING")
 
 
 @dataclass
 class TrainResult:
+    name: str
     model: str
     version: str
     path: Path
@@ -38,9 +45,10 @@ class TrainResult:
     rows: dict
     metrics: dict
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"trained {self.model} -> version {self.version} in {self.seconds:.1f}s",
+        lines = [f"trained {self.name} ({self.model}) -> version {self.version} in {self.seconds:.1f}s",
                  f"  saved to    {self.path}", f"  as of       {self.as_of} (no data after it was read)"]
         lines += [f"  {k:<11} {v:,}" if isinstance(v, int) else f"  {k:<11} {v}" for k, v in self.rows.items()]
         for k, v in self.metrics.items():
@@ -48,143 +56,288 @@ class TrainResult:
                 lines.append(f"  {k:<22} {v:.4f}")
             elif isinstance(v, int | str):
                 lines.append(f"  {k:<22} {v}")
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append(f"next: feast-autofeat deploy {self.name} --version {self.version}")
         return "\n".join(lines)
 
 
-def open_store(repo: str | Path, yaml: str | None = None):
-    from feast import FeatureStore
+def train(store_or_repo, name: str, *, yaml: str | None = None, as_of=None, entity_df=None,
+          max_rows: int | None = None, seed: int = 0, root=None, progress: bool = True,
+          events: pd.DataFrame | None = None, init_from: str | None = None, **overrides) -> TrainResult:
+    """Train the declaration ``name`` of the repo (a path, a ``Repo`` or a ``FeatureStore``) and save a version.
 
-    repo = Path(repo)
-    if not (repo / (yaml or "feature_store.yaml")).exists():
-        raise AutofeatError(f"{repo / (yaml or 'feature_store.yaml')} not found: pass --repo to a feature repo.")
-    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / yaml if yaml else None)
-    try:
-        store.get_feature_view("user_behaviour")
-    except Exception as exc:  # Feast raises its own FeatureViewNotFoundException
-        raise AutofeatError(f"feature view user_behaviour is not registered in {repo}: run `feast apply` there "
-                            "first.") from exc
-    return store
-
-
-def parse_as_of(value: str | datetime | None, repo: str | Path) -> datetime:
-    """``as_of`` as an aware UTC datetime; default: the last event of the prepared data."""
-    if value is None:
-        return datetime.fromisoformat(load_manifest(Path(repo) / "data").time_range[1])
-    ts = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+    ``as_of``: use data at or before this time (default: all); ``entity_df``: training rows for tabular encoders
+    (a frame or a parquet / CSV path with the join key and ``event_timestamp``); ``max_rows``: sample size of the
+    default rows (tabular encoders only); ``root``: the model root (default ``$AUTOFEAT_MODEL_ROOT`` or
+    ``<repo>/models``); ``overrides``: hyperparameters over the declaration's ``params``.
+    ``events`` (internal, evaluation): the interactions a history model or two-tower learns from, instead of the
+    whole log; ``init_from``: a previous version to warm-start from (when its inputs mean the same)."""
+    repo = Repo.of(store_or_repo, yaml)
+    decl = repo.declaration(name)
+    as_of = parse_time(as_of)
+    root = Path(root).resolve() if root else decl.root
+    if isinstance(entity_df, (str, Path)):
+        entity_df = Path(entity_df).resolve()
+    with repo.inside():  # relative source paths resolve against the repo, as under Feast's CLI
+        return _train(repo, decl, as_of, entity_df, max_rows, seed, root, progress, events, init_from, overrides)
 
 
-def interactions_until(store, as_of: datetime) -> pd.DataFrame:
-    """Every interaction at or before ``as_of``, read through Feast's offline store (DuckDB over parquet)."""
-    source = store.get_data_source("interactions")
-    columns = [c for c in ("event_type", "rating") if c in _source_columns(store, source)]
-    job = store._get_provider().offline_store.pull_all_from_table_or_query(
-        config=store.config, data_source=source, join_key_columns=["user_id", "item_id"],
-        feature_name_columns=columns, timestamp_field="event_timestamp", end_date=as_of)
-    df = job.to_df()
-    if df.empty:
-        raise AutofeatError(f"no interactions at or before {as_of.isoformat()}: pick a later --as-of.")
+def _train(repo: Repo, decl, as_of, entity_df, max_rows, seed, root, progress, events, init_from, overrides):
+    name = decl.name
+    if decl.kind == "two_tower":
+        for flag, value in (("entity_df", entity_df), ("max_rows", max_rows)):
+            if value is not None:
+                raise AutofeatError(f"--{flag.replace('_', '-')} does not apply to the two-tower {name} (it trains "
+                                    "on the positive events of its interaction log).")
+        from feast_autofeat.recommend.train import train_two_tower
+
+        return train_two_tower(repo, decl, as_of=as_of, root=root, seed=seed, progress=progress, events=events,
+                               **overrides)
+    if "gan_augment" in overrides:
+        raise AutofeatError(f"--gan-augment applies to a two-tower only, not to {name} ({decl.model}).")
+    t0 = time.perf_counter()
+    params = {**decl.params, **overrides}
+    dim = params.pop("dim", None) or getattr(decl, "dim", None)
+    if dim:  # the GAN's vector: its critic features plus the score
+        params["critic_hidden" if decl.model == "gan" else "dim"] = dim - 1 if decl.model == "gan" else dim
+    from feast_autofeat.artifacts import load_version
+
+    init = load_version(root, decl.model, init_from) if init_from else None  # hash-verified like any load
+    if decl.kind == "session":
+        for flag, value in (("entity_df", entity_df), ("max_rows", max_rows)):
+            if value is not None:
+                raise AutofeatError(f"--{flag.replace('_', '-')} does not apply to {name}: a history model trains "
+                                    "on the positive events of its interaction log.")
+        fitted, rows, extra, used = _fit_history(repo, decl, as_of, seed, progress, events, init, params)
+    else:
+        if decl.kind == "request" and decl.inputs is None:
+            raise AutofeatError(f"{name} declares no inputs to train on: add inputs=[...] to its "
+                                "request_embedding_view, or deploy a version of a stored embedding over the "
+                                "same features.")
+        fitted, rows, extra, used = _fit_tabular(repo, decl, as_of, entity_df if entity_df is not None else events,
+                                                 max_rows or MAX_ROWS, seed, progress, init, params)
+    extra.update({"declaration": name, "training_window": {"as_of": used.isoformat()}, "seed": seed,
+                  "feast_project": repo.store.project, "warm_start_from": init_from, "rows": rows})
+    art = fitted.save(root, extra=extra)
+    return TrainResult(name=name, model=decl.model, version=art.version, path=art.path, as_of=used.isoformat(),
+                       rows=rows, metrics=fitted.metrics_, seconds=time.perf_counter() - t0,
+                       notes=extra.get("notes", []))
+
+
+# ---- tabular encoders: inputs as declared, rows point in time
+@dataclass
+class TabularInputs:
+    """A declaration's inputs resolved against the registry: refs, the registered views, the join key."""
+
+    refs: list[str]
+    views: list
+    key: str
+    key_kind: str
+
+    @property
+    def columns(self) -> list[str]:
+        return [r.split(":", 1)[1] for r in self.refs]
+
+
+def resolve_inputs(store, decl) -> TabularInputs:
+    """The declared inputs as registered: every view and feature exists, holds one join key (the declared
+    entity's), features of a type the encoders take, and no feature name twice."""
+    from feast import FeatureService
+
+    if isinstance(decl.inputs, FeatureService):
+        try:
+            service = store.get_feature_service(decl.inputs.name)
+        except Exception:
+            raise AutofeatError(f"{decl.name}: feature service {decl.inputs.name} is not registered: run `feast "
+                                "apply` first.") from None
+        refs = [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+    else:
+        refs = list(decl.refs)
+    views, columns, unsupported = {}, {}, []
+    for ref in refs:
+        view_name_, feature = ref.split(":", 1)
+        if view_name_ not in views:
+            views[view_name_] = registered_view(store, view_name_, f"input view of {decl.name}:")
+        fv = views[view_name_]
+        fields = {f.name: f for f in fv.features}
+        if feature not in fields:
+            raise AutofeatError(f"{decl.name}: feature {ref} is not in the registered view {view_name_} (its "
+                                f"features: {', '.join(fields)}); fix the declaration or `feast apply`.")
+        vt = fields[feature].dtype.to_value_type().name
+        if vt not in _TABULAR_TYPES:
+            unsupported.append(f"{feature} ({vt})")
+        if feature in columns:
+            raise AutofeatError(f"{decl.name}: feature {feature!r} comes from views {columns[feature]} and "
+                                f"{view_name_}; select it from one of them only.")
+        columns[feature] = view_name_
+    if unsupported:
+        by_view: dict[str, list[str]] = {}
+        for ref in refs:
+            v, f = ref.split(":", 1)
+            if not any(u.startswith(f + " ") for u in unsupported):
+                by_view.setdefault(v, []).append(f)
+        fix = ", ".join(f"{v}[{f!r}]" for v, f in by_view.items())
+        raise AutofeatError(f"{decl.name}: {', '.join(unsupported)} cannot be encoded (numbers, booleans and "
+                            f"strings only). Select the features to encode, e.g. inputs=[{fix}].")
+    keys = {tuple(c.name for c in fv.entity_columns) for fv in views.values()}
+    if len(keys) != 1 or len(next(iter(keys))) != 1:
+        raise AutofeatError(f"{decl.name}: the input views are keyed by {sorted(keys)}; an embedding's inputs share "
+                            "one single-column join key.")
+    key = next(iter(keys))[0]
+    declared = getattr(decl, "key", None)
+    if declared is not None and declared != key:
+        raise AutofeatError(f"{decl.name}: the input views are keyed by {key}, the declared entity by {declared}.")
+    column = next(iter(views.values())).entity_columns[0]
+    return TabularInputs(refs, list(views.values()), key, kind_of_value_type(column.dtype.to_value_type()))
+
+
+def load_entity_df(value, key: str) -> pd.DataFrame:
+    """An entity dataframe (a frame, or a parquet / CSV path) with ``key`` and ``event_timestamp``, times in UTC."""
+    from feast_autofeat.tables import parse_timestamps, read_table
+
+    df = value if isinstance(value, pd.DataFrame) else read_table(value, "--entity-df", (key,))
+    missing = [c for c in (key, TS) if c not in df.columns]
+    if missing:
+        raise DataError(f"the entity dataframe lacks column(s) {missing}: it needs the join key {key} and "
+                        f"{TS}, one row per training example (it has {list(df.columns)[:10]}).")
+    df = df[[key, TS]].reset_index(drop=True)
+    if df[key].isna().any():
+        raise DataError(f"the entity dataframe has {int(df[key].isna().sum())} rows without a {key}.")
+    df[TS] = parse_timestamps(df[TS], f"the entity dataframe's {TS}")
     return df
 
 
-def _source_columns(store, source) -> set[str]:
-    return {name for name, _ in source.get_table_column_names_and_types(store.config)}
+def _cast_keys(df: pd.DataFrame, key: str, kind: str) -> pd.DataFrame:
+    from feast_autofeat.ids import IdError, id_array
+
+    try:
+        ids = id_array(df[key].to_numpy(), kind, what=key)
+    except IdError as exc:
+        if kind != "string" and df[key].dtype == object:  # CSV text: integers written as digits
+            ids = id_array(pd.to_numeric(df[key], errors="raise").to_numpy(), kind, what=key)
+        else:
+            raise DataError(f"the entity dataframe's {key}: {exc}") from None
+    return df.assign(**{key: ids})
 
 
-def holdout_users(user_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """Boolean mask: True for users in the validation share, from a seeded hash of the id (stable, no state)."""
-    mixed = np.asarray(user_ids, dtype=np.uint64) ^ np.uint64((seed * 0xD6E8FEB86659FD93) % 2**64)
-    h = (mixed * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)  # Fibonacci hashing: the high bits mix best
-    return (h % np.uint64(10_000)).astype(np.int64) < int(share * 10_000)
+def training_rows(store, inputs: TabularInputs, as_of: datetime | None, entity_df, max_rows: int,
+                  seed: int) -> tuple[pd.DataFrame, datetime]:
+    """The entity rows to train on (at most ``max_rows``, seeded) and the training window's end: the newest row
+    used (or ``as_of``)."""
+    key = inputs.key
+    if entity_df is not None:
+        rows = _cast_keys(load_entity_df(entity_df, key), key, inputs.key_kind)
+    else:
+        rows = source_rows(store, inputs.views, key, as_of)
+    if as_of is not None:
+        rows = rows[rows[TS] <= pd.Timestamp(as_of)]
+    if rows.empty:
+        raise DataError("no training rows" + (f" at or before {as_of.isoformat()}" if as_of else "")
+                        + ": pick a later --as-of, or pass --entity-df with rows of the input views' entities.")
+    rows = rows.sort_values([TS, key], kind="stable", ignore_index=True)
+    if len(rows) > max_rows:
+        rows = rows.sample(max_rows, random_state=seed).sort_values([TS, key], kind="stable", ignore_index=True)
+    end = as_of or pd.Timestamp(rows[TS].max()).to_pydatetime()
+    return rows, end
 
 
-def user_feature_refs(store) -> list[str]:
-    return [f"{v}:{f.name}" for v in USER_VIEWS for f in store.get_feature_view(v).features]
-
-
-def behaviour_fill(store) -> dict[str, float]:
-    """Documented imputation: a missing behaviour snapshot means no activity in the trailing window, so counts
-    are 0 and days-since-last-event is one more than the window; a missing mean rating becomes 0."""
-    fill = {}
-    for f in store.get_feature_view("user_behaviour").features:
-        fill[f.name] = float(max(WINDOWS) + 1) if f.name == "days_since_last_event" else 0.0
-    return fill
-
-
-def user_training_frame(store, as_of: datetime, max_rows: int, seed: int,
-                        events: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Users' profile + behaviour features as of the moments they interacted (point in time), at most
-    ``max_rows`` sampled rows; ``events`` restricts the moments (default: every interaction up to ``as_of``)."""
-    events = (interactions_until(store, as_of) if events is None else events)[["user_id", "event_timestamp"]]
-    events = events.sort_values(["event_timestamp", "user_id"], kind="stable", ignore_index=True)
-    if len(events) > max_rows:
-        events = events.sample(max_rows, random_state=seed)
-    frame = store.get_historical_features(entity_df=events, features=user_feature_refs(store)).to_df()
+def feature_frame(store, inputs: TabularInputs, rows: pd.DataFrame) -> pd.DataFrame:
+    """The input features of each row, point in time (``get_historical_features``), in the rows' order."""
+    entity = rows[[inputs.key, TS]].assign(_row=np.arange(len(rows)))
+    frame = store.get_historical_features(entity_df=entity, features=inputs.refs).to_df()
     # the offline join does not preserve row order; training must not depend on it (determinism by seed)
-    return frame.sort_values(["event_timestamp", "user_id"], kind="stable", ignore_index=True)
+    return frame.sort_values("_row", ignore_index=True).drop(columns="_row")
 
 
-def split_frame(df: pd.DataFrame, seed: int, share: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
-    valid = holdout_users(df["user_id"].to_numpy(), share, seed)
-    features = df.drop(columns=["user_id", "event_timestamp"])
+def fill_values(frame: pd.DataFrame, columns: list[str], declared: dict) -> tuple[dict, list[str]]:
+    """Imputation for the encoders' missing inputs: the declared ``fill`` (by feature name or ``view:feature``),
+    else the training median of a number; a missing category is its own value. Returns the fill and notes."""
+    by_name = {k.split(":", 1)[-1]: float(v) for k, v in declared.items()}
+    unknown = sorted(set(by_name) - set(columns))
+    if unknown:
+        raise AutofeatError(f"fill names feature(s) {unknown} that are not inputs ({', '.join(columns)}).")
+    fill, medians = {}, []
+    for c in columns:
+        s = frame[c]
+        if c in by_name:
+            fill[c] = by_name[c]
+        elif pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+            med = s.astype(np.float64).median()
+            fill[c] = float(med) if np.isfinite(med) else 0.0
+            if s.isna().any():
+                medians.append(c)
+        else:
+            fill[c] = 0.0  # categories: a missing value is the "unseen" slot
+    notes = [f"missing values of {', '.join(medians[:8])}{' ...' if len(medians) > 8 else ''} filled with "
+             "their training medians"] if medians else []
+    return fill, notes
+
+
+def split_frame(df: pd.DataFrame, key: str, seed: int, share: float = 0.1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation features: whole entities held out by a seeded hash of the key."""
+    valid = holdout_users(df[key].to_numpy(), share, seed)
+    features = df.drop(columns=[key, TS])
     return features[~valid].reset_index(drop=True), features[valid].reset_index(drop=True)
 
 
-def train(model: str, repo: str | Path, as_of=None, root=None, seed: int = 0, max_rows: int = 50_000,
-          progress: bool = True, yaml: str | None = None, events: pd.DataFrame | None = None,
-          init_from: str | None = None, **overrides) -> TrainResult:
-    """Build the training set for ``model`` from the store as of ``as_of``, fit, save a verified version.
+def training_frame(store_or_repo, name: str, *, yaml: str | None = None, as_of=None, entity_df=None,
+                   max_rows: int = MAX_ROWS, seed: int = 0) -> pd.DataFrame:
+    """The frame ``train`` fits a tabular embedding on: the join key, ``event_timestamp`` and the declared input
+    features of each training row, point in time."""
+    repo = Repo.of(store_or_repo, yaml)
+    decl = repo.declaration(name, ("embedding", "request"))
+    with repo.inside():
+        inputs = resolve_inputs(repo.store, decl)
+        rows, _ = training_rows(repo.store, inputs, parse_time(as_of), entity_df, max_rows, seed)
+        return feature_frame(repo.store, inputs, rows)
 
-    ``events`` (user_id, item_id, event_timestamp), e.g. an evaluation's history part, replaces "every
-    interaction up to ``as_of``" as what the model may learn from (Mult-VAE: taken as positives).
-    ``init_from``: a previous version to warm-start from (used when its inputs mean the same; the new
-    version's metrics say whether it was)."""
-    if model not in MODELS:
-        raise AutofeatError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}.")
-    t0 = time.perf_counter()
-    repo = Path(repo)
-    store = open_store(repo, yaml)
-    as_of = parse_as_of(as_of, repo)
-    root = model_root(root, default=repo / "models")
-    extra = {"training_window": {"as_of": as_of.isoformat()}, "seed": seed, "feast_project": store.project,
-             "dataset": load_manifest(repo / "data").dataset, "warm_start_from": init_from}
-    init = load_version(root, model, init_from) if init_from else None  # hash-verified like any load
-    if model == "multvae":
-        from feast_autofeat.evaluation import strong_generalization_split
-        from feast_autofeat.models.multvae import MultVAE
 
-        spec = get_spec(extra["dataset"])
-        if events is None:
-            ev = interactions_until(store, as_of)
-            pos = duckdb.sql(f"SELECT user_id, item_id FROM ev e WHERE {spec.positive}").df()
-        else:
-            ev = pos = events[["user_id", "item_id"]]
-        split = strong_generalization_split(pos.user_id.to_numpy(), pos.item_id.to_numpy(), heldout_share=0.1,
-                                            seed=seed)
-        fitted = MultVAE(seed=seed, **overrides)
-        fitted.init_ = init
-        fitted.fit(split.train, split.item_ids, valid=(split.valid_in, split.valid_out), progress=progress)
-        rows = {"events": len(ev), "positives": len(pos), **split.describe()}
+def _fit_tabular(repo: Repo, decl, as_of, entity_df, max_rows: int, seed: int, progress: bool, init, params):
+    store = repo.store
+    inputs = resolve_inputs(store, decl)
+    rows, used = training_rows(store, inputs, as_of, entity_df, max_rows, seed)
+    frame = feature_frame(store, inputs, rows)
+    train_df, valid_df = split_frame(frame, inputs.key, seed)
+    if valid_df.empty or train_df.empty:
+        raise DataError(f"the {len(frame):,} training rows hold too few entities ({frame[inputs.key].nunique()}) for "
+                        "a 10% validation hold-out; train on more rows.")
+    fill, notes = fill_values(frame, inputs.columns, decl.fill)
+    if decl.model == "dae":
+        from feast_autofeat.models.dae import DAE
+
+        fitted = DAE(seed=seed, fill=fill, **params)
     else:
-        frame = user_training_frame(store, as_of, max_rows, seed, events)
-        train_df, valid_df = split_frame(frame, seed)
-        if valid_df.empty or train_df.empty:
-            raise AutofeatError(f"the {len(frame):,} training rows hold too few users for a 10% validation "
-                                "hold-out; train on more events.")
-        extra["feature_refs"] = user_feature_refs(store)
-        fill = behaviour_fill(store)
-        if model == "dae":
-            from feast_autofeat.models.dae import DAE
+        from feast_autofeat.models.gan import TabularGAN
 
-            fitted = DAE(seed=seed, fill=fill, **overrides)
-        else:
-            from feast_autofeat.models.gan import TabularGAN
+        fitted = TabularGAN(seed=seed, fill=fill, **params)
+    fitted.init_ = init
+    fitted.fit(train_df, valid_df, progress=progress)
+    rows_info = {"train_rows": len(train_df), "valid_rows": len(valid_df), "features": train_df.shape[1]}
+    extra = {"feature_refs": inputs.refs, "join_key": inputs.key, "key_kind": inputs.key_kind, "notes": notes}
+    return fitted, rows_info, extra, used
 
-            fitted = TabularGAN(seed=seed, fill=fill, **overrides)
-        fitted.init_ = init
-        fitted.fit(train_df, valid_df, progress=progress)
-        rows = {"train_rows": len(train_df), "valid_rows": len(valid_df), "features": train_df.shape[1]}
-    extra["rows"] = rows
-    art = fitted.save(root, extra=extra)
-    return TrainResult(model=model, version=art.version, path=art.path, as_of=as_of.isoformat(), rows=rows,
-                       metrics=fitted.metrics_, seconds=time.perf_counter() - t0)
+
+# ---- history models: the declared interaction log's positives
+def _fit_history(repo: Repo, decl, as_of, seed: int, progress: bool, events, init, params):
+    from feast_autofeat.models.multvae import MultVAE
+    from feast_autofeat.splits import strong_generalization_split
+
+    inter = decl.interactions
+    if events is None:
+        ev = read_events(repo.store, inter, as_of)
+        pos = ev[positive_mask(ev, inter.positive)]
+    else:
+        ev = pos = events
+    if pos.empty:
+        raise DataError(f"{decl.name}: no positive interactions in {inter.name}"
+                        + (f" at or before {as_of.isoformat()}" if as_of else "") + f" (positive: {inter.positive}).")
+    used = as_of or (pd.Timestamp(ev[TS].max()).to_pydatetime() if TS in ev else datetime.now(timezone.utc))
+    split = strong_generalization_split(pos["user_id"].to_numpy(), pos["item_id"].to_numpy(), heldout_share=0.1,
+                                        seed=seed)
+    if split.valid_in.n_users == 0 or not len(split.item_ids):
+        raise DataError(f"{decl.name}: too few users with at least 5 positives to train and validate a Mult-VAE.")
+    fitted = MultVAE(seed=seed, **params)
+    fitted.init_ = init
+    fitted.fit(split.train, split.item_ids, valid=(split.valid_in, split.valid_out), progress=progress)
+    rows = {"events": len(ev), "positives": len(pos), **split.describe()}
+    return fitted, rows, {"interactions": inter.describe(), "item_kind": inter.item_kind()}, used

@@ -1,24 +1,31 @@
-"""feast-autofeat's feature repository: entities, sources, feature views and the recommender's service.
+"""feast-autofeat's bundled feature repository: one user of the public API, like any other Feast repo.
 
-Plain Feast. Column lists come from the prepared data's manifest (`feast-autofeat prepare`), so the same
-repo serves the synthetic quickstart data and MovieLens.
+Plain Feast for the entities, sources and views, plus feast-autofeat declarations for what to learn. Column lists,
+id types and what counts as a positive come from the prepared data's manifest (`feast-autofeat prepare`), so the
+same repo serves the synthetic quickstart data, MovieLens, and your own log.
 """
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast import Entity, FeatureService, FeatureView, FileSource, PushSource
 from feast.data_format import ParquetFormat
-from feast.types import Array, Int64
 
+from feast_autofeat import (
+    embedding_view,
+    history_view,
+    interactions,
+    request_embedding_view,
+    session_embedding_view,
+    two_tower,
+)
 from feast_autofeat.feast.definitions import repo_layout
-from feast_autofeat.feast.embeddings import embedding_view, request_embedding_view, session_embedding_view
-from feast_autofeat.features.snapshots import RECENT_FIELDS, SNAPSHOT_TTL
+from feast_autofeat.features.snapshots import SNAPSHOT_TTL
 
 layout = repo_layout(__file__)
 
 # ---- entities
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="A customer / viewer.")
-item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="A product / movie.")
+user = Entity(name="user", join_keys=["user_id"], value_type=layout.user_key_type, description="A customer / viewer.")
+item = Entity(name="item", join_keys=["item_id"], value_type=layout.item_key_type, description="A product / movie.")
 
 # ---- sources (parquet written by `feast-autofeat prepare`)
 interactions_source = FileSource(
@@ -42,27 +49,21 @@ item_popularity_source = FileSource(
     name="item_popularity_snapshots", path=layout.table("item_popularity"), timestamp_field="event_timestamp",
 )
 
-# ---- feature views
+# ---- feature views (a log without a users or items file has no profile columns: no profile view then)
 tags = {"dataset": layout.dataset, "owner": "feast-autofeat"}
 user_profile = FeatureView(
     name="user_profile", entities=[user], ttl=timedelta(0), schema=layout.user_profile,
     source=users_source, online=True, tags=tags, description="Static user attributes (demographics).",
-)
+) if layout.user_profile else None
 item_profile = FeatureView(
     name="item_profile", entities=[item], ttl=timedelta(0), schema=layout.item_profile,
     source=items_source, online=True, tags=tags, description="Static item attributes.",
-)
+) if layout.item_profile else None
 user_behaviour = FeatureView(
     name="user_behaviour", entities=[user], ttl=SNAPSHOT_TTL, schema=layout.user_behaviour,
     source=user_behaviour_source, online=True, tags=tags,
     description="Trailing 7/30-day counts per event type and category, distinct items, recency. "
     "Missing = no activity in the last 30 days.",
-)
-user_recent_items = FeatureView(
-    name="user_recent_items", entities=[user], ttl=timedelta(0), online=True, tags=tags,
-    schema=[Field(name=name, dtype=Array(Int64)) for name, _ in RECENT_FIELDS], source=user_recent_items_push,
-    description="The user's latest positive items (newest first, with their epoch-microsecond times): serving's "
-    "history for the session embedding; and the latest items of any event: never recommended again.",
 )
 item_popularity = FeatureView(
     name="item_popularity", entities=[item], ttl=SNAPSHOT_TTL, schema=layout.item_popularity,
@@ -70,39 +71,41 @@ item_popularity = FeatureView(
     description="Trailing 7/30-day counts per event type, distinct users, recency. Missing = no activity.",
 )
 
-# ---- learned embeddings: one view per version deployed in embeddings.json (`feast-autofeat deploy`), plus a
-# feature service named after the embedding that serves its live version (`feast-autofeat promote / rollback`)
-user_inputs = [user_profile, user_behaviour]
-learned = [
-    embedding_view("user_dae", entity=user, model="dae", inputs=user_inputs, dim=64, repo=__file__,
-                   data_dir=layout.data_dir, tags=tags,
-                   description="Denoising-autoencoder bottleneck of the user's profile and behaviour."),
-    embedding_view("user_gan_critic", entity=user, model="gan", inputs=user_inputs, dim=65, repo=__file__,
-                   data_dir=layout.data_dir, tags=tags,
-                   description="GAN critic features (64) and realism score (last) of the user's features."),
-    session_embedding_view("session_multvae", model="multvae", repo=__file__,
-                           description="Mult-VAE fold-in of the request's recent_items."),
-    request_embedding_view("request_dae", model="dae", repo=__file__,
-                           description="DAE embedding of raw features sent with the request."),
-    embedding_view("item_two_tower", entity=item, model="two_tower", inputs=[item_profile], dim=64, repo=__file__,
-                   data_dir=layout.data_dir, tags=tags,
-                   description="The two-tower recommender's candidate vectors (its item index is built from them)."),
-]
-for declaration in learned:
-    globals().update(declaration.feast_objects())
-
-# ---- what a recommender's training set reads (entity_df: user_id, item_id, event_timestamp)
-# the two-tower's query side: what is known about a user at request time (the session embedding reads the
-# request's recent_items); learned views appear once deployed and live
-two_tower_query = FeatureService(
-    name="two_tower_query",
-    features=[user_profile, user_behaviour,
-              *[d.live_view for d in learned
-                if d.name in ("user_dae", "user_gan_critic", "session_multvae") and d.live_view is not None]],
-    description="Point-in-time query features of the two-tower recommender (user_id, recent_items).",
+# ---- what to learn from: the interaction log, and the users' lists that serving and feedback keep fresh
+events = interactions(
+    interactions_source, user=user, item=item, positive=layout.positive, event_type="event_type",
+    rating=layout.rating, event_types=layout.event_types, rating_range=layout.rating_range,
 )
+user_recent_items = history_view("user_recent_items", interactions=events, source=user_recent_items_push, tags=tags)
+
+# ---- learned embeddings: one view per version deployed in embeddings.json (`feast-autofeat train NAME`, then
+# `deploy`), plus a feature service named after the embedding that serves its live version (`promote / rollback`)
+user_inputs = [v for v in (user_profile, user_behaviour) if v is not None]
+behaviour_fill = layout.behaviour_fill  # missing snapshot = no activity (documented in features/snapshots.py)
+user_dae = embedding_view(
+    "user_dae", entity=user, model="dae", inputs=user_inputs, dim=64, fill=behaviour_fill, tags=tags,
+    description="Denoising-autoencoder bottleneck of the user's profile and behaviour.")
+user_gan_critic = embedding_view(
+    "user_gan_critic", entity=user, model="gan", inputs=user_inputs, dim=65, fill=behaviour_fill, tags=tags,
+    description="GAN critic features (64) and realism score (last) of the user's features.")
+session_multvae = session_embedding_view(
+    "session_multvae", interactions=events, description="Mult-VAE fold-in of the request's recent_items.")
+request_dae = request_embedding_view(
+    "request_dae", model="dae", inputs=user_inputs, fill=behaviour_fill,
+    description="DAE embedding of raw features sent with the request.")
+
+# ---- the recommender: query tower over the user's views and learned embeddings, candidate tower over the item
+# views and the Mult-VAE's item vectors; its candidate vectors are the stored view item_two_tower__<version>
+item_two_tower = two_tower(
+    "item_two_tower", interactions=events,
+    query=[*user_inputs, user_dae, user_gan_critic, session_multvae],
+    items=[v for v in (item_profile,) if v is not None] + [session_multvae],
+    history=user_recent_items, fill={f"user_behaviour:{k}": v for k, v in behaviour_fill.items()},
+    description="The two-tower recommender's candidate vectors (its item index is built from them).",
+)
+
 recommender_features = FeatureService(
     name="recommender_features",
-    features=[user_profile, user_behaviour, item_profile, item_popularity],
+    features=[*user_inputs, *(v for v in (item_profile,) if v is not None), item_popularity],
     description="Point-in-time user and item features for training and serving a recommender.",
 )

@@ -178,7 +178,11 @@ def rec_redis(tmp_path_factory):
 @pytest.fixture(scope="session")
 def rec_repo(ml_repo, tmp_path_factory, rec_redis):
     """ML-100K with small encoders and a two-tower deployed live, everything materialized into Redis.
-    Returns (repo, two-tower version). Tests that push feedback use users the others do not read."""
+    Returns (repo, two-tower version). Tests that push feedback use users the others do not read.
+
+    The two-tower keeps every learned group (no gate): serving then reads every kind of learned feature online
+    (stored DAE and GAN views, the on-demand session embedding), the most demanding path. The gate itself is
+    tested on its own (test_recommender.py)."""
     from feast_autofeat.quickstart import run_feast
     from feast_autofeat.recommend.pipeline import build_recommender
 
@@ -186,7 +190,7 @@ def rec_repo(ml_repo, tmp_path_factory, rec_redis):
     shutil.copytree(ml_repo / "data", repo / "data")
     os.environ["REDIS_CONNECTION_STRING"] = rec_redis.url
     run_feast(repo, "apply", yaml=REDIS_YAML, capture=True)
-    versions = build_recommender(repo, yaml=REDIS_YAML, end=NOW,
+    versions = build_recommender(repo, yaml=REDIS_YAML, end=NOW, gate=False,
                                  epochs={"dae": 2, "gan": 2, "multvae": 3, "two_tower": 3})
     return repo, versions["item_two_tower"]
 

@@ -8,11 +8,17 @@ SPECS: dict[str, DatasetSpec] = {movielens.SPEC.name: movielens.SPEC, synthetic.
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The spec of a dataset by name, or a ``DataError`` listing the known names."""
+    """The spec of a built-in dataset by name, or a ``DataError`` listing the known names."""
     try:
         return SPECS[name]
     except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(SPECS))}.") from None
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(SPECS))}, or bring your own "
+                        "log (`feast-autofeat prepare --interactions FILE --columns ...`).") from None
 
 
-__all__ = ["SPECS", "DatasetSpec", "Manifest", "get_spec", "load_manifest"]
+def spec_of(manifest: Manifest) -> DatasetSpec:
+    """The spec a prepared repo's tables were derived with: the manifest's own, else the built-in one."""
+    return manifest.spec if manifest.spec is not None else get_spec(manifest.dataset)
+
+
+__all__ = ["SPECS", "DatasetSpec", "Manifest", "get_spec", "load_manifest", "spec_of"]

@@ -69,6 +69,24 @@ class DatasetSpec:
     event_types: tuple[str, ...] = ()  # the values ``event_type`` may take (feedback is checked against them)
     rating_range: tuple[float, float] | None = None  # inclusive bounds of ``rating_column``
 
+    def to_dict(self) -> dict:
+        """The spec as JSON-ready data (a prepared repo's manifest holds it, so a log's own spec survives)."""
+        return {"name": self.name, "signals": [list(p) for p in self.signals],
+                "categories": [list(p) for p in self.categories],
+                "user_profile": [list(p) for p in self.user_profile],
+                "item_profile": [list(p) for p in self.item_profile],
+                "rating_column": self.rating_column, "positive": self.positive, "description": self.description,
+                "event_types": list(self.event_types),
+                "rating_range": list(self.rating_range) if self.rating_range is not None else None}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> DatasetSpec:
+        pairs = {k: tuple(tuple(p) for p in raw[k]) for k in ("signals", "categories", "user_profile", "item_profile")}
+        return cls(name=raw["name"], **pairs, rating_column=raw.get("rating_column"),
+                   positive=raw.get("positive", "true"), description=raw.get("description", ""),
+                   event_types=tuple(raw.get("event_types") or ()),
+                   rating_range=tuple(raw["rating_range"]) if raw.get("rating_range") else None)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -79,6 +97,16 @@ class Manifest:
     snapshot_range: tuple[str, str]
     materialize_range: tuple[str, str]  # earliest timestamp of any table .. last snapshot
     version: str
+    spec: DatasetSpec | None = None  # how the tables' features were derived (None: a built-in dataset's spec)
+    keys: dict | None = None  # {"user": kind, "item": kind}: int64 or string ids
+
+    @property
+    def user_kind(self) -> str:
+        return (self.keys or {}).get("user", "int64")
+
+    @property
+    def item_kind(self) -> str:
+        return (self.keys or {}).get("item", "int64")
 
     def materialize_window(self) -> tuple[str, str]:
         """START and END for ``feast materialize`` that cover every row of the prepared tables."""
@@ -96,6 +124,8 @@ class Manifest:
                 "snapshot_range": list(self.snapshot_range),
                 "materialize_range": list(self.materialize_range),
                 "feast_autofeat_version": self.version,
+                "spec": self.spec.to_dict() if self.spec is not None else None,
+                "keys": self.keys,
             },
             indent=2,
         )
@@ -108,7 +138,8 @@ def load_manifest(data_dir: str | os.PathLike) -> Manifest:
         raise RepoError(
             f"{path} not found: this feature repo has no prepared data yet. Run "
             f"`feast-autofeat prepare --dataset synthetic --repo {Path(data_dir).parent}` "
-            "(or --dataset movielens-100k --data-dir DIR) first."
+            "(or --dataset movielens-100k --data-dir DIR, or --interactions FILE --columns ... for your own log) "
+            "first."
         )
     try:
         raw = json.loads(path.read_text())
@@ -120,6 +151,8 @@ def load_manifest(data_dir: str | os.PathLike) -> Manifest:
             snapshot_range=tuple(raw["snapshot_range"]),
             materialize_range=tuple(raw["materialize_range"]),
             version=raw["feast_autofeat_version"],
+            spec=DatasetSpec.from_dict(raw["spec"]) if raw.get("spec") else None,
+            keys=raw.get("keys"),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise RepoError(f"{path} is not a valid manifest ({exc}); re-run `feast-autofeat prepare`.") from exc

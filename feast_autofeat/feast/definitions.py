@@ -1,7 +1,9 @@
-"""Helpers for a feature repo's definitions: schemas of the prepared tables as Feast ``Field`` lists.
+"""Helpers for a prepared feature repo's definitions: what ``feast-autofeat prepare`` wrote, read from
+``data/manifest.json``.
 
-The feature repo (``feature_repo/features.py``) declares its entities, sources and views in plain Feast;
-these helpers only say which columns the prepared dataset has, read from ``data/manifest.json``.
+The feature repo (``feature_repo/features.py``) declares its entities, sources and views in plain Feast; these
+helpers say which columns the prepared tables have, the ids' types, what counts as a positive event, and the
+documented imputation of the behaviour snapshots.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from pathlib import Path
 
 from feast import Field
 from feast.types import Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
+from feast.value_type import ValueType
 
-from feast_autofeat.datasets import get_spec, load_manifest
+from feast_autofeat.datasets import load_manifest, spec_of
 from feast_autofeat.datasets.base import event_log_dir
-from feast_autofeat.features.snapshots import item_popularity_fields, user_behaviour_fields
+from feast_autofeat.feast.embeddings import DATA_DIR_ENV
+from feast_autofeat.features.snapshots import WINDOWS, item_popularity_fields, user_behaviour_fields
 
 _TYPES = {"Int64": Int64, "Int32": Int32, "Float64": Float64, "Float32": Float32, "String": String,
           "Bool": Bool, "UnixTimestamp": UnixTimestamp}
-DATA_DIR_ENV = "AUTOFEAT_DATA_DIR"
+_VALUE_TYPES = {"int64": ValueType.INT64, "int32": ValueType.INT32, "string": ValueType.STRING}
 
 
 def fields(pairs) -> list[Field]:
@@ -29,7 +33,7 @@ def fields(pairs) -> list[Field]:
 
 @dataclass(frozen=True)
 class RepoLayout:
-    """Paths and schemas of a prepared feature repo's tables."""
+    """Paths, schemas and semantics of a prepared feature repo's tables."""
 
     data_dir: Path
     dataset: str
@@ -37,6 +41,12 @@ class RepoLayout:
     item_profile: list[Field]
     user_behaviour: list[Field]
     item_popularity: list[Field]
+    user_key_type: ValueType
+    item_key_type: ValueType
+    positive: str  # SQL predicate over an event (alias ``e``): a positive interaction
+    event_types: tuple[str, ...]
+    rating: str | None  # the rating column, if the log has one
+    rating_range: tuple[float, float] | None
 
     def table(self, name: str) -> str:
         """Absolute path of a prepared table. Absolute because Feast's DuckDB store resolves relative
@@ -47,13 +57,21 @@ class RepoLayout:
         """Absolute path of the event log's directory (read it with ``file_format=ParquetFormat()``)."""
         return str(event_log_dir(self.data_dir))
 
+    @property
+    def behaviour_fill(self) -> dict[str, float]:
+        """Documented imputation of the behaviour snapshots: a missing snapshot means no activity in the trailing
+        window, so counts are 0 and days-since-last-event is one more than the window; a missing mean rating
+        becomes 0."""
+        return {f.name: float(max(WINDOWS) + 1) if f.name == "days_since_last_event" else 0.0
+                for f in self.user_behaviour}
+
 
 def repo_layout(repo_file: str | os.PathLike) -> RepoLayout:
     """Layout of the repo holding ``repo_file`` (pass ``__file__``); data in ``<repo>/data`` unless the
     ``AUTOFEAT_DATA_DIR`` environment variable points elsewhere."""
     data_dir = Path(os.environ.get(DATA_DIR_ENV) or Path(repo_file).resolve().parent / "data").resolve()
     manifest = load_manifest(data_dir)
-    spec = get_spec(manifest.dataset)
+    spec = spec_of(manifest)
     return RepoLayout(
         data_dir=data_dir,
         dataset=manifest.dataset,
@@ -61,4 +79,10 @@ def repo_layout(repo_file: str | os.PathLike) -> RepoLayout:
         item_profile=fields(spec.item_profile),
         user_behaviour=fields(user_behaviour_fields(spec)),
         item_popularity=fields(item_popularity_fields(spec)),
+        user_key_type=_VALUE_TYPES[manifest.user_kind],
+        item_key_type=_VALUE_TYPES[manifest.item_kind],
+        positive=spec.positive,
+        event_types=spec.event_types,
+        rating=spec.rating_column,
+        rating_range=spec.rating_range,
     )

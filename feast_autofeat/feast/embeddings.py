@@ -1,151 +1,99 @@
 """Learned embeddings declared as ordinary Feast objects, one feature view per model version.
 
-A feature repo declares an embedding once, e.g.::
+A feature repo declares an embedding once, in any of its Python files::
 
-    user_dae = embedding_view("user_dae", entity=user, model="dae", inputs=[user_profile, user_behaviour],
-                              dim=64, repo=__file__)
-    globals().update(user_dae.feast_objects())
+    from feast_autofeat import embedding_view
 
-Which versions exist is the repo's ``embeddings.json`` (written by ``feast-autofeat deploy / promote /
-rollback``; commit it like a lock file). For every deployed version the declaration yields
+    user_dae = embedding_view("user_dae", entity=user, model="dae", inputs=[user_profile, user_behaviour])
+
+The declaration is the one source of truth: ``feast-autofeat train user_dae`` trains that model on exactly those
+inputs (point in time, through ``get_historical_features``), records the feature refs, join key and key type in
+the version, and ``deploy`` / ``promote`` / ``rollback`` move versions in ``embeddings.json``
+(``feast.deployments``). For every deployed version the declaration adds to the module that declares it
 
 * a ``FeatureView`` named ``<name>__<version>`` with features ``embedding`` (``Array(Float32)``, with
   ``vector_length``) and ``model_version``, tagged with the model and its version hash, whose source is that
   version's point-in-time snapshots (parquet, one file per snapshot time), and
 * for the live version, a ``FeatureService`` named ``<name>`` that projects it as ``<name>``, so serving code
-  asks for ``store.get_feature_service("user_dae")`` and a cut-over is one registry change.
+  asks for ``store.get_feature_service("user_dae")`` and a cut-over is one registry change,
 
-Versions never share a view, so no vector of one version is ever served under another's name. The
-declaration checks each version against the model's saved JSON when ``feast apply`` imports the repo: a
-missing or tampered version, a different dimension or different inputs fail there with a message.
+so ``feast apply`` registers them with no further line in the repo. Versions never share a view, so no vector
+of one version is ever served under another's name. Each version is checked against its model's saved JSON
+when ``feast apply`` imports the repo: a missing or tampered version, a different dimension, other inputs or
+another key type fail there with a message. A declaration with no deployed version warns
+(``NotDeployedWarning``) with the commands to run; so does a stored embedding under a batch engine that is not
+``AutofeatEngine`` (``EngineWarning``, with the YAML to add).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import tempfile
-from dataclasses import dataclass, field
+import warnings
 from datetime import timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import FeatureService, FeatureView, Field, FileSource, OnDemandFeatureView, RequestSource
 from feast.data_format import ParquetFormat
-from feast.types import Array, Float32, Float64, Int64, String
+from feast.types import Array, Float32, Float64, Int32, Int64, String
+from feast.value_type import ValueType
 
 from feast_autofeat.artifacts import load_version, model_root
-from feast_autofeat.errors import AutofeatError
-from feast_autofeat.feast.runtime import model_dim
+from feast_autofeat.feast.deployments import (  # noqa: F401 - the public names of deployments
+    LOCK_FILE,
+    Deployment,
+    DeploymentError,
+    Deployments,
+    view_name,
+)
+from feast_autofeat.ids import kind_of_value_type
 
-LOCK_FILE = "embeddings.json"
 KIND_TAG, MODEL_TAG, VERSION_TAG, ROOT_TAG, VIEW_TAG = (
     "autofeat.kind", "autofeat.model", "autofeat.version", "autofeat.model_root", "autofeat.view")
+KEY_KIND_TAG = "autofeat.key_kind"
 SNAPSHOT_PREFIX = "at="
 SNAPSHOT_TS_FORMAT = "%Y%m%dT%H%M%S%f"
+ENGINE_TYPE = "feast_autofeat.feast.engine.AutofeatEngine"
+ENGINE_YAML = f"batch_engine:\n  type: {ENGINE_TYPE}"
+TABULAR_MODELS = ("dae", "gan")  # encoders of feature rows
+HISTORY_MODELS = ("multvae",)  # encoders of item-id histories
+KEY_ARROW = {"int64": pa.int64(), "int32": pa.int32(), "string": pa.string()}
+KEY_FEAST = {"int64": Int64, "int32": Int32, "string": String}
+DATA_DIR_ENV = "AUTOFEAT_DATA_DIR"
 
 
-class DeploymentError(AutofeatError):
-    """An embedding declaration disagrees with its model, or a deploy / promote / rollback is invalid."""
+class NotDeployedWarning(UserWarning):
+    """A declared embedding has no deployed version, so ``feast apply`` registers nothing for it."""
 
 
-# ---- the lock file: which versions of each embedding are deployed, which one is live
-@dataclass
-class Deployment:
-    model: str
-    versions: list[str] = field(default_factory=list)
-    live: str | None = None
-    previous: list[str] = field(default_factory=list)  # earlier live versions, newest last (for rollback)
+class EngineWarning(UserWarning):
+    """A stored embedding is declared in a repo whose batch engine is not ``AutofeatEngine``."""
 
 
-class Deployments:
-    """``<repo>/embeddings.json``, rewritten atomically on every change."""
-
-    def __init__(self, repo: str | os.PathLike):
-        self.path = Path(repo) / LOCK_FILE
-        raw = json.loads(self.path.read_text()) if self.path.exists() else {}
-        try:
-            self.entries = {name: Deployment(**entry) for name, entry in raw.items()}
-        except TypeError as exc:
-            raise DeploymentError(f"{self.path} is malformed ({exc}); restore it from version control.") from None
-
-    def get(self, name: str) -> Deployment | None:
-        return self.entries.get(name)
-
-    def save(self) -> None:
-        text = json.dumps({k: vars(v) for k, v in sorted(self.entries.items())}, indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".embeddings-", dir=self.path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self.path)
-
-    def deploy(self, name: str, model: str, version: str, live: bool = False) -> Deployment:
-        entry = self.entries.setdefault(name, Deployment(model=model))
-        if entry.model != model:
-            raise DeploymentError(f"{name} is an embedding of model {entry.model}, not {model}.")
-        if version not in entry.versions:
-            entry.versions.append(version)
-        if live or entry.live is None:
-            self._set_live(entry, version)
-        return entry
-
-    def promote(self, name: str, version: str) -> Deployment:
-        entry = self._entry(name)
-        matches = [v for v in entry.versions if v.startswith(version)]
-        if len(matches) != 1:
-            raise DeploymentError(f"{name} has {'no' if not matches else 'several'} deployed version(s) matching "
-                                  f"{version!r}; deployed: {', '.join(entry.versions) or 'none'}. Deploy it first "
-                                  "(`feast-autofeat deploy`).")
-        self._set_live(entry, matches[0])
-        return entry
-
-    def rollback(self, name: str) -> Deployment:
-        entry = self._entry(name)
-        candidates = [v for v in entry.previous if v in entry.versions]
-        if not candidates:
-            raise DeploymentError(f"{name} has no earlier live version to roll back to.")
-        target = candidates[-1]
-        entry.previous = [v for v in entry.previous if v != target]
-        entry.live = target
-        return entry
-
-    def _set_live(self, entry: Deployment, version: str) -> None:
-        if entry.live and entry.live != version:
-            entry.previous = [v for v in entry.previous if v != entry.live] + [entry.live]
-        entry.live = version
-
-    def _entry(self, name: str) -> Deployment:
-        if name not in self.entries:
-            raise DeploymentError(f"no embedding named {name!r} is deployed in {self.path.parent} "
-                                  f"(known: {', '.join(self.entries) or 'none'}).")
-        return self.entries[name]
-
-
-def view_name(name: str, version: str) -> str:
-    return f"{name}__{version}"
-
-
-def _repo_dir(repo) -> Path:
-    path = Path(repo).resolve()
-    return path.parent if path.is_file() or path.suffix == ".py" else path
+def model_dim(model: str, config: dict) -> int:
+    """Output size of a saved model version, from its JSON: the GAN's critic features plus its score."""
+    arch = config.get("architecture", {})
+    return int(arch["critic_hidden"]) + 1 if model == "gan" else int(arch["dim"])
 
 
 # ---- offline snapshots: <data>/embeddings/<name>/<version>/at=<time>.parquet
-def snapshot_schema(key: str, dim: int) -> pa.Schema:
-    return pa.schema([(key, pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC")),
+def snapshot_schema(key: str, key_kind: str = "int64") -> pa.Schema:
+    return pa.schema([(key, KEY_ARROW[key_kind]), ("event_timestamp", pa.timestamp("us", tz="UTC")),
                       ("embedding", pa.list_(pa.float32())), ("model_version", pa.string())])
 
 
-def ensure_snapshot_dir(directory: Path, key: str, dim: int) -> None:
+def ensure_snapshot_dir(directory: Path, key: str, key_kind: str = "int64") -> None:
     """Create a version's snapshot directory with an empty seed file, so its source is readable before the
-    first snapshot (DuckDB cannot read an empty directory)."""
+    first snapshot (DuckDB cannot read an empty directory) and Feast infers the key's type from it."""
     seed = directory / f"{SNAPSHOT_PREFIX}0.parquet"
     if seed.exists():
         return
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(snapshot_schema(key, dim).empty_table(), seed)
+    write_atomic(snapshot_schema(key, key_kind).empty_table(), seed)
 
 
 def write_atomic(table: pa.Table, target: Path) -> None:
@@ -162,91 +110,311 @@ def write_atomic(table: pa.Table, target: Path) -> None:
         raise
 
 
-# ---- declarations
-@dataclass
-class EmbeddingDeclaration:
-    """What ``embedding_view`` / ``session_embedding_view`` return: the Feast objects of every deployed version."""
+# ---- where a declaration lives
+def find_repo_dir(start: Path) -> Path:
+    """The feature repo holding ``start`` (a file or directory): the nearest directory upwards with a
+    ``feature_store.yaml`` or an ``embeddings.json``, else ``start``'s own directory."""
+    start = start.resolve()
+    here = start if start.is_dir() else start.parent
+    for d in (here, *here.parents):
+        if (d / "feature_store.yaml").is_file() or (d / LOCK_FILE).is_file():
+            return d
+    return here
 
-    name: str
-    views: dict[str, FeatureView | OnDemandFeatureView]  # version -> view
-    live: FeatureService | None
+
+def _caller_module(depth: int) -> dict:
+    """The globals of the module ``depth`` frames up (the repo file calling a declaration function)."""
+    return sys._getframe(depth + 1).f_globals
+
+
+def _repo_dir(repo, caller: dict) -> Path:
+    if repo is not None:
+        return find_repo_dir(Path(repo))
+    file = caller.get("__file__")
+    return find_repo_dir(Path(file) if file else Path.cwd())
+
+
+def entity_kind(entity, sources, repo_dir: Path) -> str:
+    """The key kind of ``entity``: its declared ``value_type``, else the join key's type in the first readable
+    parquet source among ``sources`` (as Feast infers it at apply)."""
+    vt = getattr(entity, "value_type", None)
+    if vt not in (None, ValueType.UNKNOWN):
+        return kind_of_value_type(vt)
+    key = entity.join_key
+    for src in sources:
+        path = getattr(src, "path", None)
+        if not path or "://" in str(path):
+            continue
+        p = Path(path) if Path(path).is_absolute() else repo_dir / path
+        files = sorted(p.glob("*.parquet")) if p.is_dir() else [p]
+        for f in files:
+            if not f.is_file():
+                continue
+            schema = pq.read_schema(f)
+            if key in schema.names:
+                t = schema.field(key).type
+                if pa.types.is_int64(t):
+                    return "int64"
+                if pa.types.is_int32(t):
+                    return "int32"
+                if pa.types.is_string(t) or pa.types.is_large_string(t):
+                    return "string"
+                raise DeploymentError(f"join key {key} of entity {entity.name} has type {t} in {f}: use int64, "
+                                      "int32 or string keys.")
+    raise DeploymentError(f"entity {entity.name} declares no value_type and its type cannot be read from the "
+                          "sources: declare Entity(..., value_type=ValueType.INT64) (or INT32 or STRING).")
+
+
+def _single_key(entity, what: str) -> str:
+    """The entity's join key (Feast 0.67 entities have exactly one; a composite key is a multi-entity view)."""
+    key = getattr(entity, "join_key", None)
+    if not key:
+        raise DeploymentError(f"{what}: {entity!r} is not a Feast Entity with a join key.")
+    return key
+
+
+def input_refs(inputs) -> list[str]:
+    """``view:feature`` of every feature a list of feature views (or projections, ``view[["a", "b"]]``, or a
+    ``FeatureService``) selects."""
+    if isinstance(inputs, FeatureService):
+        projections = inputs.feature_view_projections
+        return [f"{p.name_to_use()}:{f.name}" for p in projections for f in p.features]
+    refs = []
+    for view in inputs:
+        proj = view.projection
+        refs += [f"{proj.name_to_use()}:{f.name}" for f in (proj.features or view.features)]
+    return refs
+
+
+def _input_views(inputs) -> list:
+    if isinstance(inputs, FeatureService):
+        return []  # resolved against the registry at training time
+    return list(inputs)
+
+
+def _check_inputs(name: str, entity, inputs) -> None:
+    """Each input view is keyed by ``entity`` alone (multi-entity views are refused here, at ``feast apply``)."""
+    for view in _input_views(inputs):
+        if not isinstance(view, FeatureView):
+            raise DeploymentError(f"{name}: inputs must be feature views (or projections of them) or one "
+                                  f"FeatureService, got {type(view).__name__}.")
+        if list(view.entities) != [entity.name]:
+            raise DeploymentError(f"{name}: input view {view.name} is keyed by {list(view.entities)}, not by "
+                                  f"entity {entity.name} alone; multi-entity views cannot feed an embedding of "
+                                  f"{entity.name}.")
+
+
+def _engine_type(config) -> str:
+    raw = getattr(config, "batch_engine_config", None)
+    if isinstance(raw, dict):
+        return str(raw.get("type", ""))
+    return str(raw or "local")
+
+
+def _active_repo_config():
+    """The ``RepoConfig`` of the ``feast apply`` importing this repo, when there is one on the call stack."""
+    from feast.repo_config import RepoConfig
+
+    frame = sys._getframe(1)
+    for _ in range(60):
+        if frame is None:
+            return None
+        for value in frame.f_locals.values():
+            if isinstance(value, RepoConfig):
+                return value
+        frame = frame.f_back
+    return None
+
+
+# ---- declarations
+class Declaration:
+    """What the declaration functions return: a learned embedding (or recommender) of the repo, with the Feast
+    objects of its deployed versions. Subclasses say how a version becomes a view."""
+
+    kind: ClassVar[str] = ""
+    models: ClassVar[tuple[str, ...]] = ()
+    stored: ClassVar[bool] = False  # materialized (offline snapshots + online) rather than on demand
+
+    def __init__(self, name: str, model: str, *, repo, root, description: str, params: dict | None,
+                 tags: dict | None, depth: int):
+        if model not in self.models:
+            raise DeploymentError(f"{name}: model {model!r} cannot back a {self.kind} declaration; use one of "
+                                  f"{', '.join(self.models)}.")
+        caller = _caller_module(depth + 1)
+        self.name, self.model, self.description = name, model, description
+        self.params = dict(params or {})
+        self.tags = dict(tags or {})
+        self.repo_dir = _repo_dir(repo, caller)
+        self.root = model_root(root, default=self.repo_dir / "models").resolve()
+        self.views: dict = {}
+        self.live: FeatureService | None = None
+        self._caller = caller
+
+    # subclasses call this at the end of __init__, once their own fields are set
+    def _finish(self, depth: int) -> None:
+        entry = Deployments(self.repo_dir).get(self.name)
+        if entry is not None and entry.model != self.model:
+            raise DeploymentError(f"{self.name} is declared with model {self.model}, but {LOCK_FILE} deploys "
+                                  f"model {entry.model}; fix one of them.")
+        for version in entry.versions if entry else []:
+            config = load_version(self.root, self.model, version).config  # verifies the content hash
+            self.check_version(version, config)
+            self.views[version] = self.build_view(version, config)
+        live = entry.live if entry else None
+        if live is not None:
+            self.live = FeatureService(name=self.name, features=[self.views[live].with_name(self.name)],
+                                       description=f"Live version of {self.name} ({live}). {self.description}"
+                                       .strip(), tags={VIEW_TAG: self.name, VERSION_TAG: live})
+        self._register(depth + 1)
+
+    def _register(self, depth: int) -> None:
+        """Add the Feast objects (and this declaration) to the declaring module, where ``feast apply`` finds
+        them; warn when nothing is deployed or the repo's batch engine will not compute stored views."""
+        self._caller.update(self.feast_objects())
+        self._caller[f"_autofeat_decl_{self.name}"] = self
+        del self._caller
+        rel = self.repo_dir
+        if not self.views:
+            warnings.warn(f"{self.name} ({self.model}) has no deployed version, so `feast apply` registers no view "
+                          f"for it. Train and deploy one: `feast-autofeat train {self.name} --repo {rel}`, then "
+                          f"`feast-autofeat deploy {self.name} --repo {rel}`.", NotDeployedWarning,
+                          stacklevel=depth + 2)
+        elif self.stored:
+            config = _active_repo_config()
+            if config is not None and not _engine_type(config).endswith("AutofeatEngine"):
+                warnings.warn(f"{self.name} is a stored embedding, but this store's batch engine is "
+                              f"{_engine_type(config)!r}: `feast materialize` would not compute it. Add to the "
+                              f"store's YAML:\n{ENGINE_YAML}", EngineWarning, stacklevel=depth + 2)
+
+    def check_version(self, version: str, config: dict) -> None:
+        """Raise a ``DeploymentError`` when a saved version does not fit this declaration."""
+
+    def build_view(self, version: str, config: dict):
+        raise NotImplementedError
+
+    @property
+    def versions(self) -> list[str]:
+        return list(self.views)
+
+    @property
+    def live_version(self) -> str | None:
+        return self.live.tags[VERSION_TAG] if self.live is not None else None
 
     @property
     def live_view(self):
         """The live version projected under the embedding's own name (for a FeatureService), or None."""
-        return self.views[self.live.tags[VERSION_TAG]].with_name(self.name) if self.live is not None else None
+        return self.views[self.live_version].with_name(self.name) if self.live is not None else None
 
     def feast_objects(self) -> dict:
-        """Module globals for Feast to discover (``globals().update(decl.feast_objects())``)."""
+        """Module globals for Feast to discover (added to the declaring module automatically)."""
         objects = {f"_autofeat_{v.name}": v for v in self.views.values()}
         if self.live is not None:
             objects[f"_autofeat_{self.name}_live"] = self.live
         return objects
 
+    def _base_tags(self, version: str) -> dict:
+        return {**self.tags, KIND_TAG: self.kind, VIEW_TAG: self.name, MODEL_TAG: self.model,
+                VERSION_TAG: version, ROOT_TAG: str(self.root)}
 
-def _live_service(name: str, views: dict, live: str | None, description: str) -> FeatureService | None:
-    if live is None or live not in views:
-        return None
-    return FeatureService(name=name, features=[views[live].with_name(name)],
-                          description=f"Live version of {name} ({live}). {description}".strip(),
-                          tags={VIEW_TAG: name, VERSION_TAG: live})
-
-
-def _check_refs(name: str, version: str, refs: list[str], inputs: list[FeatureView]) -> None:
-    declared = {f"{v.name}:{f.name}" for v in inputs for f in v.features}
-    missing = [r for r in refs if r not in declared]
-    extra_views = {v.name for v in inputs} - {r.split(":", 1)[0] for r in refs}
-    if missing or extra_views:
-        raise DeploymentError(
-            f"embedding view {name}: model version {version} was trained on {len(refs)} features from "
-            f"{sorted({r.split(':', 1)[0] for r in refs})}, but the declaration's inputs "
-            f"{[v.name for v in inputs]} " + (f"lack {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-                                              if missing else f"add views {sorted(extra_views)}")
-            + ". Declare the inputs the model was trained on, or deploy a version trained on these.")
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, model={self.model!r}, versions={self.versions})"
 
 
-def embedding_view(name: str, *, entity, model: str, inputs: list[FeatureView], dim: int, repo,
-                   data_dir: str | os.PathLike | None = None, root: str | os.PathLike | None = None,
-                   ttl: timedelta = timedelta(0), description: str = "", tags: dict | None = None,
-                   ) -> EmbeddingDeclaration:
-    """A materialized embedding of ``entity`` computed by ``model`` from the features of ``inputs``.
+class EmbeddingView(Declaration):
+    """A stored embedding of ``entity`` computed from the features of ``inputs`` (see ``embedding_view``)."""
 
-    ``repo``: the feature repo (pass ``__file__``); ``data_dir``: where snapshots live (default
-    ``<repo>/data``); ``root``: the model root (default ``$AUTOFEAT_MODEL_ROOT`` or ``<repo>/models``);
-    ``ttl``: how old a snapshot a training row may use (0: no limit).
-    """
-    repo_dir = _repo_dir(repo)
-    root = model_root(root, default=repo_dir / "models").resolve()
-    data_dir = Path(data_dir or os.environ.get("AUTOFEAT_DATA_DIR") or repo_dir / "data").resolve()
-    entry = Deployments(repo_dir).get(name)
-    if entry is not None and entry.model != model:
-        raise DeploymentError(f"embedding view {name} is declared with model {model}, but {LOCK_FILE} deploys "
-                              f"model {entry.model}; fix one of them.")
-    views = {}
-    key = entity.join_key
-    for version in entry.versions if entry else []:
-        config = load_version(root, model, version).config  # verifies the content hash
-        out_dim = model_dim(model, config)
-        if out_dim != dim:
-            raise DeploymentError(f"embedding view {name}: model {model}/{version} outputs {out_dim}-d vectors, "
-                                  f"the declaration says dim={dim}. Declare dim={out_dim} or deploy a version "
-                                  f"with {dim} dimensions.")
-        _check_refs(name, version, config.get("feature_refs") or [], inputs)
-        directory = data_dir / "embeddings" / name / version
-        ensure_snapshot_dir(directory, key, dim)
-        views[version] = FeatureView(
-            name=view_name(name, version), entities=[entity], ttl=ttl, online=True,
+    kind = "embedding"
+    models = TABULAR_MODELS
+    stored = True
+
+    def __init__(self, name: str, *, entity, model: str, inputs, dim: int | None = None, repo=None,
+                 data_dir=None, root=None, ttl: timedelta = timedelta(0), fill: dict | None = None,
+                 params: dict | None = None, description: str = "", tags: dict | None = None, depth: int = 1,
+                 finish: bool = True):
+        super().__init__(name, model, repo=repo, root=root, description=description, params=params, tags=tags,
+                         depth=depth + 1)
+        self.entity, self.inputs, self.dim, self.ttl = entity, inputs, dim, ttl
+        self.fill = dict(fill or {})
+        self.key = _single_key(entity, name)
+        _check_inputs(name, entity, inputs)
+        self.data_dir = Path(data_dir or os.environ.get(DATA_DIR_ENV) or self.repo_dir / "data").resolve()
+        if finish:
+            self._finish(depth + 1)
+
+    @property
+    def refs(self) -> list[str]:
+        """The declared input features, ``view:feature``."""
+        return input_refs(self.inputs)
+
+    def key_kind(self) -> str:
+        return entity_kind(self.entity, [v.batch_source for v in _input_views(self.inputs)], self.repo_dir)
+
+    def check_version(self, version: str, config: dict) -> None:
+        out_dim = model_dim(self.model, config)
+        if self.dim is not None and out_dim != self.dim:
+            raise DeploymentError(f"embedding view {self.name}: model {self.model}/{version} outputs {out_dim}-d "
+                                  f"vectors, the declaration says dim={self.dim}. Declare dim={out_dim} or deploy a "
+                                  f"version with {self.dim} dimensions.")
+        check_refs(self.name, version, config.get("feature_refs") or [], self.refs,
+                   isinstance(self.inputs, FeatureService))
+        key = config.get("join_key")
+        if key is not None and key != self.key:
+            raise DeploymentError(f"{self.name}: version {version} was trained for join key {key}, the declaration's "
+                                  f"entity {self.entity.name} has {self.key}; deploy a version trained for it.")
+
+    def build_view(self, version: str, config: dict) -> FeatureView:
+        kind = config.get("key_kind") or self.key_kind()
+        dim = model_dim(self.model, config)
+        directory = self.data_dir / "embeddings" / self.name / version
+        ensure_snapshot_dir(directory, self.key, kind)
+        inputs = sorted({r.split(":", 1)[0] for r in config.get("feature_refs") or []})
+        return FeatureView(
+            name=view_name(self.name, version), entities=[self.entity], ttl=self.ttl, online=True,
             schema=[Field(name="embedding", dtype=Array(Float32), vector_length=dim),
                     Field(name="model_version", dtype=String)],
-            source=FileSource(name=f"{view_name(name, version)}_snapshots", path=str(directory),
+            source=FileSource(name=f"{view_name(self.name, version)}_snapshots", path=str(directory),
                               file_format=ParquetFormat(), timestamp_field="event_timestamp"),
-            description=f"{model} embedding of {entity.name}, model version {version}. {description}".strip(),
-            tags={**(tags or {}), KIND_TAG: "embedding", VIEW_TAG: name, MODEL_TAG: model, VERSION_TAG: version,
-                  ROOT_TAG: str(root), "autofeat.dim": str(dim),
-                  "autofeat.inputs": ",".join(v.name for v in inputs)},
-        )
-    return EmbeddingDeclaration(name, views, _live_service(name, views, entry.live if entry else None,
-                                                           description))
+            description=f"{self.model} embedding of {self.entity.name}, model version {version}. "
+                        f"{self.description}".strip(),
+            tags={**self._base_tags(version), KEY_KIND_TAG: kind, "autofeat.dim": str(dim),
+                  "autofeat.inputs": ",".join(inputs)})
+
+
+def check_refs(name: str, version: str, refs: list[str], declared: list[str], service: bool = False) -> None:
+    """A version's recorded ``feature_refs`` equal the declaration's inputs (as sets)."""
+    if service:  # a FeatureService's features are known once it is registered: checked at training
+        return
+    missing = sorted(set(declared) - set(refs))
+    extra = sorted(set(refs) - set(declared))
+    if missing or extra:
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (" ..." if len(items) > 5 else "")
+
+        raise DeploymentError(
+            f"embedding {name}: model version {version} was trained on {len(refs)} features, the declaration's "
+            f"inputs select {len(declared)}: " + "; ".join(
+                part for part in (f"the version lacks {few(missing)}" if missing else "",
+                                  f"the declaration lacks {few(extra)}" if extra else "") if part)
+            + f". Declare the inputs the model was trained on, or train a version on these (`feast-autofeat "
+            f"train {name}`).")
+
+
+def embedding_view(name: str, *, entity, model: str, inputs, dim: int | None = None, repo=None, data_dir=None,
+                   root=None, ttl: timedelta = timedelta(0), fill: dict | None = None, params: dict | None = None,
+                   description: str = "", tags: dict | None = None) -> EmbeddingView:
+    """Declare a stored embedding of ``entity`` computed by ``model`` (``"dae"``: denoising-autoencoder
+    bottleneck; ``"gan"``: tabular GAN critic features and realism score) from the features of ``inputs``
+    (feature views keyed by ``entity``, projections such as ``view[["a", "b"]]``, or a ``FeatureService``).
+
+    ``dim``: the embedding size (trained with it, checked on deploy; default: the model's own); ``fill``:
+    documented values for missing inputs, {feature: value} (default: the training median; a missing category
+    is its own value); ``params``: the model's other hyperparameters (``epochs``, ``hidden``, ...);
+    ``ttl``: how old a snapshot a training row may use (0: no limit); ``repo``: the feature repo (default: the
+    one holding the declaring file); ``data_dir``: where snapshots live (default ``$AUTOFEAT_DATA_DIR`` or
+    ``<repo>/data``); ``root``: the model root (default ``$AUTOFEAT_MODEL_ROOT`` or ``<repo>/models``).
+    """
+    return EmbeddingView(name, entity=entity, model=model, inputs=inputs, dim=dim, repo=repo, data_dir=data_dir,
+                         root=root, ttl=ttl, fill=fill, params=params, description=description, tags=tags, depth=1)
 
 
 _SESSION_UDF = '''def {fn}(inputs):
@@ -270,52 +438,102 @@ def _udf(template: str, **literals):
     return namespace[literals["fn"]], source
 
 
-def session_embedding_view(name: str, *, model: str = "multvae", repo, field: str = "recent_items",
-                           root: str | os.PathLike | None = None, description: str = "") -> EmbeddingDeclaration:
-    """An on-demand view that folds a request's recent item ids (``field``: list of Int64) into a Mult-VAE.
+class SessionEmbedding(Declaration):
+    """An on-demand embedding of a request's recent item ids (see ``session_embedding_view``)."""
 
-    Outputs ``<name>`` (the vector) and ``<name>_known_items`` (how many of the ids the model knows; 0 means
-    the vector is the model's empty-history vector). Non-integer ids are an error.
+    kind = "session"
+    models = HISTORY_MODELS
+
+    def __init__(self, name: str, *, interactions, model: str = "multvae", field: str = "recent_items",
+                 dim: int | None = None, repo=None, root=None, params: dict | None = None, description: str = "",
+                 depth: int = 1):
+        super().__init__(name, model, repo=repo, root=root, description=description, params=params, tags=None,
+                         depth=depth + 1)
+        from feast_autofeat.feast.interactions import Interactions
+
+        if not isinstance(interactions, Interactions):
+            raise DeploymentError(f"{name}: interactions must be declared with feast_autofeat.interactions(...), "
+                                  f"got {type(interactions).__name__}.")
+        self.interactions, self.field, self.dim = interactions, field, dim
+        self._finish(depth + 1)
+
+    def check_version(self, version: str, config: dict) -> None:
+        if self.dim is not None and model_dim(self.model, config) != self.dim:
+            raise DeploymentError(f"{self.name}: version {version} outputs {model_dim(self.model, config)}-d "
+                                  f"vectors, the declaration says dim={self.dim}.")
+
+    def build_view(self, version: str, config: dict) -> OnDemandFeatureView:
+        dim = model_dim(self.model, config)
+        item_kind = config.get("item_kind") or self.interactions.item_kind()
+        udf, source = _udf(_SESSION_UDF, fn=f"{self.name}_{version}", field=self.field, root=str(self.root),
+                           model=self.model, version=version, output=self.name)
+        request = RequestSource(name=f"{view_name(self.name, version)}_request",
+                                schema=[Field(name=self.field, dtype=Array(KEY_FEAST[item_kind]))])
+        return OnDemandFeatureView(
+            name=view_name(self.name, version), sources=[request], mode="python", udf=udf, udf_string=source,
+            schema=[Field(name=self.name, dtype=Array(Float32), vector_length=dim),
+                    Field(name=f"{self.name}_known_items", dtype=Int64)],
+            description=f"Session embedding from {self.model}/{version}. {self.description}".strip(),
+            tags=self._base_tags(version))
+
+
+def session_embedding_view(name: str, *, interactions, model: str = "multvae", field: str = "recent_items",
+                           dim: int | None = None, repo=None, root=None, params: dict | None = None,
+                           description: str = "") -> SessionEmbedding:
+    """Declare an on-demand embedding that folds a request's recent item ids (request field ``field``, a list of
+    item ids) into a Mult-VAE trained on the positive events of ``interactions``
+    (``feast_autofeat.interactions(...)``).
+
+    Outputs ``<name>`` (the vector) and ``<name>_known_items`` (how many of the ids the model knows; 0 means the
+    vector is the model's empty-history vector). Ids of the wrong type are an error.
     """
-    repo_dir = _repo_dir(repo)
-    root = model_root(root, default=repo_dir / "models").resolve()
-    entry = Deployments(repo_dir).get(name)
-    views = {}
-    for version in entry.versions if entry else []:
-        dim = model_dim(model, load_version(root, model, version).config)
-        udf, source = _udf(_SESSION_UDF, fn=f"{name}_{version}", field=field, root=str(root), model=model,
-                           version=version, output=name)
-        request = RequestSource(name=f"{view_name(name, version)}_request", schema=[Field(name=field,
-                                                                                           dtype=Array(Int64))])
-        views[version] = OnDemandFeatureView(
-            name=view_name(name, version), sources=[request], mode="python", udf=udf, udf_string=source,
-            schema=[Field(name=name, dtype=Array(Float32), vector_length=dim),
-                    Field(name=f"{name}_known_items", dtype=Int64)],
-            description=f"Session embedding from {model}/{version}. {description}".strip(),
-            tags={KIND_TAG: "session", VIEW_TAG: name, MODEL_TAG: model, VERSION_TAG: version, ROOT_TAG: str(root)})
-    return EmbeddingDeclaration(name, views, _live_service(name, views, entry.live if entry else None,
-                                                           description))
+    return SessionEmbedding(name, interactions=interactions, model=model, field=field, dim=dim, repo=repo,
+                            root=root, params=params, description=description, depth=1)
 
 
-def request_embedding_view(name: str, *, model: str = "dae", repo, root: str | os.PathLike | None = None,
-                           description: str = "") -> EmbeddingDeclaration:
-    """An on-demand view that encodes raw feature values sent with the request (the model's input columns:
-    numbers as Float64, categories as String) with a DAE or GAN critic. Output: ``<name>``."""
-    repo_dir = _repo_dir(repo)
-    root = model_root(root, default=repo_dir / "models").resolve()
-    entry = Deployments(repo_dir).get(name)
-    views = {}
-    for version in entry.versions if entry else []:
-        config = load_version(root, model, version).config
+class RequestEmbedding(Declaration):
+    """An on-demand embedding of raw features sent with the request (see ``request_embedding_view``)."""
+
+    kind = "request"
+    models = TABULAR_MODELS
+
+    def __init__(self, name: str, *, model: str = "dae", inputs=None, repo=None, root=None,
+                 fill: dict | None = None, params: dict | None = None, description: str = "", depth: int = 1):
+        super().__init__(name, model, repo=repo, root=root, description=description, params=params, tags=None,
+                         depth=depth + 1)
+        self.inputs, self.fill = inputs, dict(fill or {})
+        self._finish(depth + 1)
+
+    @property
+    def refs(self) -> list[str]:
+        return input_refs(self.inputs) if self.inputs is not None else []
+
+    def check_version(self, version: str, config: dict) -> None:
+        if self.inputs is not None:
+            check_refs(self.name, version, config.get("feature_refs") or [], self.refs,
+                       isinstance(self.inputs, FeatureService))
+
+    def build_view(self, version: str, config: dict) -> OnDemandFeatureView:
         dtypes = config.get("input_schema") or {}
         schema = [Field(name=c, dtype=String if t == "categorical" else Float64) for c, t in dtypes.items()]
-        udf, source = _udf(_FEATURES_UDF, fn=f"{name}_{version}", root=str(root), model=model, version=version,
-                           output=name)
-        request = RequestSource(name=f"{view_name(name, version)}_request", schema=schema)
-        views[version] = OnDemandFeatureView(
-            name=view_name(name, version), sources=[request], mode="python", udf=udf, udf_string=source,
-            schema=[Field(name=name, dtype=Array(Float32), vector_length=model_dim(model, config))],
-            description=f"Request-time {model} embedding, version {version}. {description}".strip(),
-            tags={KIND_TAG: "request", VIEW_TAG: name, MODEL_TAG: model, VERSION_TAG: version, ROOT_TAG: str(root)})
-    return EmbeddingDeclaration(name, views, _live_service(name, views, entry.live if entry else None,
-                                                           description))
+        udf, source = _udf(_FEATURES_UDF, fn=f"{self.name}_{version}", root=str(self.root), model=self.model,
+                           version=version, output=self.name)
+        request = RequestSource(name=f"{view_name(self.name, version)}_request", schema=schema)
+        return OnDemandFeatureView(
+            name=view_name(self.name, version), sources=[request], mode="python", udf=udf, udf_string=source,
+            schema=[Field(name=self.name, dtype=Array(Float32), vector_length=model_dim(self.model, config))],
+            description=f"Request-time {self.model} embedding, version {version}. {self.description}".strip(),
+            tags=self._base_tags(version))
+
+
+def request_embedding_view(name: str, *, model: str = "dae", inputs=None, repo=None, root=None,
+                           fill: dict | None = None, params: dict | None = None,
+                           description: str = "") -> RequestEmbedding:
+    """Declare an on-demand embedding that encodes raw feature values sent with the request (the model's input
+    columns: numbers as Float64, categories as String) with a DAE or GAN critic. Output: ``<name>``.
+
+    ``inputs`` (feature views, as in ``embedding_view``): what ``feast-autofeat train <name>`` trains on; a
+    version of a stored embedding over the same inputs can be deployed here too (one model, stored and at
+    request time)."""
+    return RequestEmbedding(name, model=model, inputs=inputs, repo=repo, root=root, fill=fill, params=params,
+                            description=description, depth=1)

@@ -2,9 +2,10 @@
 
 Feast serializes every cell as its own protobuf (`ValueProto`) and every row's key as its own
 `EntityKeyProto`; that per-cell work is what makes its materialization slow. For the shapes we write (one
-Int64 join key, a fixed-length float vector, a constant string and timestamp per batch) every row has the
-same byte layout, so we ask Feast's own serializers for the layout once, check it, and then fill whole numpy
-blocks. The bytes are identical to Feast's (tests compare them), so unmodified Feast readers decode them.
+Int64, Int32 or String join key, a fixed-length float vector, a constant string and timestamp per batch) every
+row of one key length has the same byte layout, so we ask Feast's own serializers for the layout once, check
+it, and then fill whole numpy blocks. The bytes are identical to Feast's (tests compare them), so unmodified
+Feast readers decode them.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import struct
 from datetime import datetime
 
 import numpy as np
-from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.key_encoding_utils import serialize_entity_key, serialize_entity_key_prefix
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import FloatList, Int64List
+from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, StringList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from feast_autofeat.errors import AutofeatError
@@ -28,31 +30,68 @@ def _layout_error(what: str) -> AutofeatError:
                          "install a supported feast version.")
 
 
-class Int64KeyCodec:
-    """Serialized entity keys (Feast's v3 format) for a single Int64 join key: a constant prefix, then the
-    id as 8 little-endian bytes."""
+class KeyCodec:
+    """Serialized entity keys (Feast's v3 format) for one join key of kind ``int64``, ``int32`` or ``string``: the
+    join key's constant head, then the value's type, its length and its bytes (8 little-endian bytes for Int64, 4
+    for Int32, UTF-8 for a string). Checked against Feast's own serializer for each kind at construction.
 
-    def __init__(self, join_key: str, version: int = 3):
-        self.join_key, self.version = join_key, version
-        probe = self._feast(0x0102030405060708)
-        self.prefix = probe[:-8]
-        if probe[-8:] != struct.pack("<q", 0x0102030405060708) or self._feast(-7) != self.prefix + struct.pack(
-                "<q", -7):
-            raise _layout_error("entity key")
-        self.width = len(probe)
+    ``groups(ids)`` returns the keys as uint8 matrices, one per key length (integer keys: one group), so writers
+    fill whole blocks of rows at once."""
 
-    def _feast(self, value: int) -> bytes:
-        proto = EntityKeyProto(join_keys=[self.join_key], entity_values=[ValueProto(int64_val=value)])
+    _TYPES = {"int64": (ValueType.INT64, "<i8", "int64_val"), "int32": (ValueType.INT32, "<i4", "int32_val"),
+              "string": (ValueType.STRING, None, "string_val")}
+
+    def __init__(self, join_key: str, kind: str = "int64", version: int = 3):
+        if kind not in self._TYPES:
+            raise AutofeatError(f"join key {join_key}: key kind {kind!r} is not one of int64, int32, string.")
+        self.join_key, self.kind, self.version = join_key, kind, version
+        self.vtype, self.dtype, self.attr = self._TYPES[kind]
+        self.head = serialize_entity_key_prefix([join_key], version)
+        probes = ([0x01020304, -7] if kind != "string" else ["a", "\u00e9t\u00e9-42", ""])
+        for value in probes:
+            if self._feast(value) != self.head + self._value(value):
+                raise _layout_error("entity key")
+        self.width = len(self.head) + 8 + (8 if kind == "int64" else 4)  # of integer keys (strings vary)
+
+    def _feast(self, value) -> bytes:
+        proto = EntityKeyProto(join_keys=[self.join_key], entity_values=[ValueProto(**{self.attr: value})])
         return serialize_entity_key(proto, entity_key_serialization_version=self.version)
 
-    def fill(self, out: np.ndarray, ids: np.ndarray) -> None:
-        """Write the keys of ``ids`` into ``out`` (n x ``width`` uint8)."""
-        out[:, :len(self.prefix)] = np.frombuffer(self.prefix, np.uint8)
-        out[:, len(self.prefix):] = np.ascontiguousarray(ids, dtype="<i8").view(np.uint8).reshape(-1, 8)
+    def _value(self, value) -> bytes:
+        data = value.encode("utf-8") if self.kind == "string" else np.array([value], self.dtype).tobytes()
+        return struct.pack("<II", self.vtype.value, len(data)) + data
 
-    def encode(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty((len(ids), self.width), np.uint8)
-        self.fill(out, ids)
+    def groups(self, ids: np.ndarray) -> list[tuple[np.ndarray | None, np.ndarray]]:
+        """[(rows of ``ids`` in the group, or None for all; their keys as an n x width uint8 matrix)]."""
+        head = np.frombuffer(self.head, np.uint8)
+        if self.kind != "string":
+            size = 8 if self.kind == "int64" else 4
+            values = np.ascontiguousarray(ids, dtype=self.dtype).view(np.uint8).reshape(-1, size)
+            return [(None, self._matrix(head, size, values))]
+        encoded = np.char.encode(np.asarray(ids, dtype=str), "utf-8")
+        lengths = np.char.str_len(encoded)
+        raw = encoded.view(np.uint8).reshape(len(encoded), -1) if len(encoded) else np.zeros((0, 0), np.uint8)
+        out = []
+        for n in np.unique(lengths):
+            rows = np.flatnonzero(lengths == n)
+            out.append((rows, self._matrix(head, int(n), raw[rows, :n])))
+        return out
+
+    def _matrix(self, head: np.ndarray, size: int, values: np.ndarray) -> np.ndarray:
+        tail = np.frombuffer(struct.pack("<II", self.vtype.value, size), np.uint8)
+        out = np.empty((len(values), len(head) + 8 + size), np.uint8)
+        out[:, :len(head)] = head
+        out[:, len(head):len(head) + 8] = tail
+        out[:, len(head) + 8:] = values
+        return out
+
+    def encode(self, ids: np.ndarray) -> list[bytes]:
+        """Each id's serialized key, in order."""
+        out: list = [b""] * len(ids)
+        for rows, keys in self.groups(ids):
+            positions = range(len(ids)) if rows is None else rows.tolist()
+            for r, k in zip(positions, keys):
+                out[r] = k.tobytes()
         return out
 
 
@@ -129,3 +168,25 @@ class Int64ListCodec:
         if lengths.sum() != len(values) or (lengths < 0).any():
             raise _layout_error("integer list value")
         return values, lengths
+
+
+class StringListCodec:
+    """Serialized ``ValueProto(string_list_val=...)`` cells (Feast's ``Array(String)``), the string-id twin of
+    ``Int64ListCodec`` (same flat form: concatenated values and each cell's length; a missing cell is empty).
+    Cells are parsed one by one: the lists are a batch of feedback users', not a table."""
+
+    def encode(self, flat: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+        values, bounds = np.asarray(flat).tolist(), np.r_[0, np.cumsum(lengths)].tolist()
+        return [ValueProto(string_list_val=StringList(val=values[a:b])).SerializeToString()
+                for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def decode(self, cells: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+        lists = [list(ValueProto.FromString(c).string_list_val.val) if c else [] for c in cells]
+        flat = [v for cell in lists for v in cell]
+        return (np.array(flat, dtype=str) if flat else np.zeros(0, "<U1")), np.array([len(c) for c in lists],
+                                                                                      np.int64)
+
+
+def list_codec(kind: str):
+    """The list codec of item ids of ``kind`` (integer ids are stored as Int64 lists)."""
+    return StringListCodec() if kind == "string" else Int64ListCodec()

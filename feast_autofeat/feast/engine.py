@@ -44,6 +44,8 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.feast.embeddings import (
+    KEY_ARROW,
+    KEY_KIND_TAG,
     KIND_TAG,
     MODEL_TAG,
     ROOT_TAG,
@@ -54,8 +56,16 @@ from feast_autofeat.feast.embeddings import (
     ensure_snapshot_dir,
     snapshot_schema,
 )
-from feast_autofeat.feast.runtime import FeatureEncoder, batch_vectors, encode_batch, load_encoder, vectors_array
+from feast_autofeat.feast.runtime import (
+    CandidateEncoder,
+    FeatureEncoder,
+    batch_vectors,
+    encode_batch,
+    load_encoder,
+    vectors_array,
+)
 from feast_autofeat.feast.writer import vector_writer
+from feast_autofeat.ids import kind_of_value_type
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +110,30 @@ class EmbeddingSpec:
     root: str
     key: str
     snapshots: Path
+    key_kind: str = "int64"
 
     @classmethod
     def from_view(cls, fv, registry, project: str, model_root: str | None = None) -> EmbeddingSpec:
         tags = fv.tags
         entity = registry.get_entity(fv.entities[0], project)
+        kind = tags.get(KEY_KIND_TAG)
+        if kind is None:
+            column = next((c for c in fv.entity_columns if c.name == entity.join_key), None)
+            kind = kind_of_value_type(column.dtype.to_value_type()) if column is not None else "int64"
         return cls(view=fv, name=tags[VIEW_TAG], model=tags[MODEL_TAG], version=tags[VERSION_TAG],
-                   root=model_root or tags[ROOT_TAG], key=entity.join_key, snapshots=Path(fv.batch_source.path))
+                   root=model_root or tags[ROOT_TAG], key=entity.join_key, snapshots=Path(fv.batch_source.path),
+                   key_kind=kind)
+
+    @property
+    def key_type(self) -> pa.DataType:
+        return KEY_ARROW[self.key_kind]
+
+
+STORED_KINDS = ("embedding", "two_tower")  # declaration kinds whose views the engine computes
 
 
 def is_embedding_view(fv) -> bool:
-    return (getattr(fv, "tags", None) or {}).get(KIND_TAG) == "embedding"
+    return (getattr(fv, "tags", None) or {}).get(KIND_TAG) in STORED_KINDS
 
 
 def _duckdb_reader(offline):
@@ -148,6 +171,9 @@ class EmbeddingComputer:
 
     def first_seen(self, end: datetime) -> pd.DataFrame:
         """Each entity's first input row time (up to ``end``), for backfills."""
+        if not self.inputs and isinstance(self.encoder, CandidateEncoder):  # no item views: the whole catalogue
+            return pd.DataFrame({self.spec.key: self.encoder.catalogue(),
+                                 "first_seen": pd.Timestamp("1970-01-01", tz="UTC")})
         frames = []
         for view in self.inputs:
             src = view.batch_source
@@ -210,7 +236,8 @@ class EmbeddingComputer:
         key = self.spec.key
 
         def mine(t):
-            return ((t[key] % n_parts) + n_parts) % n_parts == p
+            value = t[key].hash() if self.spec.key_kind == "string" else t[key]
+            return ((value % n_parts) + n_parts) % n_parts == p
 
         read = _duckdb_reader(self.offline)
         if read is None:  # another offline store or Feast layout: correct, without the memory bound
@@ -252,11 +279,14 @@ class EmbeddingComputer:
                                                                      t.column(c)) for c in cols}})
             tables.append(t.select([key] + cols))
         # (the chunks themselves: pa.chunked_array of ChunkedArrays would convert them value by value)
-        ids = pc.unique(pa.chunked_array([c for ch in changed for c in ch.cast(pa.int64()).chunks], pa.int64()))
+        kt = self.spec.key_type
+        if not self.inputs and isinstance(self.encoder, CandidateEncoder):  # no item views: the model's catalogue
+            changed = [pa.chunked_array([pa.array(self.encoder.catalogue(), kt)])]
+        ids = pc.unique(pa.chunked_array([c for ch in changed for c in ch.cast(kt).chunks], kt))
         ids = ids.take(pc.sort_indices(ids))
         columns = {key: ids}
         for t in tables:  # one row per key in each (the latest): a hash lookup per id instead of a join
-            rows = pc.index_in(ids, value_set=t.column(key).combine_chunks().cast(pa.int64()))
+            rows = pc.index_in(ids, value_set=t.column(key).combine_chunks().cast(kt))
             for c in t.column_names[1:]:
                 if c in columns:
                     raise AutofeatError(f"{self.spec.view.name}: input column {c!r} comes from two input views; "
@@ -266,6 +296,8 @@ class EmbeddingComputer:
 
     def inputs_as_of(self, entity_df: pd.DataFrame) -> pa.Table:
         """Point-in-time input features for (key, event_timestamp) rows, through Feast's offline store."""
+        if not self.inputs:
+            return pa.Table.from_pandas(entity_df, preserve_index=False)
         job = self.offline.get_historical_features(
             config=self.repo_config, feature_views=self.inputs, feature_refs=self.encoder.feature_refs,
             entity_df=entity_df, registry=self.registry, project=self.project, full_feature_names=False)
@@ -282,8 +314,9 @@ class EmbeddingComputer:
         ts = pa.array(np.full(n, np.datetime64(utc(at).replace(tzinfo=None), "us")) if isinstance(at, datetime)
                       else np.asarray(at, "datetime64[us]"), pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
         emb = vectors_array(vectors).cast(pa.list_(pa.float32()))
-        return pa.Table.from_arrays([pa.array(ids, pa.int64()), ts, emb, pa.array([self.spec.version] * n)],
-                                    schema=snapshot_schema(self.spec.key, self.encoder.dim))
+        return pa.Table.from_arrays([pa.array(ids, self.spec.key_type), ts, emb,
+                                     pa.array([self.spec.version] * n)],
+                                    schema=snapshot_schema(self.spec.key, self.spec.key_kind))
 
 
 def encode_and_write(comp: EmbeddingComputer, inputs: pa.Table, writer, at: datetime, batch_size: int,
@@ -360,12 +393,11 @@ class AutofeatEngine(LocalComputeEngine):
         n_parts, entities = comp.input_partitions(end)
         inputs = comp.latest_inputs(utc(task.start_time), end, (0, n_parts))
         bar = task.tqdm_builder(entities if n_parts > 1 else inputs.num_rows) if task.tqdm_builder else None
-        writer = vector_writer(self.repo_config, self.online_store, fv, spec.key, comp.encoder.dim)
+        writer = vector_writer(self.repo_config, self.online_store, fv, spec.key, comp.encoder.dim, spec.key_kind)
         snapshot = None
         if self.config.write_offline:
-            ensure_snapshot_dir(spec.snapshots, spec.key, comp.encoder.dim)
-            snapshot = _SnapshotWriter(snapshot_file(spec.snapshots, end),
-                                       snapshot_schema(spec.key, comp.encoder.dim))
+            ensure_snapshot_dir(spec.snapshots, spec.key, spec.key_kind)
+            snapshot = _SnapshotWriter(snapshot_file(spec.snapshots, end), snapshot_schema(spec.key, spec.key_kind))
         try:
             written = encode_and_write(comp, inputs, writer, end, self.config.batch_size, snapshot, bar)
             for p in range(1, n_parts):  # the next partition is read only after the previous one is written
@@ -462,7 +494,7 @@ def backfill(store, view: str, start: datetime, end: datetime, every: timedelta 
             "only after the training window, or backfill with a model trained up to --start.",
             LeakageWarning, stacklevel=2)
     seen = comp.first_seen(utc(end))
-    ensure_snapshot_dir(spec.snapshots, spec.key, comp.encoder.dim)
+    ensure_snapshot_dir(spec.snapshots, spec.key, spec.key_kind)
     rows = 0
     bar = tqdm(total=len(times), desc=f"backfill {spec.name}", unit="snapshot", disable=not progress)
     # many snapshot times per point-in-time join (one Feast query for up to ~batch_size * 8 entity rows), then
@@ -491,8 +523,8 @@ def _backfill_group(comp: EmbeddingComputer, seen: pd.DataFrame, times: list[dat
                            "event_timestamp": pd.Timestamp(at)}) for at in times]
     entity_df = pd.concat(parts, ignore_index=True)
     if entity_df.empty:
-        tables = {at: comp.snapshot_table(np.zeros(0, np.int64), at, np.zeros((0, comp.encoder.dim), np.float32))
-                  for at in times}
+        none = np.zeros(0, "<U1" if comp.spec.key_kind == "string" else np.int64)
+        tables = {at: comp.snapshot_table(none, at, np.zeros((0, comp.encoder.dim), np.float32)) for at in times}
     else:
         table = comp.inputs_as_of(entity_df)
         table = table.take(pc.sort_indices(table, [("event_timestamp", "ascending"), (key, "ascending")]))

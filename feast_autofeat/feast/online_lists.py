@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from feast_autofeat.feast.encoding import Int64KeyCodec, Int64ListCodec, field_hash
+from feast_autofeat.feast.encoding import Int64ListCodec, KeyCodec, field_hash
 from feast_autofeat.feast.writer import OnlineWriteError, redis_client
 
 # HMGET of the same fields from every key, one round trip (reads must happen between WATCH and MULTI)
@@ -39,21 +39,24 @@ Merge = Callable[[Stored, np.ndarray], tuple[Stored, np.ndarray]]
 
 
 class RedisListRows:
-    """Optimistic read-merge-write of ``features`` (``Array(Int64)``) of ``view`` for a batch of entities."""
+    """Optimistic read-merge-write of list ``features`` of ``view`` for a batch of entities; ``codecs``: each
+    feature's list codec (default ``Int64ListCodec``, ``encoding.list_codec`` for string ids); ``key_kind``: the
+    join key's kind."""
 
-    def __init__(self, repo_config, view: str, join_key: str, features: Sequence[str], max_attempts: int = 50):
+    def __init__(self, repo_config, view: str, join_key: str, features: Sequence[str], max_attempts: int = 50,
+                 key_kind: str = "int64", codecs: dict | None = None):
         self.client, self.address = redis_client(repo_config)
         self.view, self.features, self.max_attempts = view, list(features), max_attempts
         self.project = repo_config.project.encode()
-        self.keys = Int64KeyCodec(join_key, repo_config.entity_key_serialization_version)
+        self.keys = KeyCodec(join_key, key_kind, repo_config.entity_key_serialization_version)
         self.ttl_seconds = repo_config.online_store.key_ttl_seconds
         self.ts_field = f"_ts:{view}".encode()
         self.fields = [self.ts_field] + [field_hash(view, f) for f in self.features]
-        self.codec = Int64ListCodec()
+        self.codecs = {f: (codecs or {}).get(f) or Int64ListCodec() for f in self.features}
         self.attempts = 0  # transactions tried by the last update (1 when nobody interfered)
 
     def _key_bytes(self, ids: np.ndarray) -> list[bytes]:
-        return [k.tobytes() + self.project for k in self.keys.encode(ids)]
+        return [k + self.project for k in self.keys.encode(ids)]
 
     def read(self, ids: np.ndarray, client=None) -> tuple[Stored, np.ndarray]:
         """The stored lists of ``ids`` (per feature: concatenated values, each row's length; a missing row or
@@ -66,7 +69,7 @@ class RedisListRows:
             if values[0] is not None:  # else no row of this view for the entity (the hash may hold other views)
                 ts.ParseFromString(values[0])
                 stamps[row] = ts.seconds * 1_000_000 + ts.nanos // 1000
-        stored = {f: self.codec.decode([values[j + 1] if values[0] is not None else None for values in raw])
+        stored = {f: self.codecs[f].decode([values[j + 1] if values[0] is not None else None for values in raw])
                   for j, f in enumerate(self.features)}
         return stored, stamps
 
@@ -77,7 +80,7 @@ class RedisListRows:
         from redis.exceptions import RedisError, WatchError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
-        ids = np.asarray(ids, np.int64)
+        ids = np.asarray(ids)
         keys = self._key_bytes(ids)
         try:
             with self.client.pipeline(transaction=True) as pipe:
@@ -103,7 +106,7 @@ class RedisListRows:
                                f"{self.max_attempts} attempts; nothing was written, retry the update.")
 
     def _queue(self, pipe, keys: list[bytes], lists: Stored, stamps: np.ndarray) -> None:
-        columns = [self.codec.encode(*lists[f]) for f in self.features]
+        columns = [self.codecs[f].encode(*lists[f]) for f in self.features]
         for row, key in enumerate(keys):
             us = int(stamps[row])
             mapping = {self.ts_field: Timestamp(seconds=us // 1_000_000, nanos=us % 1_000_000 * 1000)

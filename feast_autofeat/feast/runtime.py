@@ -18,18 +18,13 @@ import pyarrow as pa
 import torch
 
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.feast.embeddings import model_dim
 from feast_autofeat.models.base import SchemaError
 
 FEATURE_MODELS = ("dae", "gan", "two_tower")  # models whose inputs are feature rows (two_tower: item rows)
 SESSION_MODELS = ("multvae",)  # models whose inputs are item-id histories
 
 _lock = threading.Lock()
-
-
-def model_dim(model: str, config: dict) -> int:
-    """Output size of a saved model version, from its JSON: the GAN's critic features plus its score."""
-    arch = config.get("architecture", {})
-    return int(arch["critic_hidden"]) + 1 if model == "gan" else int(arch["dim"])
 
 
 def resolve_device(device: str) -> torch.device:
@@ -95,22 +90,27 @@ class _CriticFeatures(torch.nn.Module):
 
 @dataclass
 class CandidateEncoder(FeatureEncoder):
-    """A two-tower's candidate tower over item rows (``item_id`` plus the item view's features): catalogue
+    """A two-tower's candidate tower over item rows (the join key plus the item views' features): catalogue
     items keep their training-time vectors; items the model never saw are encoded from their features."""
 
-    _prefix: str = "item_profile__"
+    key: str = "item_id"
 
     @property
     def columns(self) -> list[str]:
-        return ["item_id"] + [r.split(":", 1)[1] for r in self.feature_refs]
+        return [self.key] + [r.split(":", 1)[1] for r in self.feature_refs]
 
     def encode_frame(self, df: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
-        frame = df.rename(columns={c: self._prefix + c for c in df.columns if c != "item_id"})
+        names = {r.split(":", 1)[1]: r.replace(":", "__", 1) for r in self.feature_refs}  # the model's columns
+        frame = df.rename(columns={**names, self.key: "item_id"})
         return np.concatenate([self._pre.item_vectors(frame.iloc[s:s + batch_size])
                                for s in range(0, len(frame), batch_size)] or [np.zeros((0, self.dim), np.float32)])
 
     def encode_record(self, record: Mapping) -> np.ndarray:
         return self.encode_frame(pd.DataFrame({c: [v] for c, v in record.items()}))
+
+    def catalogue(self) -> np.ndarray:
+        """The items the model was trained on (what it materializes when it reads no item views)."""
+        return self._pre.item_ids_
 
 
 @dataclass
@@ -131,15 +131,19 @@ class SessionEncoder:
         self._index = dict(zip(self.item_ids.tolist(), range(len(self.item_ids))))
 
     def positions(self, items) -> list[int]:
-        """Sorted model positions of the known ids among ``items`` (unknown ids ignored, duplicates once)."""
+        """Sorted model positions of the known ids among ``items`` (unknown ids ignored, duplicates once); ids of
+        another type than the model's (a string for integer items, or the reverse) are an error."""
         if isinstance(items, np.ndarray):
-            if items.size and not np.issubdtype(items.dtype, np.integer):
-                raise SchemaError(f"item ids must be integers, got {items.dtype} values like "
-                                  f"{items.ravel()[:3].tolist()}.")
             items = items.tolist()
-        bad = [i for i in items if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+        if self.item_ids.dtype.kind in "iu":
+            bad = [i for i in items if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+            kind = "integers"
+        else:
+            bad = [i for i in items if not isinstance(i, str)]
+            kind = "strings"
         if bad:
-            raise SchemaError(f"item ids must be integers, got {type(bad[0]).__name__} values like {bad[:3]}.")
+            raise SchemaError(f"item ids must be {kind}, got {type(bad[0]).__name__} values like "
+                              f"{[str(b)[:20] for b in bad[:3]]}.")
         index = self._index
         return sorted({p for p in map(index.get, items) if p is not None})
 
@@ -192,7 +196,7 @@ def _load(root: str, model: str, version: str, device: str):
         net = fitted.net_
         dim = fitted.config.dim
         return SessionEncoder(
-            model=model, version=version, dim=dim, item_ids=fitted.item_ids_.astype(np.int64),
+            model=model, version=version, dim=dim, item_ids=fitted.item_ids_,
             _w1=net.enc.weight.detach().numpy().T.copy(), _b1=net.enc.bias.detach().numpy().copy(),
             _w2=net.mu_logvar.weight.detach().numpy()[:dim].T.copy(),
             _b2=net.mu_logvar.bias.detach().numpy()[:dim].copy())
@@ -205,7 +209,7 @@ def _load(root: str, model: str, version: str, device: str):
         return CandidateEncoder(model=model, version=version, dim=fitted.config.dim,
                                 feature_refs=list(config.get("feature_refs") or []),
                                 as_of=(config.get("training_window") or {}).get("as_of"), _pre=fitted,
-                                _forward=None, device=dev)
+                                _forward=None, device=dev, key=config.get("join_key") or "item_id")
     else:
         raise AutofeatError(f"model {model!r} cannot back an embedding; use one of "
                             f"{', '.join(FEATURE_MODELS + SESSION_MODELS)}.")

@@ -28,7 +28,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.feast.encoding import (
     FloatVectorCodec,
-    Int64KeyCodec,
+    KeyCodec,
     field_hash,
     string_value,
     timestamp_nanos,
@@ -95,14 +95,15 @@ def redis_client(repo_config):
 
 
 class RedisVectorWriter:
-    """Pipelined HSETs in Feast's Redis layout (single Redis server; one Int64 join key)."""
+    """Pipelined HSETs in Feast's Redis layout (single Redis server; one Int64, Int32 or String join key)."""
 
-    def __init__(self, repo_config, view: str, join_key: str, dim: int, chunk_rows: int = 4096):
+    def __init__(self, repo_config, view: str, join_key: str, dim: int, chunk_rows: int = 4096,
+                 key_kind: str = "int64"):
         cfg = repo_config.online_store
         self.client, self.address = self._connect(repo_config)
         self.view, self.dim, self.chunk_rows = view, dim, chunk_rows
         self.project = repo_config.project.encode()
-        self.keys = Int64KeyCodec(join_key, repo_config.entity_key_serialization_version)
+        self.keys = KeyCodec(join_key, key_kind, repo_config.entity_key_serialization_version)
         self.values = FloatVectorCodec(dim)
         self.ttl_seconds = cfg.key_ttl_seconds
         self.skip_dedup = cfg.skip_dedup
@@ -110,9 +111,9 @@ class RedisVectorWriter:
         self.watermark_key = b"autofeat:watermark:" + self.project + b":" + view.encode()
 
     # ---- layout of one row's commands, with slots for the key and the vector
-    def _template(self, model_version: str, ts: datetime) -> tuple[np.ndarray, list[int], int]:
-        key_len = self.keys.width + len(self.project)  # Feast's key: serialized entity key + project name
-        key_slot = b"\0" * self.keys.width
+    def _template(self, model_version: str, ts: datetime, key_width: int) -> tuple[np.ndarray, list[int], int]:
+        key_len = key_width + len(self.project)  # Feast's key: serialized entity key + project name
+        key_slot = b"\0" * key_width
         vec_slot = b"\0" * self.values.width
         parts = [b"*8\r\n", _bulk(b"HSET"), b"$%d\r\n" % key_len, None, self.project + b"\r\n",
                  _bulk(field_hash(self.view, VECTOR_FEATURE)), b"$%d\r\n" % len(vec_slot), "vec", b"\r\n",
@@ -136,18 +137,28 @@ class RedisVectorWriter:
     def _connect(self, repo_config):
         return redis_client(repo_config)
 
-    def _block(self, template: np.ndarray, key_offsets: list[int], vec_offset: int, ids: np.ndarray,
+    def _block(self, template: np.ndarray, key_offsets: list[int], vec_offset: int, keys: np.ndarray,
                vectors: np.ndarray) -> np.ndarray:
-        """One row of RESP commands per id (rows x template bytes)."""
-        block = np.empty((len(ids), len(template)), np.uint8)
+        """One row of RESP commands per key (rows x template bytes); ``keys``: serialized keys of one length."""
+        block = np.empty((len(keys), len(template)), np.uint8)
         block[:] = template
         for off in key_offsets:
-            self.keys.fill(block[:, off:off + self.keys.width], ids)
+            block[:, off:off + keys.shape[1]] = keys
         self.values.fill(block[:, vec_offset:vec_offset + self.values.width], vectors)
         return block
 
+    def _blocks(self, model_version: str, ts: datetime, ids: np.ndarray, vectors: np.ndarray):
+        """(block of RESP rows, its serialized keys) per chunk of at most ``chunk_rows`` rows of one key length."""
+        for rows, keys in self.keys.groups(ids):
+            vecs = vectors if rows is None else vectors[rows]
+            template, key_offsets, vec_offset = self._template(model_version, ts, keys.shape[1])
+            for start in range(0, len(keys), self.chunk_rows):
+                part = keys[start:start + self.chunk_rows]
+                yield self._block(template, key_offsets, vec_offset, part,
+                                  vecs[start:start + self.chunk_rows]), part
+
     def write(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> int:
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.asarray(ids)
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.shape != (len(ids), self.dim):
             raise AutofeatError(f"view {self.view}: expected {len(ids)} vectors of {self.dim} values, got "
@@ -188,22 +199,19 @@ class RedisVectorWriter:
         keys = self.keys.encode(ids)
         with self.client.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.hget(key.tobytes() + self.project, self.ts_field)
+                pipe.hget(key + self.project, self.ts_field)
             stored = pipe.execute()
         return np.array([s is None or timestamp_nanos(s) < new for s in stored], dtype=bool)
 
     def _send(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> None:
-        template, key_offsets, vec_offset = self._template(model_version, ts)
         replies_per_row = 2 if self.ttl_seconds else 1
         conn = self.client.connection_pool.get_connection()
         ok = False
         try:
             sock = conn._sock  # redis-py did the handshake (AUTH, SELECT, TLS); we stream raw RESP on it
-            for start in range(0, len(ids), self.chunk_rows):
-                part_ids, part_vecs = ids[start:start + self.chunk_rows], vectors[start:start + self.chunk_rows]
-                block = self._block(template, key_offsets, vec_offset, part_ids, part_vecs)
+            for block, _ in self._blocks(model_version, ts, ids, vectors):
                 sock.sendall(block.reshape(-1))
-                _read_replies(sock, len(part_ids) * replies_per_row, self.view)
+                _read_replies(sock, len(block) * replies_per_row, self.view)
             ok = True
         finally:
             if not ok:
@@ -247,7 +255,6 @@ class RedisClusterVectorWriter(RedisVectorWriter):
         return owners, nodes
 
     def _send(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> None:
-        template, key_offsets, vec_offset = self._template(model_version, ts)
         replies_per_row = 2 if self.ttl_seconds else 1
         owners, nodes = self._slot_owners()
         project = np.frombuffer(self.project, np.uint8)
@@ -255,12 +262,8 @@ class RedisClusterVectorWriter(RedisVectorWriter):
         conns: dict[int, object] = {}
         ok = False
         try:
-            for start in range(0, len(ids), self.chunk_rows):
-                part_ids, part_vecs = ids[start:start + self.chunk_rows], vectors[start:start + self.chunk_rows]
-                block = self._block(template, key_offsets, vec_offset, part_ids, part_vecs)
-                k = key_offsets[0]
-                keys = np.concatenate([block[:, k:k + self.keys.width],
-                                       np.broadcast_to(project, (len(block), len(project)))], axis=1)
+            for block, part in self._blocks(model_version, ts, ids, vectors):
+                keys = np.concatenate([part, np.broadcast_to(project, (len(part), len(project)))], axis=1)
                 node_of = owners[key_slots(keys)]
                 sent = []
                 for n in np.unique(node_of):
@@ -299,17 +302,19 @@ def _read_replies(sock, n: int, view: str) -> None:
 class FeastStoreWriter:
     """Any other online store: Feast's own ``online_write_batch`` with the protobufs it expects."""
 
-    def __init__(self, repo_config, online_store, feature_view, join_key: str, dim: int):
+    _VALUE = {"int64": "int64_val", "int32": "int32_val", "string": "string_val"}
+
+    def __init__(self, repo_config, online_store, feature_view, join_key: str, dim: int, key_kind: str = "int64"):
         self.config, self.store, self.view = repo_config, online_store, feature_view
-        self.join_key, self.dim = join_key, dim
+        self.join_key, self.dim, self.attr = join_key, dim, self._VALUE[key_kind]
 
     def write(self, ids: np.ndarray, vectors: np.ndarray, model_version: str, ts: datetime) -> int:
         version_value = ValueProto(string_val=model_version)
         rows = [
-            (EntityKeyProto(join_keys=[self.join_key], entity_values=[ValueProto(int64_val=int(i))]),
+            (EntityKeyProto(join_keys=[self.join_key], entity_values=[ValueProto(**{self.attr: i})]),
              {VECTOR_FEATURE: ValueProto(float_list_val=FloatList(val=v)), VERSION_FEATURE: version_value},
              ts, None)
-            for i, v in zip(ids.tolist(), np.asarray(vectors, np.float32).tolist())
+            for i, v in zip(np.asarray(ids).tolist(), np.asarray(vectors, np.float32).tolist())
         ]
         try:
             self.store.online_write_batch(self.config, self.view, rows, None)
@@ -338,11 +343,12 @@ def single_redis(repo_config) -> bool:
     return redis_kind(repo_config) == "redis"
 
 
-def vector_writer(repo_config, online_store, feature_view, join_key: str, dim: int) -> VectorWriter:
+def vector_writer(repo_config, online_store, feature_view, join_key: str, dim: int,
+                  key_kind: str = "int64") -> VectorWriter:
     """The fastest writer for the configured online store."""
     kind = redis_kind(repo_config)
     if kind == "redis":
-        return RedisVectorWriter(repo_config, feature_view.name, join_key, dim)
+        return RedisVectorWriter(repo_config, feature_view.name, join_key, dim, key_kind=key_kind)
     if kind == "redis_cluster":
-        return RedisClusterVectorWriter(repo_config, feature_view.name, join_key, dim)
-    return FeastStoreWriter(repo_config, online_store, feature_view, join_key, dim)
+        return RedisClusterVectorWriter(repo_config, feature_view.name, join_key, dim, key_kind=key_kind)
+    return FeastStoreWriter(repo_config, online_store, feature_view, join_key, dim, key_kind)

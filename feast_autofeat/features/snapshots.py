@@ -84,18 +84,24 @@ def item_popularity_fields(spec: DatasetSpec) -> list[tuple[str, str]]:
 
 def _snapshot_sql(spec: DatasetSpec, table: str, until_day: int) -> str:
     key, other, _, with_categories = _TABLES[table]
-    flag_cols = [f"sum(CAST(({pred}) AS BIGINT)) AS s_{_ident(s)}" for s, pred in spec.signals]
+    # event predicates (signals, rating) see the event row alone, so an item column of the same name (an item's
+    # own "rating") never makes them ambiguous; category predicates see the item row ``i``
+    event_cols = [f"CAST(({pred}) AS BIGINT) AS s_{_ident(s)}" for s, pred in spec.signals]
+    flag_cols = [f"sum(e.s_{_ident(s)}) AS s_{_ident(s)}" for s, _ in spec.signals]
     if with_categories:
         flag_cols += [f"sum(CAST(({pred}) AS BIGINT)) AS c_{_ident(c)}" for c, pred in spec.categories]
     if spec.rating_column:
-        flag_cols += [f"sum(e.{spec.rating_column}) AS r_sum", f"count(e.{spec.rating_column}) AS r_n"]
+        event_cols.append(f"e.{spec.rating_column} AS _rating")
+        flag_cols += ["sum(e._rating) AS r_sum", "count(e._rating) AS r_n"]
     aggs = [f"{sql} AS {name}" for name, _, sql in _columns(spec, table)]
     return f"""
-    WITH grouped AS (
+    WITH ev AS (
+        SELECT e.user_id, e.item_id, e.event_timestamp{"".join(", " + c for c in event_cols)} FROM interactions e
+    ), grouped AS (
         SELECT e.{key}, e.{other}, CAST(floor(epoch(e.event_timestamp) / 86400) AS BIGINT) AS day,
-               count(*) AS n, max(epoch(e.event_timestamp)) AS last_s,
-               {", ".join(flag_cols)}
-        FROM interactions e JOIN items i ON e.item_id = i.item_id
+               count(*) AS n, max(epoch(e.event_timestamp)) AS last_s
+               {"".join(", " + c for c in flag_cols)}
+        FROM ev e JOIN items i ON e.item_id = i.item_id
         GROUP BY ALL
     ), fanned AS (
         SELECT g.*, k, day + k AS snap_day FROM grouped g, range(1, {_HORIZON + 1}) AS r(k)
@@ -157,7 +163,7 @@ SEEN_ITEMS = 1000  # items of any event kept per user (newest first): what servi
 RECENT_FIELDS = (("recent_items", "Int64"), ("recent_times", "Int64"), ("seen_items", "Int64"))  # Array(...)
 
 
-def recent_items_table(interactions: pa.Table, spec: DatasetSpec, limit: int = RECENT_ITEMS,
+def recent_items_table(interactions: pa.Table, positive: str, limit: int = RECENT_ITEMS,
                        seen_limit: int = SEEN_ITEMS) -> pa.Table:
     """``user_recent_items``, one row per user with any event:
 
@@ -167,13 +173,14 @@ def recent_items_table(interactions: pa.Table, spec: DatasetSpec, limit: int = R
     - ``seen_items``: their last ``seen_limit`` distinct items of any event type: never recommended again;
     - ``event_timestamp``: the time of their newest event.
 
-    Feedback (``recommend.feedback``) pushes the same row, merged with the new events."""
+    ``positive``: the SQL predicate of a positive event (over the log's columns). Feedback
+    (``recommend.feedback``) pushes the same row, merged with the new events."""
     con = connect()
     try:
         con.register("e", interactions)
         return fetch_arrow(con, f"""
             WITH p AS (SELECT user_id, item_id, max(event_timestamp) AS ts,
-                              max(event_timestamp) FILTER (WHERE {spec.positive}) AS pos_ts
+                              max(event_timestamp) FILTER (WHERE {positive}) AS pos_ts
                        FROM e GROUP BY user_id, item_id)
             SELECT user_id,
                    coalesce(list(item_id ORDER BY pos_ts DESC, item_id DESC) FILTER (WHERE pos_ts IS NOT NULL),
@@ -185,6 +192,14 @@ def recent_items_table(interactions: pa.Table, spec: DatasetSpec, limit: int = R
             FROM p GROUP BY user_id ORDER BY user_id""")
     finally:
         con.close()
+
+
+def derived_tables(interactions: pa.Table, items: pa.Table, spec: DatasetSpec) -> dict[str, pa.Table]:
+    """Every table a prepared repo derives from its event log: ``user_behaviour`` and ``item_popularity``
+    snapshots, and ``user_recent_items`` (the history view's lists)."""
+    tables = build_snapshots(interactions, items, spec)
+    tables["user_recent_items"] = recent_items_table(interactions, spec.positive)
+    return tables
 
 
 def snapshot_range(tables: dict[str, pa.Table]) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from feast_autofeat.artifacts import Artifact
+from feast_autofeat.ids import id_array, kind_of_array, pack_ids, unpack_ids
 from feast_autofeat.models.base import (
     EarlyStopping,
     NotFittedError,
@@ -91,13 +92,13 @@ class MultVAE:
         """Train on ``train``; with ``valid`` = (fold-in histories, held-out targets), stop early on NDCG@100."""
         cfg = self.config
         gen = seed_everything(cfg.seed)
-        self.item_ids_ = np.arange(train.n_items) if item_ids is None else np.asarray(item_ids, dtype=np.int64)
+        self.item_ids_ = np.arange(train.n_items) if item_ids is None else id_array(item_ids, what="item ids")
         if len(self.item_ids_) != train.n_items:
             raise SchemaError(f"{len(self.item_ids_)} item ids for a matrix of {train.n_items} items.")
         users = np.flatnonzero(train.lengths > 0)
         net = _Net(train.n_items, cfg)
         init = getattr(self, "init_", None)  # warm start (``warm_from``): the same item vocabulary, in order
-        warm = warm_start(net, init, init is not None and np.array_equal(init.tensors["item_ids"].numpy(),
+        warm = warm_start(net, init, init is not None and np.array_equal(unpack_ids(init.tensors, "item_ids"),
                                                                          self.item_ids_))
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch = -(-len(users) // cfg.batch_size)
@@ -164,7 +165,7 @@ class MultVAE:
 
     def fold_in(self, item_ids: list[int] | np.ndarray) -> np.ndarray:
         """Embedding of one unseen history given as item ids (unknown ids are ignored)."""
-        pos = np.flatnonzero(np.isin(self.item_ids_, np.asarray(item_ids, dtype=np.int64)))
+        pos = np.flatnonzero(np.isin(self.item_ids_, id_array(item_ids, kind_of_array(self.item_ids_))))
         h = Histories(np.array([0, len(pos)]), pos.astype(np.int64), len(self.item_ids_))
         return self.transform(h)[0]
 
@@ -174,8 +175,9 @@ class MultVAE:
     # ---- persistence
     def save(self, root, extra: dict | None = None) -> Artifact:
         config = {"architecture": asdict(self.config), "n_items": len(self.item_ids_),
-                  "input_schema": {"histories": "item ids (int64)"}, "metrics": self.metrics_, **(extra or {})}
-        return save_model(root, self.name, self._net(), config, {"item_ids": torch.from_numpy(self.item_ids_)})
+                  "input_schema": {"histories": f"item ids ({kind_of_array(self.item_ids_)})"},
+                  "metrics": self.metrics_, **(extra or {})}
+        return save_model(root, self.name, self._net(), config, pack_ids("item_ids", self.item_ids_))
 
     @classmethod
     def load(cls, root, version: str | None = None) -> MultVAE:
@@ -184,6 +186,6 @@ class MultVAE:
         net = _Net(art.config["n_items"], model.config)
         net.load_state_dict(net_state(art))
         net.eval()
-        model.net_, model.item_ids_ = net, art.tensors["item_ids"].numpy()
+        model.net_, model.item_ids_ = net, unpack_ids(art.tensors, "item_ids")
         model.metrics_, model.version_ = art.config.get("metrics", {}), art.version
         return model

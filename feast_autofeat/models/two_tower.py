@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from feast_autofeat.artifacts import Artifact
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.ids import id_array, pack_ids, positions, unpack_ids
 from feast_autofeat.models.base import (
     EarlyStopping,
     NotFittedError,
@@ -308,15 +309,13 @@ class TwoTower:
     # ---- vocabularies
     def item_rows(self, item_ids) -> np.ndarray:
         """Rows of the item-id embedding: 1.. for catalogue items, 0 for items the model never saw."""
-        ids = np.asarray(item_ids, dtype=np.int64)
-        pos = np.searchsorted(self.item_ids_, ids).clip(0, len(self.item_ids_) - 1)
-        return np.where(self.item_ids_[pos] == ids, pos + 1, 0)
+        return positions(self.item_ids_, np.atleast_1d(np.asarray(item_ids))) + 1
 
     def item_positions(self, item_ids) -> np.ndarray:
         """Catalogue positions of item ids; unknown ids are an error naming them."""
-        ids = np.asarray(item_ids, dtype=np.int64)
-        pos = np.searchsorted(self.item_ids_, ids).clip(0, len(self.item_ids_) - 1)
-        bad = self.item_ids_[pos] != ids
+        ids = np.asarray(item_ids)
+        pos = positions(self.item_ids_, ids)
+        bad = pos < 0
         if bad.any():
             raise SchemaError(f"item ids {ids[bad][:5].tolist()} are not in the model's catalogue of "
                               f"{len(self.item_ids_)} items.")
@@ -324,11 +323,7 @@ class TwoTower:
 
     def user_positions(self, user_ids) -> np.ndarray:
         """Rows of the user-id embedding (when it has one): 1.. for users seen in training, 0 for anyone else."""
-        ids = np.asarray(user_ids, dtype=np.int64)
-        if not len(self.user_ids_):
-            return np.zeros(len(ids), np.int64)
-        pos = np.searchsorted(self.user_ids_, ids).clip(0, len(self.user_ids_) - 1)
-        return np.where(self.user_ids_[pos] == ids, pos + 1, 0)
+        return positions(self.user_ids_, np.atleast_1d(np.asarray(user_ids))) + 1
 
     def bags(self, frame: pd.DataFrame) -> _Bags | None:
         """The ``history`` column as bags of catalogue positions (+1); ids the catalogue lacks are ignored."""
@@ -339,9 +334,9 @@ class TwoTower:
             raise SchemaError(f"missing column {col!r} (item ids the user interacted with, most recent first).")
         lists = [() if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in frame[col].to_numpy()]
         lens = np.fromiter(map(len, lists), np.int64, len(lists))
-        flat = np.fromiter((i for v in lists for i in v), np.int64, int(lens.sum()))
-        pos = np.searchsorted(self.item_ids_, flat).clip(0, max(len(self.item_ids_) - 1, 0))
-        known = self.item_ids_[pos] == flat if len(flat) else np.zeros(0, bool)
+        flat = np.array([i for v in lists for i in v])
+        pos = positions(self.item_ids_, flat) if len(flat) else np.zeros(0, np.int64)
+        known = pos >= 0
         keep_lens = np.bincount(np.repeat(np.arange(len(lists)), lens)[known], minlength=len(lists))
         return _Bags(np.concatenate([[0], np.cumsum(keep_lens)]).astype(np.int64), (pos[known] + 1).astype(np.int64))
 
@@ -363,9 +358,9 @@ class TwoTower:
         items = items.sort_values("item_id", ignore_index=True)
         if items.item_id.duplicated().any():
             raise SchemaError("the item catalogue lists an item_id twice.")
-        self.item_ids_ = items.item_id.to_numpy(np.int64)
+        self.item_ids_ = id_array(items.item_id.to_numpy(), what="item_id")
         # the users it is trained on, also without an id embedding: who counts as new (cold_popularity_weight)
-        self.user_ids_ = np.unique(train.user_id.to_numpy(np.int64))
+        self.user_ids_ = np.unique(id_array(train.user_id.to_numpy(), what="user_id"))
         self.query_in_ = _Inputs(cfg.query_columns, cfg.query_vectors, cfg.fill).fit(train)
         self.item_in_ = _Inputs(cfg.item_columns, cfg.item_vectors, cfg.fill).fit(items)
         self.item_x_ = torch.from_numpy(self.item_in_.transform(items))
@@ -486,7 +481,7 @@ class TwoTower:
         """Each query's popularity weight: ``cold_popularity_weight`` (when set) for users without a user-id
         row, ``popularity_weight`` for the rest."""
         cfg = self.config
-        users = np.atleast_1d(np.asarray(user_ids, np.int64))
+        users = np.atleast_1d(np.asarray(user_ids))
         if cfg.cold_popularity_weight is None or cfg.cold_popularity_weight == cfg.popularity_weight:
             return np.full(len(users), cfg.popularity_weight, np.float32)
         return np.where(self.user_positions(users) == 0, cfg.cold_popularity_weight,
@@ -529,7 +524,7 @@ class TwoTower:
         units = self._category_units()
         if units is not None:
             if self.config.history and self.config.recent:
-                items = np.asarray(record.get(self.config.history) or [], np.int64)
+                items = record.get(self.config.history) or []
                 rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
                 rows = torch.from_numpy(rows[rows > 0][:self.config.recent])
                 cats = self._session_categories(units, (rows, torch.zeros(1, dtype=torch.int64)))[0].numpy()
@@ -549,7 +544,7 @@ class TwoTower:
         users = torch.from_numpy(self.user_positions([record.get("user_id", -1)]))
         bags = recent = None
         if self.config.history:
-            items = np.asarray(record.get(self.config.history) or [], np.int64)
+            items = record.get(self.config.history) or []
             rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
             rows = torch.from_numpy(rows[rows > 0])  # ids it lacks: ignored
             zero = torch.zeros(1, dtype=torch.int64)
@@ -633,7 +628,7 @@ class TwoTower:
                   "input_schema": {"query": list(self.config.query_columns) + list(self.config.query_vectors),
                                    "item": list(self.config.item_columns) + list(self.config.item_vectors)},
                   "metrics": self.metrics_, **(extra or {})}
-        tensors = {"user_ids": torch.from_numpy(self.user_ids_), "item_ids": torch.from_numpy(self.item_ids_),
+        tensors = {**pack_ids("user_ids", self.user_ids_), **pack_ids("item_ids", self.item_ids_),
                    "item_x": self.item_x_, "item_categories": self.item_cats_, "item_counts": self.item_counts_,
                    **self.query_in_.tensors("query"),
                    **self.item_in_.tensors("item")}
@@ -647,7 +642,7 @@ class TwoTower:
             arch[key] = tuple(arch[key])
         model = cls(TwoTowerConfig(**arch))
         cfg = model.config
-        model.user_ids_, model.item_ids_ = art.tensors["user_ids"].numpy(), art.tensors["item_ids"].numpy()
+        model.user_ids_, model.item_ids_ = unpack_ids(art.tensors, "user_ids"), unpack_ids(art.tensors, "item_ids")
         model.item_x_ = art.tensors["item_x"]
         none = torch.zeros((len(model.item_ids_), 0), dtype=torch.uint8)  # versions saved before categories
         model.item_cats_ = art.tensors.get("item_categories", none)

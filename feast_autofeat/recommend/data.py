@@ -1,10 +1,13 @@
 """Recommender data from the feature store: positive events, evaluation splits, point-in-time training sets.
 
-Every feature a recommender reads comes through ``store.get_historical_features`` with the
-``two_tower_query`` feature service (user profile, behaviour snapshots, the live learned embeddings and the
-session embedding of the row's ``recent_items``), so a training row sees exactly what a request at that moment
-would have seen. ``recent_items`` of a row are the user's positive items strictly before its timestamp (most
-recent first, at most ``RECENT_ITEMS``), computed in DuckDB from the event log.
+Everything comes from the repo's ``two_tower(...)`` declaration: its interaction log (positives by its
+``positive`` predicate), its query tower's feature views and learned embeddings (read through
+``store.get_historical_features``, the learned ones at pinned versions, so a training row sees exactly what a
+request at that moment would have seen), its item views. ``recent_items`` of a row are the user's positive items
+strictly before its timestamp (most recent first, at most ``RECENT_ITEMS``), computed in DuckDB from the log.
+
+Frames use feast-autofeat's own column names (``user_id``, ``item_id``, ``event_timestamp``; features as
+``<view or embedding>__<feature>``) whatever the repo calls its join keys.
 """
 
 from __future__ import annotations
@@ -15,39 +18,30 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from feast_autofeat.datasets import get_spec, load_manifest
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.feast.offline import ITEM, TS, USER, latest_rows, read_events, registered_view
 from feast_autofeat.features.snapshots import RECENT_ITEMS  # training's history = serving's (no skew)
 from feast_autofeat.models.interactions import Histories
+from feast_autofeat.splits import holdout_users
 
-QUERY_SERVICE = "two_tower_query"
 RECENT_FIELD = "recent_items"
 COLD_SALT = 1_000_003
 
-# the query tower's feature groups, by column prefix of the service's full feature names (for ablations)
-GROUPS = {
-    "profile": ("user_profile__",),
-    "behaviour": ("user_behaviour__",),
-    "dae": ("user_dae__",),
-    "gan_critic": ("user_gan_critic__",),
-    "multvae": ("session_multvae__",),
-}
-LEARNED = ("dae", "gan_critic", "multvae")
-# the learned user views the two-tower reads: (embedding name, model); the first two are stored (backfilled)
-ENCODERS = (("user_dae", "dae"), ("user_gan_critic", "gan"), ("session_multvae", "multvae"))
+
+def positive_events(store, decl, as_of=None) -> pd.DataFrame:
+    """The declared log's positives, one row per (user, item) at its first positive time, ordered by user, time,
+    item (read through Feast's offline store)."""
+    from feast_autofeat.feast.offline import positive_events as positives
+
+    return positives(store, decl.interactions, as_of)
 
 
-def positive_events(store, repo) -> pd.DataFrame:
-    """Positive interactions (the dataset's own definition, e.g. rating >= 4 on MovieLens) read through Feast's
-    offline store, one row per (user, item) at its first positive time, ordered by user, time, item."""
-    from feast_autofeat.training import interactions_until, parse_as_of
-
-    spec = get_spec(load_manifest(f"{repo}/data").dataset)
-    con = duckdb.connect()
-    con.register("ev", interactions_until(store, parse_as_of(None, repo)))
-    return con.sql(f"""
-        SELECT user_id, item_id, min(event_timestamp) AS event_timestamp FROM ev e WHERE {spec.positive}
-        GROUP BY user_id, item_id ORDER BY user_id, event_timestamp, item_id""").df()
+def groups(decl) -> dict[str, tuple[str, ...]]:
+    """The query tower's feature groups by column prefix (for ablations and gating): one per query feature view,
+    one per learned embedding."""
+    out = {v.projection.name_to_use(): (f"{v.projection.name_to_use()}__",) for v in decl.query_views}
+    out.update({name: (f"{name}__",) for name in decl.query_learned})
+    return out
 
 
 @dataclass(frozen=True)
@@ -60,16 +54,16 @@ class Cut:
     def queries(self) -> pd.DataFrame:
         """One query per user with targets: ``user_id``, ``event_timestamp`` = their first target time,
         ``recent_items`` = their history (most recent first)."""
-        first = self.future.groupby("user_id", as_index=False)["event_timestamp"].min()
+        first = self.future.groupby(USER, as_index=False)[TS].min()
         return attach_history(first, self.history)
 
 
 def per_user_cut(events: pd.DataFrame, share: float = 0.2, min_events: int = 5) -> Cut:
     """Protocol P: each user's last ``share`` of positives by time (at least one) are targets, the rest history.
     Users with fewer than ``min_events`` positives stay whole in the history (they have nothing to test)."""
-    ev = events.sort_values(["user_id", "event_timestamp", "item_id"], ignore_index=True)
-    n = ev.groupby("user_id")["item_id"].transform("size").to_numpy()
-    rank = ev.groupby("user_id").cumcount().to_numpy()
+    ev = events.sort_values([USER, TS, ITEM], ignore_index=True)
+    n = ev.groupby(USER)[ITEM].transform("size").to_numpy()
+    rank = ev.groupby(USER).cumcount().to_numpy()
     n_future = np.where(n >= min_events, np.maximum(1, np.round(share * n)), 0)
     future = rank >= n - n_future
     return Cut(ev[~future].reset_index(drop=True), ev[future].reset_index(drop=True))
@@ -80,21 +74,19 @@ def cold_users_cut(events: pd.DataFrame, share: float = 0.1, known: int = 5, see
     """Protocol C: ``share`` of users (seeded) are held out entirely; of each, only the first ``known``
     positives are known at request time and everything later is a target. Returns (training events of the
     other users, the held-out users' cut)."""
-    from feast_autofeat.training import holdout_users
-
-    users = events.user_id.unique()
+    users = events[USER].unique()
     # a different hash stream than the encoders' validation hold-out (same share, seed 0): otherwise every
     # validation user of the encoders would be a cold user, absent from their training events
     cold = users[holdout_users(users, share, seed + salt)]
-    ev = events.sort_values(["user_id", "event_timestamp", "item_id"], ignore_index=True)
-    is_cold = ev.user_id.isin(cold).to_numpy()
+    ev = events.sort_values([USER, TS, ITEM], ignore_index=True)
+    is_cold = ev[USER].isin(cold).to_numpy()
     held = ev[is_cold].reset_index(drop=True)
-    rank = held.groupby("user_id").cumcount().to_numpy()
+    rank = held.groupby(USER).cumcount().to_numpy()
     cut = Cut(held[rank < known].reset_index(drop=True), held[rank >= known].reset_index(drop=True))
-    enough = cut.future.groupby("user_id").size()
+    enough = cut.future.groupby(USER).size()
     keep = enough.index[enough >= min_future]
-    cut = Cut(cut.history[cut.history.user_id.isin(keep)].reset_index(drop=True),
-              cut.future[cut.future.user_id.isin(keep)].reset_index(drop=True))
+    cut = Cut(cut.history[cut.history[USER].isin(keep)].reset_index(drop=True),
+              cut.future[cut.future[USER].isin(keep)].reset_index(drop=True))
     return ev[~is_cold].reset_index(drop=True), cut
 
 
@@ -106,14 +98,14 @@ def attach_history(rows: pd.DataFrame, history: pd.DataFrame, strictly_before: b
     con.execute("SET TimeZone='UTC'")
     r = rows.reset_index(drop=True).assign(_row=np.arange(len(rows)))
     con.register("r", r)
-    con.register("h", history[["user_id", "item_id", "event_timestamp"]])
-    cond = "AND h.event_timestamp < r.event_timestamp" if strictly_before else ""
+    con.register("h", history[[USER, ITEM, TS]])
+    cond = f"AND h.{TS} < r.{TS}" if strictly_before else ""
     lists = con.sql(f"""
-        SELECT r._row, list(h.item_id ORDER BY h.event_timestamp DESC, h.item_id DESC) AS items
-        FROM r JOIN h ON h.user_id = r.user_id {cond} GROUP BY r._row""").df()
+        SELECT r._row, list(h.{ITEM} ORDER BY h.{TS} DESC, h.{ITEM} DESC)[1:{int(limit)}] AS items
+        FROM r JOIN h ON h.{USER} = r.{USER} {cond} GROUP BY r._row""").df()
     out = [[] for _ in range(len(r))]
     for row, items in zip(lists._row.to_numpy(), lists["items"]):  # one pass to place lists (no per-row SQL)
-        out[row] = [int(i) for i in items[:limit]]
+        out[row] = items.tolist() if isinstance(items, np.ndarray) else list(items)
     return r.drop(columns="_row").assign(**{RECENT_FIELD: out})
 
 
@@ -121,14 +113,15 @@ def attach_history(rows: pd.DataFrame, history: pd.DataFrame, strictly_before: b
 class QueryFeatures:
     """The query tower's features pinned to encoder versions: what to read (``refs``, for
     ``get_historical_features`` with full feature names), how the names read map to the model's columns
-    (``<embedding>__<feature>``, the same for every version), and the TTL of each column whose view has one.
-    A two-tower is trained on one set of encoder versions and served with exactly those, whichever versions are
-    live meanwhile.
+    (``<view or embedding>__<feature>``, the same for every version), and the TTL of each column whose view has
+    one. A two-tower is trained on one set of encoder versions and served with exactly those, whichever versions
+    are live meanwhile.
 
     ``stored_refs`` are the refs of stored views (serving reads them online in one call); ``session`` is the
-    on-demand session embedding (name, model, version, root), which serving computes in-process with the very
-    function its on-demand view runs (``runtime.session_embeddings``): Feast's online path drops python-mode
-    on-demand outputs under full feature names, and it saves a second online read."""
+    on-demand session embedding (name, model, version, root, request field), which serving computes in-process
+    with the very function its on-demand view runs (``runtime.session_embeddings``): Feast's online path drops
+    python-mode on-demand outputs under full feature names, and it saves a second online read. ``user_key``: the
+    repo's join key of the user entity."""
 
     encoders: dict
     refs: list[str]
@@ -136,6 +129,7 @@ class QueryFeatures:
     ttl: dict[str, float]
     stored_refs: list[str]
     session: tuple | None = None
+    user_key: str = USER
 
     def column(self, name: str) -> str:
         """The model's column for a full feature name read (``<...>__ts`` timestamp columns follow theirs)."""
@@ -149,62 +143,83 @@ class QueryFeatures:
         """The session embedding's columns (model names) for a batch of item-id lists."""
         from feast_autofeat.feast.runtime import session_embeddings
 
-        name, model, version, root = self.session
+        name, model, version, root, _ = self.session
         out = session_embeddings(histories, root=root, model=model, version=version, output=name)
         return {f"{name}__{k}": v for k, v in out.items()}
 
 
-def query_features(store, repo, encoders: dict | None = None) -> QueryFeatures:
-    """The ``two_tower_query`` service's plain views plus the learned ``ENCODERS`` at ``encoders`` ({name:
-    version or None}; default: the live versions)."""
-    from feast_autofeat.feast.embeddings import MODEL_TAG, ROOT_TAG, Deployments, view_name
+def live_encoders(decl) -> dict:
+    """{learned embedding the two-tower reads: its live version (None: not deployed)}."""
+    from feast_autofeat.feast.deployments import Deployments
 
-    try:
-        service = store.get_feature_service(QUERY_SERVICE)
-    except Exception as exc:  # Feast's FeatureServiceNotFoundException
-        raise AutofeatError(f"feature service {QUERY_SERVICE} is not registered: add it to the feature repo "
-                            "(see feature_repo/features.py) and run `feast apply`.") from exc
-    if encoders is None:
-        dep = Deployments(repo)
-        encoders = {name: (dep.get(name).live if dep.get(name) else None) for name, _ in ENCODERS}
-    learned = dict(ENCODERS)
-    views = [(p.name, p.name_to_use()) for p in service.feature_view_projections if p.name_to_use() not in learned]
-    views += [(view_name(name, v), name) for name, v in encoders.items() if v is not None]
+    dep = Deployments(decl.repo_dir)
+    return {name: dep.live(name) for name in decl.learned}
+
+
+def query_features(store, decl, encoders: dict | None = None) -> QueryFeatures:
+    """The two-tower's query views plus its learned embeddings at ``encoders`` ({name: version or None};
+    default: the live versions). Embeddings left out of ``encoders`` (or None) are not read."""
+    from feast_autofeat.feast.deployments import view_name
+    from feast_autofeat.feast.embeddings import MODEL_TAG, ROOT_TAG
+
+    encoders = live_encoders(decl) if encoders is None else dict(encoders)
+    views = [(registered_view(store, v.name, f"query view of {decl.name}:"), v.projection) for v in
+             decl.query_views]
     refs, stored, rename, ttl, session = [], [], {}, {}, None
-    for view, alias in views:
-        try:
-            fv = store.get_feature_view(view)
-        except Exception:
+
+    def add(fv, alias: str, features, on_demand: bool = False) -> None:
+        seconds = fv.ttl.total_seconds() if getattr(fv, "ttl", None) else 0.0
+        for f in features:
+            refs.append(f"{fv.name}:{f}")
+            if not on_demand:
+                stored.append(f"{fv.name}:{f}")
+            rename[f"{fv.name}__{f}"] = f"{alias}__{f}"
+            if seconds > 0:
+                ttl[f"{alias}__{f}"] = seconds
+
+    for fv, proj in views:
+        add(fv, proj.name_to_use(), [f.name for f in (proj.features or fv.features)])
+    for name in decl.query_learned:
+        version = encoders.get(name)
+        if version is None:
+            continue
+        view = view_name(name, version)
+        learned = decl.learned[name]
+        if learned.kind == "session":
             try:
                 fv = store.get_on_demand_feature_view(view)
             except Exception as exc:
-                raise AutofeatError(f"feature view {view} is not registered: deploy that version "
+                raise AutofeatError(f"on-demand view {view} is not registered: deploy that version of {name} "
                                     "(`feast-autofeat deploy`) and run `feast apply`.") from exc
-            session = (alias, fv.tags[MODEL_TAG], encoders[alias], fv.tags[ROOT_TAG])
-        seconds = fv.ttl.total_seconds() if getattr(fv, "ttl", None) else 0.0
-        for f in fv.features:
-            refs.append(f"{view}:{f.name}")
-            if session is None or session[0] != alias:
-                stored.append(f"{view}:{f.name}")
-            rename[f"{view}__{f.name}"] = f"{alias}__{f.name}"
-            if seconds > 0:
-                ttl[f"{alias}__{f.name}"] = seconds
-    return QueryFeatures(dict(encoders), refs, rename, ttl, stored, session)
+            session = (name, fv.tags[MODEL_TAG], version, fv.tags[ROOT_TAG], learned.field)
+            add(fv, name, [f.name for f in fv.features], on_demand=True)
+        else:
+            fv = registered_view(store, view, f"embedding view (deploy version {version} of {name}):")
+            add(fv, name, [f.name for f in fv.features])
+    user_key = decl.interactions.user_key
+    return QueryFeatures({k: v for k, v in encoders.items() if v is not None}, refs, rename, ttl, stored, session,
+                         user_key)
 
 
 def query_frame(store, rows: pd.DataFrame, features: QueryFeatures) -> pd.DataFrame:
     """Point-in-time query features for rows of (user_id, event_timestamp, recent_items[, item_id]), in the
     rows' order, under the model's column names."""
-    entity = rows.reset_index(drop=True).assign(_row=np.arange(len(rows)))
+    entity = rows.reset_index(drop=True).assign(_row=np.arange(len(rows))).rename(columns={USER: features.user_key})
+    if features.session is not None and features.session[4] != RECENT_FIELD:  # the session view's request field
+        entity[features.session[4]] = entity[RECENT_FIELD]
+    if not features.refs:  # ids only: nothing to read from the store
+        return entity.rename(columns={features.user_key: USER}).drop(columns="_row")
     df = store.get_historical_features(entity_df=entity, features=features.refs, full_feature_names=True).to_df()
-    df = df.rename(columns=features.rename)
+    df = df.rename(columns={**features.rename, features.user_key: USER})
+    if features.session is not None and features.session[4] != RECENT_FIELD:
+        df = df.drop(columns=features.session[4])
     return df.sort_values("_row", ignore_index=True).drop(columns="_row")  # the join does not keep row order
 
 
-def query_columns(frame: pd.DataFrame, groups=tuple(GROUPS)) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(tabular columns, vector columns) of ``frame`` belonging to ``groups``; version stamps are not features."""
-    prefixes = tuple(p for g in groups for p in GROUPS[g])
-    cols = [c for c in frame.columns if c.startswith(prefixes) and not c.endswith("__model_version")]
+def query_columns(frame: pd.DataFrame, prefixes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tabular columns, vector columns) of ``frame`` with one of ``prefixes``; version stamps are not features."""
+    cols = [c for c in frame.columns if c.startswith(prefixes) and not c.endswith("__model_version")] \
+        if prefixes else []
     vectors = tuple(c for c in cols if frame[c].dtype == object and _is_list_column(frame[c]))
     return tuple(c for c in cols if c not in vectors), vectors
 
@@ -214,23 +229,26 @@ def _is_list_column(s: pd.Series) -> bool:
     return len(first) > 0 and isinstance(first.iloc[0], (list, np.ndarray))
 
 
-def catalogue(store, repo, item_vectors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> pd.DataFrame:
-    """Every item with its profile (the latest row, read through Feast's offline store), plus learned item
-    vectors given as {column: (item ids, matrix)}; items a vector source does not know get a missing value."""
-    from feast_autofeat.training import parse_as_of
-
-    view = store.get_feature_view("item_profile")
-    src = view.batch_source
-    t = store._get_provider().offline_store.pull_latest_from_table_or_query(
-        config=store.config, data_source=src, join_key_columns=["item_id"],
-        feature_name_columns=[f.name for f in view.features], timestamp_field=src.timestamp_field,
-        created_timestamp_column=None, start_date=pd.Timestamp("1970-01-01", tz="UTC").to_pydatetime(),
-        end_date=parse_as_of(None, repo)).to_df()
-    items = t.drop(columns=[src.timestamp_field]).rename(columns={f.name: f"item_profile__{f.name}"
-                                                                  for f in view.features})
-    items = items.sort_values("item_id", ignore_index=True)
+def catalogue(store, decl, item_vectors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+              events: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every item with its features (each item view's latest row, read through Feast's offline store) as
+    ``item_id`` plus ``<view>__<feature>`` columns, plus learned item vectors given as {column: (item ids,
+    matrix)}; items a vector source does not know get a missing value. Without item views the catalogue is the
+    items of the interaction log (``events``, default: read)."""
+    key = decl.interactions.item_key
+    items = None
+    for v in decl.inputs:
+        fv = registered_view(store, v.name, f"item view of {decl.name}:")
+        features = [f.name for f in (v.projection.features or fv.features)]
+        t = latest_rows(store, fv, key, features).rename(
+            columns={key: ITEM, **{f: f"{v.projection.name_to_use()}__{f}" for f in features}})
+        items = t if items is None else items.merge(t, on=ITEM, how="outer")
+    if items is None:
+        ev = read_events(store, decl.interactions) if events is None else events
+        items = pd.DataFrame({ITEM: np.unique(ev[ITEM].to_numpy())})
+    items = items.sort_values(ITEM, ignore_index=True)
     for col, (ids, matrix) in (item_vectors or {}).items():
-        pos = pd.Index(np.asarray(ids, np.int64)).get_indexer(items.item_id.to_numpy())
+        pos = pd.Index(np.asarray(ids)).get_indexer(items[ITEM].to_numpy())
         rows = np.flatnonzero(pos >= 0)
         items[col] = pd.Series(list(np.asarray(matrix, np.float32)[pos[rows]]), index=rows, dtype=object).reindex(
             np.arange(len(items)))
@@ -240,8 +258,7 @@ def catalogue(store, repo, item_vectors: dict[str, tuple[np.ndarray, np.ndarray]
 def histories(events: pd.DataFrame, users: np.ndarray, item_ids: np.ndarray) -> Histories:
     """CSR histories of ``users`` (in that order) over the catalogue ``item_ids`` (sorted); items outside the
     catalogue are dropped."""
-    users = np.asarray(users, np.int64)
-    upos = pd.Index(users).get_indexer(events.user_id.to_numpy())
-    ipos = pd.Index(np.asarray(item_ids, np.int64)).get_indexer(events.item_id.to_numpy())
+    upos = pd.Index(np.asarray(users)).get_indexer(events[USER].to_numpy())
+    ipos = pd.Index(np.asarray(item_ids)).get_indexer(events[ITEM].to_numpy())
     ok = (upos >= 0) & (ipos >= 0)
     return Histories.from_pairs(upos[ok], ipos[ok], len(users), len(item_ids))

@@ -1,7 +1,11 @@
 """One evaluation harness for every recommender: protocols, baselines, two-tower variants, one table.
 
-Protocols (positives only, e.g. MovieLens ratings >= 4; full ranking over the whole catalogue, each user's
-known items excluded; Recall@K divided by min(K, targets); standard errors over users):
+``feast-autofeat evaluate --repo R [--protocols P,C,T] [--quick] [--out FILE]`` runs it on whatever data the
+repo holds, for its ``two_tower`` declaration, in a scratch copy of the repo (``workspace``): the repo's own
+``embeddings.json``, registry and online store are never touched.
+
+Protocols (positives only, by the declaration's ``positive`` predicate; full ranking over the whole catalogue,
+each user's known items excluded; Recall@K divided by min(K, targets); standard errors over users):
 
 - **P** (primary): per user, the last 20% of positives by time are targets, everything earlier is history.
   Features are as of the user's first target time (point in time). Tuning uses the same cut repeated inside
@@ -11,50 +15,75 @@ known items excluded; Recall@K divided by min(K, targets); standard errors over 
 - **C** (new users): 10% of users are held out of all training; at request time only their first 5 positives
   (and their profile) are known; everything they did later is a target. On a small dataset one run scores few
   users, so ``pool`` combines runs with different held-out users and seeds into one table.
-- **G** (global temporal): train on the first 80% of positives by time, test on the rest, for users with at
-  least one positive on each side; few MovieLens users qualify (most rate within days of signing up).
+- **T** (global temporal; ``G`` is accepted too): train on the first 80% of positives by time, test on the rest,
+  for users with at least one positive on each side.
 
-Every two-tower row also carries ``paired``: its per-user difference from each baseline on the same users, with
-the standard error of those differences (much smaller than either model's own, as the users' difficulty cancels).
+Models: popularity, EASE, Mult-VAE (when the repo declares a session embedding), and the two-tower as ids only,
+ids + history, without learned features, with every learned group (``two-tower learned``), without each one in
+turn, and as ``train`` ships it (``two-tower``: learned groups gated on the inner validation, whose report the row
+carries). Every two-tower row also carries ``paired``: its per-user difference from each baseline on the same
+users, with the standard error of those differences (much smaller than either model's own, as the users'
+difficulty cancels).
 
-Every protocol retrains the encoders (DAE, GAN, Mult-VAE) on its own training events only, deploys them as the
-live versions of the repo's embedding views, backfills daily snapshots, and builds training sets through the
-``two_tower_query`` feature service, so the two-tower reads exactly what serving would have read.
+Every protocol retrains the learned embeddings on its own training events only, deploys them as the live
+versions (in the workspace), backfills daily snapshots, and builds training sets through the declaration's
+query views, so the two-tower reads exactly what serving would have read.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from feast_autofeat.errors import AutofeatError
 from feast_autofeat.evaluation import mean_se, summarize
 from feast_autofeat.evaluation import per_user as metric_values
+from feast_autofeat.feast.offline import TS, USER
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
-from feast_autofeat.recommend.data import ENCODERS, Cut, cold_users_cut, histories, per_user_cut
+from feast_autofeat.recommend.data import Cut, cold_users_cut, histories, per_user_cut
 from feast_autofeat.recommend.train import TrainingSet, validation
 
 log = logging.getLogger(__name__)
 
 METRICS = (("recall@10", recall_at_k, 10), ("recall@20", recall_at_k, 20), ("ndcg@10", ndcg_at_k, 10),
            ("hitrate@10", hit_rate_at_k, 10))
+SHIPPED = "two-tower"  # the configuration ``train`` ships by default (learned groups gated)
+BASELINES = ("popularity", "EASE", "Mult-VAE")
+PAIRED = ("ndcg@10", "recall@20")  # the metrics of the targets, compared user by user with each baseline
+PROTOCOLS = ("P", "C", "T")
+QUICK = {"epochs": {"dae": 5, "gan": 5, "multvae": 20, "two_tower": 6}, "protocols": ("P", "C")}
 
-VARIANTS = {
-    "two-tower ids": {"groups": (), "item_groups": (), "history": False},
-    "two-tower ids + history": {"groups": (), "item_groups": (), "history": True},
-    "two-tower features (no learned)": {"groups": ("profile", "behaviour"), "item_groups": ("profile",)},
-    "two-tower learned": {},  # every feature group, item profile + Mult-VAE item vectors, history, ids
-    "  - DAE": {"groups": ("profile", "behaviour", "gan_critic", "multvae")},
-    "  - GAN critic": {"groups": ("profile", "behaviour", "dae", "multvae")},
-    "  - Mult-VAE": {"groups": ("profile", "behaviour", "dae", "gan_critic"), "item_groups": ("profile",)},
-    "  + GAN augmentation": {"gan_augment": 2},  # synthetic behaviour rows for sparse users (recommend.augment)
-}
+
+def variants(decl, quick: bool = False) -> dict[str, dict]:
+    """The two-tower rows of the table for a declaration: {row: ``TrainingSet.config`` arguments, plus
+    ``gate``}."""
+    plain = tuple(v.projection.name_to_use() for v in decl.query_views)
+    item_views = tuple(v.projection.name_to_use() for v in decl.inputs)
+    out = {"two-tower ids": {"groups": (), "item_groups": (), "history": False}}
+    if not quick:
+        out["two-tower ids + history"] = {"groups": (), "item_groups": (), "history": True}
+    out["two-tower features (no learned)"] = {"groups": plain, "item_groups": item_views}
+    if decl.learned:
+        out["two-tower learned"] = {}
+        for name in decl.learned:
+            out[f"  - {name}"] = {"groups": plain + tuple(n for n in decl.query_learned if n != name),
+                                  "item_groups": item_views + tuple(n for n in decl.item_vector_sources
+                                                                    if n != name)}
+    out[SHIPPED] = {"gate": True}
+    if not quick and any(d.kind == "embedding" and d.model == "gan" for d in decl.learned.values()):
+        out["  + GAN augmentation"] = {"gan_augment": 2}  # synthetic behaviour rows for sparse users
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,18 +105,17 @@ def protocol_c(events: pd.DataFrame, share: float = 0.1, known: int = 5, seed: i
                     "known at request time, the rest are targets", train, cut)
 
 
-def protocol_g(events: pd.DataFrame, train_share: float = 0.8) -> Protocol:
+def protocol_t(events: pd.DataFrame, train_share: float = 0.8) -> Protocol:
     t = events.event_timestamp.sort_values(ignore_index=True).iloc[int(train_share * (len(events) - 1))]
     train, test = events[events.event_timestamp < t], events[events.event_timestamp >= t]
     users = np.intersect1d(train.user_id.unique(), test.user_id.unique())
     cut = Cut(train[train.user_id.isin(users)].reset_index(drop=True),
               test[test.user_id.isin(users)].reset_index(drop=True))
-    return Protocol("G", f"global temporal: train on positives before {t}, test after (users with both)",
+    return Protocol("T", f"global temporal: train on positives before {t}, test after (users with both)",
                     train.reset_index(drop=True), cut)
 
 
-BASELINES = ("popularity", "EASE", "Mult-VAE")
-PAIRED = ("ndcg@10", "recall@20")  # the metrics of the targets, compared user by user with each baseline
+protocol_g = protocol_t  # the name the earlier tables used
 
 
 def paired(per_user: dict) -> dict:
@@ -120,33 +148,36 @@ def pool(results: list[dict]) -> dict:
             "seconds": sum(r["seconds"] for r in results), "models": models, "per_user": per_user}
 
 
-def train_encoders(repo: Path, events: pd.DataFrame, seed: int = 0, progress: bool = False, **overrides) -> dict:
-    """Train DAE, GAN and Mult-VAE on ``events`` only, deploy them live, apply, backfill daily snapshots over
-    the events' whole range. Returns {embedding name: version}."""
-    from feast import FeatureStore
-
-    from feast_autofeat.cli import feast_apply
-    from feast_autofeat.feast.embeddings import Deployments
+def train_encoders(project, decl, events: pd.DataFrame, seed: int = 0, progress: bool = False,
+                   epochs: dict | None = None) -> dict:
+    """Train the declaration's learned embeddings on ``events`` only (tabular ones on the users' features at
+    those moments, history ones on those positives), deploy them live, apply, backfill the stored ones daily over
+    the events' range. Returns {embedding name: version}."""
+    from feast_autofeat.feast.deployments import view_name
     from feast_autofeat.feast.engine import LeakageWarning, backfill
     from feast_autofeat.training import train
 
+    epochs = epochs or {}
+    rows = events[[USER, TS]].rename(columns={USER: decl.interactions.user_key})
     versions = {}
-    for name, model in ENCODERS:
-        versions[name] = train(model, repo, events=events, seed=seed, progress=progress,
-                               **overrides.get(model, {})).version
-    dep = Deployments(repo)
-    for name, model in ENCODERS:
-        dep.deploy(name, model, versions[name], live=True)
+    for name, learned in decl.learned.items():
+        cap = epochs.get(name, epochs.get(learned.model))
+        kwargs = {"epochs": cap} if cap is not None else {}
+        data = {"events": events} if learned.kind == "session" else {"entity_df": rows}
+        versions[name] = train(project, name, seed=seed, progress=progress, **data, **kwargs).version
+    dep = project.deployments()
+    for name, learned in decl.learned.items():
+        dep.deploy(name, learned.model, versions[name], live=True)
     dep.save()
-    feast_apply(repo)
-    store = FeatureStore(repo_path=str(repo))
-    lo = events.event_timestamp.min().floor("D").to_pydatetime()
-    hi = events.event_timestamp.max().ceil("D").to_pydatetime()
-    for name, _ in ENCODERS[:2]:
-        with warnings.catch_warnings():
-            # snapshots inside the training range are the point: P's histories span the whole timeline
-            warnings.simplefilter("ignore", LeakageWarning)
-            backfill(store, f"{name}__{versions[name]}", lo, hi, progress=progress)
+    project.apply()
+    lo = events[TS].min().floor("D").to_pydatetime()
+    hi = events[TS].max().ceil("D").to_pydatetime()
+    for name, learned in decl.learned.items():
+        if learned.stored:
+            with warnings.catch_warnings():
+                # snapshots inside the training range are the point: P's histories span the whole timeline
+                warnings.simplefilter("ignore", LeakageWarning)
+                backfill(project.store, view_name(name, versions[name]), lo, hi, progress=progress)
     return versions
 
 
@@ -183,25 +214,27 @@ def tune_ease(data: TrainingSet, item_ids: np.ndarray, grid=(50.0, 100.0, 200.0,
     return EASE(best).fit(histories(data.events, users, item_ids)), {"l2": best, "inner_valid_recall@20": best_score}
 
 
-def run_protocol(repo: Path, protocol: Protocol, variants: dict = VARIANTS, seed: int = 0,
-                 progress: bool = False, encoder_overrides: dict | None = None) -> dict:
-    """Every model of the table on one protocol: {model: metrics}, plus the protocol's description."""
-    from feast import FeatureStore
-
+def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, seed: int = 0,
+                 progress: bool = False, epochs: dict | None = None) -> dict:
+    """Every model of the table on one protocol: {model: metrics}, plus the protocol's description. ``rows``:
+    the two-tower variants (default ``variants(decl)``); ``epochs``: caps per embedding or model name."""
     from feast_autofeat.models.ease import Popularity
 
     t0 = time.perf_counter()
-    versions = train_encoders(repo, protocol.train_events, seed, progress, **(encoder_overrides or {}))
-    store = FeatureStore(repo_path=str(repo))
-    data = TrainingSet.build(store, repo, protocol.train_events)
+    rows = variants(decl) if rows is None else rows
+    epochs = epochs or {}
+    versions = train_encoders(project, decl, protocol.train_events, seed, progress, epochs)
+    decl = project.two_tower(decl.name)
+    store = project.store
+    data = TrainingSet.build(store, decl, protocol.train_events, encoders=versions)
     item_ids = data.items.item_id.to_numpy()
     qframe, targets, known = validation(store, protocol.cut, item_ids, data.features)
-    rows, per_user = {}, {}
+    table, per_user = {}, {}
 
     def record(name: str, scores: np.ndarray, started: float, **extra) -> None:
         per_user[name] = metric_values(scores, known, targets, METRICS)
-        rows[name] = {**summarize(per_user[name]), "seconds": time.perf_counter() - started, **extra}
-        log.info("%s %s: recall@20 %.4f", protocol.name, name, rows[name]["recall@20"]["mean"])
+        table[name] = {**summarize(per_user[name]), "seconds": time.perf_counter() - started, **extra}
+        log.info("%s %s: recall@20 %.4f", protocol.name, name, table[name]["recall@20"]["mean"])
 
     train_h = histories(data.events, np.unique(data.events.user_id), item_ids)
     t = time.perf_counter()
@@ -209,15 +242,182 @@ def run_protocol(repo: Path, protocol: Protocol, variants: dict = VARIANTS, seed
     t = time.perf_counter()
     ease, info = tune_ease(data, item_ids)
     record("EASE", ease.score(known), t, **info)
-    t = time.perf_counter()
-    record("Mult-VAE", multvae_scores(repo / "models", versions["session_multvae"], known, item_ids), t)
-    for name, variant in variants.items():
+    sessions = [n for n, d in decl.learned.items() if d.kind == "session"]
+    if sessions:
         t = time.perf_counter()
-        model = data.fit(data.config(seed=seed, **variant), progress=progress)
+        record("Mult-VAE", multvae_scores(decl.root, versions[sessions[0]], known, item_ids), t)
+    cap = epochs.get(decl.name, epochs.get("two_tower"))
+    for name, variant in rows.items():
+        t = time.perf_counter()
+        variant = dict(variant)
+        gate = variant.pop("gate", False)
+        config = data.config(seed=seed, **variant, **({"epochs": cap} if cap is not None else {}))
+        model = data.fit(config, gate=gate, progress=progress)
         record(name, model.score(qframe), t, **{k: v for k, v in model.metrics_.items() if k != "train_seconds"})
     for name, comparisons in paired(per_user).items():
-        rows[name]["paired"] = comparisons
+        table[name]["paired"] = comparisons
     return {"protocol": protocol.description, "train_events": len(protocol.train_events),
             "test_users": int((targets.lengths > 0).sum()), "targets": int(targets.lengths.sum()),
-            "encoders": versions, "seconds": time.perf_counter() - t0, "models": rows,
+            "encoders": versions, "seconds": time.perf_counter() - t0, "models": table,
             "per_user": per_user}  # {model: {metric: value per test user}}: not JSON; ``pool`` reads it
+
+
+# ---- the command: a scratch copy of the repo, the protocols, one JSON and one PNG
+SKIP = {"models", "store", "reports", "embeddings.json", ".git", ".venv", "__pycache__"}
+
+
+def workspace(repo: Path, yaml: str | None = None) -> Path:
+    """A scratch copy of a feature repo for experiments that deploy and apply: its Python files copied, its
+    YAML with the registry and online store moved into the copy (SQLite), every other entry linked (data read in
+    place; a ``data`` directory is linked entry by entry, so snapshots of the copy's versions stay in the copy),
+    an empty ``embeddings.json`` and its own model root."""
+    import yaml as pyyaml
+
+    from feast_autofeat.repo import yaml_path
+
+    repo = Path(repo).resolve()
+    dest = Path(tempfile.mkdtemp(prefix="autofeat-workspace-"))
+    source = yaml_path(repo, yaml)
+    config = pyyaml.safe_load(source.read_text()) or {}
+    config["registry"] = {"registry_type": "file", "path": str(dest / "store" / "registry.db")}
+    config["online_store"] = {"type": "sqlite", "path": str(dest / "store" / "online_store.db")}
+    (dest / "store").mkdir()
+    (dest / "feature_store.yaml").write_text(pyyaml.safe_dump(config, sort_keys=False))
+    for entry in repo.iterdir():
+        if entry.name in SKIP or entry == source or entry.name.startswith("feature_store"):
+            continue
+        target = dest / entry.name
+        if entry.suffix == ".py":
+            shutil.copy2(entry, target)
+        elif entry.is_dir() and any(entry.rglob("*.py")):  # a package of definitions
+            shutil.copytree(entry, target, ignore=shutil.ignore_patterns("__pycache__"))
+        elif entry.is_dir() and entry.name == "data":
+            target.mkdir()
+            for item in entry.iterdir():
+                if item.name not in ("embeddings", ".staging"):
+                    os.symlink(item, target / item.name)
+        else:
+            os.symlink(entry, target)
+    return dest
+
+
+def flat(result: dict) -> dict:
+    """A protocol's result in the shape other tools read: {"models": {name: {"recall@20": x, "ndcg@10": y,
+    "users": n, ...}}, "paired": {model: {baseline: {metric: {mean, se}}}}, ...}."""
+    models, pairs = {}, {}
+    for name, row in result["models"].items():
+        out = {"users": row.get("users")}
+        for metric, value in row.items():
+            if isinstance(value, dict) and "mean" in value:
+                out[metric], out[f"{metric}_se"] = value["mean"], value["se"]
+        if "gate" in row:
+            out["gate"] = row["gate"]
+        models[name.strip()] = out
+        if "paired" in row:
+            pairs[name.strip()] = row["paired"]
+    keep = {k: v for k, v in result.items() if k not in ("models", "per_user", "runs")}
+    return {**keep, "models": models, "paired": pairs}
+
+
+def chart(result: dict, path: Path, title: str) -> None:
+    """Recall@20 and NDCG@10 of every model per protocol, bars = 1 standard error (a PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result)
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        models = result[name]["models"]
+        labels = list(models)
+        for j, metric in enumerate(("recall@20", "ndcg@10")):
+            means = [models[m][metric] for m in labels]
+            ses = [models[m][f"{metric}_se"] for m in labels]
+            ax.barh([i + 0.4 * j for i in range(len(labels))], means, height=0.4, xerr=ses, label=metric, capsize=2)
+        ax.set_yticks([i + 0.2 for i in range(len(labels))], labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"protocol {name} ({result[name]['test_users']} test users)", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{title}: mean over test users, bars = 1 standard error", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table_text(result: dict, shown=("recall@20", "ndcg@10", "hitrate@10")) -> str:
+    lines = []
+    for name, res in result.items():
+        lines.append(f"protocol {name}: {res['protocol']} ({res['test_users']} test users, {res['targets']} "
+                     "targets)")
+        lines.append(f"  {'model':<34}" + "".join(f"{m:>18}" for m in shown) + f"{'vs EASE (recall@20)':>24}")
+        for model, row in res["models"].items():
+            diff = (res["paired"].get(model) or {}).get("EASE", {}).get("recall@20")
+            lines.append(f"  {model:<34}" + "".join(f"{row[m]:>10.4f} ±{row[m + '_se']:.4f}" for m in shown)
+                         + (f"{diff['mean']:>+15.4f} ±{diff['se']:.4f}" if diff else ""))
+        gate = res["models"].get(SHIPPED, {}).get("gate")
+        for group, g in (gate or {}).items():
+            lines.append(f"  gate: {group} {'kept' if g['kept'] else 'dropped'}: {g['reason']}")
+    return "\n".join(lines)
+
+
+def evaluate_repo(repo, yaml: str | None = None, protocols=("P", "C", "T"), quick: bool = False, seed: int = 0,
+                  c_runs: int = 1, out: str | Path | None = None, name: str | None = None,
+                  progress: bool = False, say=lambda _m: None) -> dict:
+    """``feast-autofeat evaluate``: the protocols on the repo's data for its two-tower, in a scratch copy. Saves
+    the JSON (``out``, default ``<repo>/reports/evaluation-<time>.json``) and a PNG beside it; returns the
+    result with ``json`` and ``png`` paths."""
+    from feast_autofeat.recommend.data import positive_events
+    from feast_autofeat.repo import Repo, apply_quietly
+
+    protocols = [{"G": "T"}.get(p.upper(), p.upper()) for p in protocols]
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if bad:
+        raise AutofeatError(f"unknown protocol(s) {bad}: use {', '.join(PROTOCOLS)}.")
+    source = Repo(repo, yaml)
+    decl = source.two_tower(name)
+    t0 = time.perf_counter()
+    scratch = workspace(source.path, yaml)
+    cwd = os.getcwd()
+    try:
+        os.chdir(scratch)  # relative source paths resolve against the (copied) repo, as under Feast's CLI
+        apply_quietly(scratch)
+        project = Repo(scratch)
+        decl = project.two_tower(decl.name)
+        events = positive_events(project.store, decl)
+        epochs = QUICK["epochs"] if quick else {}
+        rows = variants(decl, quick=quick)
+        result = {}
+        for p in protocols:
+            say(f"protocol {p} ...")
+            if p == "C":
+                runs = [run_protocol(project, decl, protocol_c(events, seed=s), rows, seed=s, progress=progress,
+                                     epochs=epochs) for s in range(seed, seed + max(1, c_runs))]
+                res = pool(runs) if len(runs) > 1 else runs[0]
+            else:
+                res = run_protocol(project, decl, (protocol_p if p == "P" else protocol_t)(events), rows,
+                                   seed=seed, progress=progress, epochs=epochs)
+            result[p] = flat(res)
+            say(f"protocol {p}: {result[p]['test_users']} test users ({res['seconds']:.0f}s)")
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(scratch, ignore_errors=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = Path(out) if out else source.path / "reports" / f"evaluation-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"repo": source.path.name, "two_tower": decl.name, "when": stamp, "quick": quick, "seed": seed,
+              "protocols": result, "seconds": time.perf_counter() - t0}
+    import json
+
+    path.write_text(json.dumps(report, indent=2, default=_json))
+    chart(result, path.with_suffix(".png"), f"{source.path.name} ({decl.name})")
+    return {**report, "json": str(path), "png": str(path.with_suffix(".png"))}
+
+
+def _json(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)

@@ -1,17 +1,20 @@
 """Feedback in, fresh features out: ``Recommender.record_feedback(events)`` and ``POST /feedback``.
 
-An event is ``{user_id, item_id, event_type, event_timestamp[, rating]}`` (the dataset's event types; a rating
-where the dataset has one; an ISO 8601 time, naive = UTC). A batch of events is applied whole or not at all:
+An event is ``{user_id, item_id, event_timestamp[, event_type][, rating]}`` (``event_type`` and ``rating`` where
+the declared interaction log has those columns; ids of the user and item entities' key types; an ISO 8601 time,
+naive = UTC). A batch of events is applied whole or not at all:
 
-1. **Validated**, every event before anything is written: unknown or missing fields, non-integer ids, ids the
-   store does not know (the users and items tables), unknown event types, ratings out of range, unparseable
-   times or times more than ``MAX_FUTURE`` ahead of the clock. A ``FeedbackError`` names each offending event.
-2. **Appended to the event log** (``data/interactions/``, the ``interactions`` source every snapshot, training
-   set and refresh reads) as one parquet part, written to a hidden file, fsynced and renamed into place.
-3. **Pushed online** to the view of Feast's ``user_recent_items_push`` push source: each user's ``recent_items``
-   (positives, newest first by event time), ``recent_times`` and ``seen_items`` (any event), merged with what
-   the online store holds. The next ``recommend`` reads them, so its session embedding and its
-   never-recommend-again set already include the events.
+1. **Validated**, every event before anything is written: unknown or missing fields, ids of the wrong type or
+   out of range, ids the store does not know (the log's and the declared views' users and items), event types
+   outside the declared ones, ratings out of the declared range, unparseable times or times more than
+   ``MAX_FUTURE`` ahead of the clock. A ``FeedbackError`` names each offending event.
+2. **Appended to the event log** (the declared interaction source's directory, which every training set and
+   refresh reads) as one parquet part in the log's own schema and column names, written to a hidden file,
+   fsynced and renamed into place.
+3. **Pushed online** to the declared history view: each user's ``recent_items`` (positives, newest first by
+   event time), ``recent_times`` and ``seen_items`` (any event), merged with what the online store holds. The
+   next ``recommend`` reads them, so its session embedding and its never-recommend-again set already include
+   the events.
 
    On a single Redis server the merge is one optimistic transaction in Feast's own layout
    (``feast.online_lists.RedisListRows``: WATCH the users' keys, read, merge, MULTI/EXEC, redone if another
@@ -22,7 +25,7 @@ where the dataset has one; an ISO 8601 time, naive = UTC). A batch of events is 
 
 If the push fails (Redis gone or refusing writes), the part is removed again and the error raised: nothing is
 half-applied. A crash between the two leaves the events in the log, the source of truth, which
-``rebuild_recent_items`` (and ``feast-autofeat refresh``) turns back into the online lists.
+``rebuild_history`` (and ``feast-autofeat refresh``) turns back into the online lists.
 
 Online rows are stamped with the write time (at least 1 µs after the stored row, as Feast's Redis writer drops
 writes that are not newer); ``seen_items`` keeps the newest ``SEEN_ITEMS`` by arrival.
@@ -47,18 +50,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feast_autofeat.datasets import get_spec, load_manifest
-from feast_autofeat.datasets.base import PREPARED_PART, event_log_dir
+from feast_autofeat.feast.encoding import Int64ListCodec, list_codec
+from feast_autofeat.feast.interactions import HISTORY_FIELDS
+from feast_autofeat.feast.offline import ITEM, TS, USER, read_events, source_rows
 from feast_autofeat.feast.online_lists import RedisListRows
 from feast_autofeat.feast.writer import single_redis
-from feast_autofeat.features.snapshots import RECENT_FIELDS, RECENT_ITEMS, SEEN_ITEMS, connect, fetch_arrow
+from feast_autofeat.features.snapshots import RECENT_ITEMS, SEEN_ITEMS, connect, fetch_arrow
+from feast_autofeat.ids import IdError, parse_id
 from feast_autofeat.models.base import SchemaError
 
-PUSH_SOURCE = "user_recent_items_push"
-RECENT_VIEW = "user_recent_items"
 MAX_FUTURE = timedelta(minutes=5)  # clock skew tolerated between a client and the service
 MAX_ERRORS = 5  # offending events named per error message
-LIST_FEATURES = tuple(name for name, _ in RECENT_FIELDS)
+LIST_FEATURES = HISTORY_FIELDS
+EVENT_TYPE, RATING = "event_type", "rating"  # the event fields of the API, mapped to the log's columns
 
 
 class FeedbackError(SchemaError):
@@ -77,6 +81,12 @@ class FeedbackResult:
         return asdict(self)
 
 
+def _brief(value, limit: int = 40) -> str:
+    """``repr`` of an offending value, cut short: errors name the problem, they do not echo long input back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _us(ts: pd.Series) -> np.ndarray:
     return ts.dt.tz_convert("UTC").to_numpy("datetime64[us]").astype(np.int64)
 
@@ -84,11 +94,11 @@ def _us(ts: pd.Series) -> np.ndarray:
 Lists = dict[str, tuple[np.ndarray, np.ndarray]]  # per feature: every user's list concatenated, and its length
 
 
-def _flat(lists: list) -> tuple[np.ndarray, np.ndarray]:
+def _flat(lists: list, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated values of per-user lists (None = empty) and each list's length."""
-    arrays = [np.zeros(0, np.int64) if x is None else np.asarray(x, np.int64) for x in lists]
+    arrays = [np.zeros(0, dtype) if x is None else np.asarray(x, dtype) for x in lists]
     lens = np.fromiter(map(len, arrays), np.int64, len(arrays))
-    return (np.concatenate(arrays) if arrays else np.zeros(0, np.int64)), lens
+    return (np.concatenate(arrays) if arrays else np.zeros(0, dtype)), lens
 
 
 def _split(flat: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
@@ -104,37 +114,71 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def log_directory(decl) -> Path:
+    """The interaction source's directory of parquet parts (where feedback appends), or an error saying why
+    feedback cannot append to it."""
+    inter = decl.interactions
+    path = getattr(inter.source, "path", None)
+    if not path or "://" in str(path):
+        raise FeedbackError(f"feedback appends parquet parts to the interaction log, but {inter.name} is not a local "
+                            "file source; declare it as a FileSource over a directory of parquet files.")
+    directory = Path(path) if Path(path).is_absolute() else decl.repo_dir / path
+    if not directory.is_dir():
+        raise FeedbackError(f"the interaction log {inter.name} ({directory.name}) is not a directory of parquet "
+                            "parts, so feedback cannot append to it; point its FileSource at a directory "
+                            "(`feast-autofeat prepare` writes one).")
+    return directory
+
+
 class FeedbackLog:
     """Validates feedback, appends it to the event log and pushes the fresh lists online (see module doc)."""
 
-    def __init__(self, store, repo: str | Path, clock: Callable[[], datetime] | None = None):
-        self.store = store
-        self.data_dir = Path(repo) / "data"
-        self.spec = get_spec(load_manifest(self.data_dir).dataset)
+    def __init__(self, store, decl, clock: Callable[[], datetime] | None = None):
+        self.store, self.decl = store, decl
+        self.inter = inter = decl.interactions
+        if decl.history_name is None:
+            raise FeedbackError(f"{decl.name} declares no history view: feedback has nowhere to push users' lists "
+                                "(add history=history_view(...) to its two_tower declaration).")
+        self.view = decl.history_name
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self.log_dir = event_log_dir(self.data_dir)
-        prepared = self.log_dir / PREPARED_PART
-        if not prepared.exists():
-            raise FeedbackError(f"{prepared} not found: the event log is missing; re-run `feast-autofeat prepare`.")
-        self.schema = pq.read_schema(prepared).remove_metadata()
-        self.fields = ["user_id", "item_id", "event_type", "event_timestamp"]
-        if self.spec.rating_column:
-            self.fields.insert(3, self.spec.rating_column)
-        self.users = self._ids("users", "user_id")
-        self.items = self._ids("items", "item_id")
+        self.log_dir = log_directory(decl)
+        parts = sorted(p for p in self.log_dir.glob("*.parquet") if not p.name.startswith("."))
+        if not parts:
+            raise FeedbackError(f"the interaction log {inter.name} has no parquet part to take its schema from.")
+        self.schema = pq.read_schema(parts[0]).remove_metadata()
+        self.columns = {USER: inter.user_key, ITEM: inter.item_key, TS: inter.timestamp}
+        if inter.event_type:
+            self.columns[EVENT_TYPE] = inter.event_type
+        if inter.rating:
+            self.columns[RATING] = inter.rating
+        self.fields = [USER, ITEM] + [f for f in (EVENT_TYPE, RATING) if f in self.columns] + [TS]
+        self.user_kind, self.item_kind = inter.user_kind(), inter.item_kind()
+        self.users, self.items = self._known_ids()
         self._lock = threading.Lock()
         self._sql_lock = threading.Lock()
         self._con = None
         config = store.config
-        self._rows = RedisListRows(config, RECENT_VIEW, "user_id", LIST_FEATURES) if single_redis(config) else None
+        codecs = {"recent_items": list_codec(self.item_kind), "recent_times": Int64ListCodec(),
+                  "seen_items": list_codec(self.item_kind)}
+        self._rows = (RedisListRows(config, self.view, inter.user_key, LIST_FEATURES, key_kind=self.user_kind,
+                                    codecs=codecs) if single_redis(config) else None)
 
-    def _ids(self, source: str, key: str) -> np.ndarray:
-        path = self.store.get_data_source(source).path
-        return np.unique(pq.read_table(path, columns=[key]).column(key).to_numpy())
+    def _known_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """The users and items the store knows: the log's, and the declared query and item views' entities."""
+        ev = read_events(self.store, self.inter)
+        users = [ev[USER].to_numpy()]
+        views = [self.store.get_feature_view(v.name) for v in self.decl.query_views]
+        if views:
+            users.append(source_rows(self.store, views, self.inter.user_key)[self.inter.user_key].to_numpy())
+        items = [ev[ITEM].to_numpy()]
+        views = [self.store.get_feature_view(v.name) for v in self.decl.inputs]
+        if views:
+            items.append(source_rows(self.store, views, self.inter.item_key)[self.inter.item_key].to_numpy())
+        return np.unique(np.concatenate(users)), np.unique(np.concatenate(items))
 
-    # ---- validation (vectorized; nothing is written before every event passed)
+    # ---- validation (nothing is written before every event passed)
     def validate(self, events) -> pd.DataFrame:
-        """The events as a frame in the log's schema, or a ``FeedbackError`` naming what is wrong and where."""
+        """The events as a frame (the API's field names), or a ``FeedbackError`` naming what is wrong and where."""
         df = self._frame(events)
         problems: list[str] = []
 
@@ -145,32 +189,41 @@ class FeedbackLog:
                 problems.append(f"... and {len(rows) - MAX_ERRORS} more events like that")
 
         ids = {}
-        for col, known, table in (("user_id", self.users, "users"), ("item_id", self.items, "items")):
-            values = df[col]
-            if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
-                ok = np.ones(len(df), bool)
-            else:
-                ok = values.map(lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)))
-                ok = ok.to_numpy(bool)
-            bad(~ok, lambda i, c=col: f"{c} must be an integer, got {df[c].iloc[i]!r}")
-            arr = np.where(ok, pd.to_numeric(values.where(ok, 0), errors="coerce"), 0).astype(np.int64)
-            bad(ok & ~np.isin(arr, known), lambda i, c=col, a=arr, t=table: (
-                f"{c} {a[i]} is unknown (not in the {t} table); add it to the {t} table and re-run "
-                "`feast-autofeat prepare`, or drop the event"))
+        for col, known, kind, entity in ((USER, self.users, self.user_kind, self.inter.user.name),
+                                         (ITEM, self.items, self.item_kind, self.inter.item.name)):
+            parsed, errors = [], {}
+            for i, v in enumerate(df[col].tolist()):  # one check per event: a feedback batch, not a table
+                try:
+                    parsed.append(parse_id(v, kind, col, text=False))  # JSON has types: "42" is not 42
+                except IdError as exc:
+                    errors[i] = str(exc).rstrip(".")
+                    parsed.append("" if kind == "string" else 0)
+            bad(np.isin(np.arange(len(df)), list(errors)), lambda i, e=errors: e[i])
+            arr = np.array(parsed, dtype=str if kind == "string" else np.int64)
+            unknown = ~np.isin(arr, known) & ~np.isin(np.arange(len(df)), list(errors))
+            bad(unknown, lambda i, c=col, a=arr, n=entity: (
+                f"{c} {str(a[i])[:40]} is unknown to the store (no {n} of that id in the interaction log or the "
+                "declared views); add it to their data first, or drop the event"))
             ids[col] = arr
 
-        types = self.spec.event_types
-        et = df["event_type"]
-        bad(~et.isin(types).to_numpy(bool), lambda i: f"event_type {et.iloc[i]!r} is not one of {list(types)}")
-
-        rating = self.spec.rating_column
-        if rating:
-            r = pd.to_numeric(df[rating], errors="coerce").to_numpy(np.float64)
-            lo, hi = self.spec.rating_range or (-math.inf, math.inf)
+        out = pd.DataFrame({USER: ids[USER], ITEM: ids[ITEM]})
+        if EVENT_TYPE in self.columns:
+            et = df[EVENT_TYPE]
+            types = self.inter.event_types
+            ok = et.map(lambda v: isinstance(v, str) and bool(v)).to_numpy(bool)
+            if types:
+                ok &= et.isin(types).to_numpy(bool)
+            bad(~ok, lambda i: (f"event_type {_brief(et.iloc[i])} is not one of {list(types)}" if types
+                                else "event_type must be a non-empty string"))
+            out[EVENT_TYPE] = et.astype(str).to_numpy()
+        if RATING in self.columns:
+            r = pd.to_numeric(df[RATING], errors="coerce").to_numpy(np.float64)
+            lo, hi = self.inter.rating_range or (-math.inf, math.inf)
             bad(~(np.isfinite(r) & (r >= lo) & (r <= hi)),
-                lambda i: f"{rating} must be a number in [{lo:g}, {hi:g}], got {df[rating].iloc[i]!r}")
+                lambda i: f"rating must be a number in [{lo:g}, {hi:g}], got {_brief(df[RATING].iloc[i])}")
+            out[RATING] = r
 
-        raw = df["event_timestamp"]
+        raw = df[TS]
         if pd.api.types.is_datetime64_any_dtype(raw):
             ts = raw.dt.tz_localize("UTC") if raw.dt.tz is None else raw.dt.tz_convert("UTC")
         else:
@@ -179,17 +232,13 @@ class FeedbackLog:
             ts = ts.where(text, pd.NaT)
         latest = pd.Timestamp(self.clock()) + MAX_FUTURE
         bad(ts.isna().to_numpy(bool),
-            lambda i: f"event_timestamp {raw.iloc[i]!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)")
+            lambda i: f"event_timestamp {_brief(raw.iloc[i])} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)")
         bad((ts > latest).to_numpy(bool), lambda i: (
             f"event_timestamp {ts.iloc[i].isoformat()} is more than {MAX_FUTURE} ahead of the service's clock "
             f"({latest - MAX_FUTURE:%Y-%m-%dT%H:%M:%SZ}); send the time the event happened"))
         if problems:
             raise FeedbackError(f"{len(df)} event(s) rejected, none recorded: " + "; ".join(problems) + ".")
-
-        out = pd.DataFrame({"user_id": ids["user_id"], "item_id": ids["item_id"], "event_type": et.astype(str)})
-        if rating:
-            out[rating] = r
-        out["event_timestamp"] = ts.dt.as_unit("us")
+        out[TS] = pd.Series(ts.dt.as_unit("us").array, index=out.index)
         return out
 
     def _frame(self, events) -> pd.DataFrame:
@@ -204,7 +253,7 @@ class FeedbackLog:
             df = pd.DataFrame(list(events))
         if df.empty:
             raise FeedbackError(f"no events given; send at least one with the fields {self.fields}.")
-        unknown = [c for c in df.columns if c not in self.fields]
+        unknown = [str(c)[:40] for c in df.columns if c not in self.fields]
         missing = [c for c in self.fields if c not in df.columns]
         if unknown or missing:
             raise FeedbackError(f"{len(df)} event(s) rejected, none recorded: "
@@ -219,15 +268,20 @@ class FeedbackLog:
                                 f"{empty}.")
         return df
 
+    def _log_frame(self, events: pd.DataFrame) -> pd.DataFrame:
+        """Validated events under the log's own column names."""
+        return events.rename(columns=self.columns)
+
     def positives(self, events: pd.DataFrame) -> np.ndarray:
-        """Which events count as positives (the dataset's own predicate, evaluated by DuckDB on one connection
-        per log: connecting costs more than the query)."""
+        """Which events count as positives (the declared predicate over the log's columns, evaluated by DuckDB on
+        one connection per log: connecting costs more than the query)."""
+        frame = events.rename(columns={k: v for k, v in self.columns.items() if k in (EVENT_TYPE, RATING)})
         with self._sql_lock:
             if self._con is None:
                 self._con = connect()
-            self._con.register("e", pa.Table.from_pandas(events, preserve_index=False))  # arrow registers fast
+            self._con.register("e", pa.Table.from_pandas(frame, preserve_index=False))  # arrow registers fast
             try:
-                out = fetch_arrow(self._con, f"SELECT coalesce(({self.spec.positive}), false) AS p FROM e")
+                out = fetch_arrow(self._con, f"SELECT coalesce(({self.inter.positive}), false) AS p FROM e")
             finally:
                 self._con.unregister("e")
         return out["p"].to_numpy(zero_copy_only=False).astype(bool)
@@ -238,21 +292,25 @@ class FeedbackLog:
         t0 = time.perf_counter()
         ev = self.validate(events)
         pos = self.positives(ev)
-        users = np.unique(ev["user_id"].to_numpy())
+        users = np.unique(ev[USER].to_numpy())
         part = self._append(ev)
         try:
             if self._rows is not None:  # Redis: one optimistic transaction, redone if another writer interfered
                 self._rows.update(users, lambda stored, stamps: self._merge(ev, pos, users, stored, stamps))
             else:
-                with self._lock, _file_lock(self.data_dir / ".feedback.lock"):
-                    self.store.write_to_online_store(RECENT_VIEW, self.merged_frame(ev, pos))
+                with self._lock, _file_lock(self.log_dir.parent / f".{self.log_dir.name}.feedback.lock"):
+                    self.store.write_to_online_store(self.view, self.merged_frame(ev, pos))
         except BaseException:
             part.unlink(missing_ok=True)  # undo the append: the batch is applied whole or not at all
             raise
         return FeedbackResult(len(ev), int(pos.sum()), len(users), part.name, time.perf_counter() - t0)
 
     def _append(self, ev: pd.DataFrame) -> Path:
-        table = pa.Table.from_pandas(ev, preserve_index=False).select(self.schema.names).cast(self.schema)
+        frame = self._log_frame(ev)
+        for f in self.schema:  # columns of the log feedback does not carry: null
+            if f.name not in frame:
+                frame[f.name] = pd.Series([None] * len(frame), dtype=object)
+        table = pa.Table.from_pandas(frame, preserve_index=False).select(self.schema.names).cast(self.schema)
         name = f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
         tmp, path = self.log_dir / f".{name}.tmp", self.log_dir / name
         try:
@@ -267,23 +325,36 @@ class FeedbackLog:
     def merged_frame(self, ev: pd.DataFrame, pos: np.ndarray) -> pd.DataFrame:
         """The push rows for a validated batch, merged with what Feast's ``get_online_features`` returns (the
         path for online stores other than a single Redis; Redis merges inside ``RedisListRows.update``)."""
-        users = np.unique(ev["user_id"].to_numpy())
-        resp = self.store.get_online_features(features=[f"{RECENT_VIEW}:{f}" for f in LIST_FEATURES],
-                                              entity_rows={"user_id": users.tolist()})
+        users = np.unique(ev[USER].to_numpy())
+        key = self.inter.user_key
+        resp = self.store.get_online_features(features=[f"{self.view}:{f}" for f in LIST_FEATURES],
+                                              entity_rows={key: users.tolist()})
         out = resp.to_dict()
         names = list(resp.proto.metadata.feature_names.val)
         stamps = resp.proto.results[names.index(LIST_FEATURES[0])].event_timestamps
         stored_us = np.array([t.seconds * 1_000_000 + t.nanos // 1000 for t in stamps], np.int64)
-        stored = {f: _flat(out[f]) for f in LIST_FEATURES}
+        stored = {f: _flat(out[f], np.int64 if f == "recent_times" or self.item_kind != "string" else str)
+                  for f in LIST_FEATURES}
         lists, stamp = self._merge(ev, pos, users, stored, stored_us)
         rows = {f: _split(*lists[f]) for f in LIST_FEATURES}
-        return pd.DataFrame({"user_id": users, **rows, "event_timestamp": pd.to_datetime(stamp, unit="us", utc=True)})
+        return pd.DataFrame({key: users, **rows, TS: pd.to_datetime(stamp, unit="us", utc=True)})
 
     def _merge(self, ev: pd.DataFrame, pos: np.ndarray, users: np.ndarray, stored: Lists,
                stored_us: np.ndarray) -> tuple[Lists, np.ndarray]:
-        return merge_lists(users, stored, stored_us, ev["user_id"].to_numpy(np.int64),
-                           ev["item_id"].to_numpy(np.int64), _us(ev["event_timestamp"]), pos,
-                           now_us=int(pd.Timestamp(self.clock()).value // 1000))
+        """``merge_lists`` over integer codes: users by their position in ``users`` (sorted), items by their rank
+        among every item of the batch and the stored lists (ranks keep the ids' order, which breaks ties)."""
+        item_lists = [stored["recent_items"][0], stored["seen_items"][0]]
+        vocab, codes = np.unique(np.concatenate([ev[ITEM].to_numpy(), *item_lists]), return_inverse=True)
+        cuts = np.cumsum([len(ev), len(item_lists[0])])
+        ev_i, recent, seen = np.split(codes.astype(np.int64), cuts)
+        coded = {"recent_items": (recent, stored["recent_items"][1]), "recent_times": stored["recent_times"],
+                 "seen_items": (seen, stored["seen_items"][1])}
+        lists, stamp = merge_lists(np.arange(len(users)), coded, stored_us,
+                                   np.searchsorted(users, ev[USER].to_numpy()), ev_i, _us(ev[TS]), pos,
+                                   now_us=int(pd.Timestamp(self.clock()).value // 1000))
+        for f in ("recent_items", "seen_items"):
+            lists[f] = (vocab[lists[f][0]], lists[f][1])
+        return lists, stamp
 
 
 def merge_lists(users: np.ndarray, stored: Lists, stored_us: np.ndarray, ev_u: np.ndarray, ev_i: np.ndarray,
@@ -296,7 +367,7 @@ def merge_lists(users: np.ndarray, stored: Lists, stored_us: np.ndarray, ev_u: n
     new stamp: the newest of its events, ``now_us``, and 1 µs after the stored stamp (so it is never older)."""
     (recent, n_recent), (times, n_times), (seen, n_seen) = (stored[f] for f in LIST_FEATURES)
     if not np.array_equal(n_recent, n_times):
-        raise FeedbackError("user_recent_items online is inconsistent (recent_items and recent_times differ in "
+        raise FeedbackError("the history view online is inconsistent (recent_items and recent_times differ in "
                             "length): rebuild it with `feast-autofeat refresh` or `feast materialize`.")
 
     # recent_items: positives, newest time first (ties: larger item id first, as in the prepared table)
@@ -377,15 +448,20 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def rebuild_recent_items(repo: str | Path) -> Path:
-    """Recompute ``user_recent_items.parquet`` from the whole event log (prepared events plus feedback), so
-    ``feast materialize`` (or a refresh) writes lists that include every logged event."""
+def rebuild_history(store, decl) -> Path:
+    """Recompute the history view's table (its push source's batch source) from the whole event log (prepared
+    events plus feedback), so ``feast materialize`` (or a refresh) writes lists that include every logged
+    event."""
     from feast_autofeat.datasets.base import write_parquet_atomic
     from feast_autofeat.features.snapshots import recent_items_table
 
-    data_dir = Path(repo) / "data"
-    spec = get_spec(load_manifest(data_dir).dataset)
-    log = pq.read_table(event_log_dir(data_dir))
-    path = data_dir / f"{RECENT_VIEW}.parquet"
-    write_parquet_atomic(recent_items_table(log, spec), path)
+    if decl.history is None:
+        raise FeedbackError(f"{decl.name} declares no history view to rebuild.")
+    src = decl.history.batch_source
+    path = Path(src.path) if Path(src.path).is_absolute() else decl.repo_dir / src.path
+    log = pa.Table.from_pandas(read_events(store, decl.interactions), preserve_index=False)
+    table = recent_items_table(log, decl.interactions.positive)
+    table = table.rename_columns([decl.interactions.user_key if c == USER else src.timestamp_field if c == TS
+                                  else c for c in table.column_names])
+    write_parquet_atomic(table, path)
     return path

@@ -5,7 +5,8 @@
   length relative to the previous mean (retrained spaces are not aligned, so read it with the next figure);
 - **neighbour overlap@10** between versions: for a sample of entities, the share of their 10 nearest
   neighbours (cosine) that both versions agree on: 1 = the same structure, ~10/n = unrelated;
-- **null share served**: of the entity table's ids, the share the online store answers with no vector.
+- **null share served**: of the entities the declaration's input views know (a sample), the share the online
+  store answers with no vector.
 
 Vectors come from each version's latest offline snapshots (what was materialized); the null share from the
 online store itself (``get_online_features``).
@@ -18,9 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-
-ENTITY = {"item_two_tower": ("item_id", "items"), "user_dae": ("user_id", "users"),
-          "user_gan_critic": ("user_id", "users")}
 
 
 def latest_vectors(store, view: str, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +33,9 @@ def latest_vectors(store, view: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     df = df.sort_values(key)
     if df.empty:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    return df[key].to_numpy(np.int64), np.stack(df.embedding.to_numpy()).astype(np.float32)
+    ids = df[key].to_numpy()
+    return (ids.astype(str) if ids.dtype == object else ids.astype(np.int64)), \
+        np.stack(df.embedding.to_numpy()).astype(np.float32)
 
 
 def _histogram(values: np.ndarray, bins: int = 30) -> list:
@@ -60,18 +60,28 @@ def neighbour_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb)]))
 
 
-def compare(store, repo, name: str, version: str, previous: str | None, sample: int = 2000, seed: int = 0) -> dict:
-    import pyarrow.parquet as pq
+def entity_ids(store, decl) -> np.ndarray:
+    """The entities a stored embedding covers: every key of its input views' sources (a two-tower with no item
+    views: the items of its materialized view)."""
+    from feast_autofeat.feast.offline import source_rows
 
-    from feast_autofeat.feast.embeddings import view_name
+    views = [store.get_feature_view(v.name) for v in decl.inputs]
+    if not views:
+        return np.zeros(0, np.int64)
+    return np.unique(source_rows(store, views, decl.key)[decl.key].to_numpy())
 
-    key, table = ENTITY[name]
+
+def compare(store, decl, version: str, previous: str | None, sample: int = 2000, seed: int = 0) -> dict:
+    from feast_autofeat.feast.deployments import view_name
+
+    key, name = decl.key, decl.name
     ids, vecs = latest_vectors(store, view_name(name, version), key)
     norms = np.linalg.norm(vecs, axis=1)
     out = {"view": view_name(name, version), "entities": len(ids),
            "norm": {f"p{q}": float(np.percentile(norms, q)) for q in (1, 5, 50, 95, 99)},
            "norm_histogram": _histogram(norms)}
-    known = np.unique(pq.read_table(Path(repo) / "data" / f"{table}.parquet", columns=[key]).column(key).to_numpy())
+    known = entity_ids(store, decl)
+    known = known if len(known) else ids
     rng = np.random.default_rng(seed)
     probe = np.sort(rng.choice(known, min(sample, len(known)), replace=False))
     online = store.get_online_features(features=[f"{view_name(name, version)}:embedding"],
@@ -94,16 +104,22 @@ def compare(store, repo, name: str, version: str, previous: str | None, sample: 
     return out
 
 
-def health_report(store, repo, versions: dict, previous: dict | None = None) -> Path:
-    """JSON + PNG for the stored embedding views among ``versions`` ({embedding: version}); returns the JSON's
-    path."""
+def health_report(store, repo, versions: dict, previous: dict | None = None, declarations: dict | None = None
+                  ) -> Path:
+    """JSON + PNG for the stored embedding views among ``versions`` ({embedding: version}; ``declarations``:
+    {name: declaration}, default: the repo's); returns the JSON's path."""
+    if declarations is None:
+        from feast_autofeat.repo import load_declarations
+
+        declarations = load_declarations(repo)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     previous = previous or {}
-    views = {n: compare(store, repo, n, v, previous.get(n)) for n, v in versions.items() if n in ENTITY}
+    views = {n: compare(store, declarations[n], v, previous.get(n)) for n, v in versions.items()
+             if n in declarations and declarations[n].stored}
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     out = Path(repo) / "reports"
     out.mkdir(exist_ok=True)

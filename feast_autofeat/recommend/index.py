@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.ids import positions
 
 EXACT_MAX_ITEMS = 100_000  # "auto" switches to IVF above this
 KINDS = ("auto", "exact", "ivf", "hnsw")
@@ -23,11 +24,16 @@ KINDS = ("auto", "exact", "ivf", "hnsw")
 def _rows(index, items) -> np.ndarray:
     """Rows of ``index`` (``ids``, ``_by_id``, ``_sorted_ids``) holding the given item ids (a list, set or array;
     unknown ids ignored), unique and sorted."""
-    items = np.fromiter(items, np.int64) if not isinstance(items, np.ndarray) else items.astype(np.int64)
+    items = items if isinstance(items, np.ndarray) else np.asarray(list(items))
     if not len(items) or not len(index.ids):
         return np.zeros(0, np.int64)
-    j = np.minimum(np.searchsorted(index._sorted_ids, items), len(index.ids) - 1)
-    return np.unique(index._by_id[j[index._sorted_ids[j] == items]])
+    pos = positions(index._sorted_ids, items)
+    return np.unique(index._by_id[pos[pos >= 0]])
+
+
+def missing_ids(ids: np.ndarray, shape: tuple) -> np.ndarray:
+    """Padding for result slots with no item: -1 for integer ids, "" for strings (their score is -inf)."""
+    return np.full(shape, -1 if ids.dtype.kind in "iu" else "", ids.dtype if ids.dtype.kind in "U" else np.int64)
 
 
 class ExactIndex:
@@ -36,7 +42,7 @@ class ExactIndex:
     kind = "exact"
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray):
-        self.ids = np.asarray(ids, np.int64)
+        self.ids = np.asarray(ids)
         self.vectors = np.ascontiguousarray(vectors, np.float32)
         self._by_id = np.argsort(self.ids, kind="stable")  # id -> row, by binary search
         self._sorted_ids = self.ids[self._by_id]
@@ -45,7 +51,8 @@ class ExactIndex:
         return len(self.ids)
 
     def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores), each (queries x k), best first; ``exclude[i]``: item ids never returned for query i."""
+        """(ids, scores), each (queries x k), best first; ``exclude[i]``: item ids never returned for query i.
+        Padded with ``missing_ids`` / -inf where fewer than k items remain."""
         scores = np.asarray(queries, np.float32) @ self.vectors.T
         for row, items in enumerate(exclude or ()):
             scores[row, _rows(self, items)] = -np.inf
@@ -53,7 +60,11 @@ class ExactIndex:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(part, order, axis=1)
-        return self.ids[top], np.take_along_axis(scores, top, axis=1)
+        ids, best = self.ids[top], np.take_along_axis(scores, top, axis=1)
+        gone = ~np.isfinite(best)  # fewer than k items left after the exclusions
+        if gone.any():
+            ids = np.where(gone, missing_ids(self.ids, ids.shape), ids)
+        return ids, best
 
 
 class HnswIndex:
@@ -65,7 +76,7 @@ class HnswIndex:
                  expansion_search: int = 256, threads: int = 0):
         from usearch.index import Index
 
-        self.ids = np.asarray(ids, np.int64)
+        self.ids = np.asarray(ids)
         vectors = np.ascontiguousarray(vectors, np.float32)
         self.index = Index(ndim=vectors.shape[1], metric="ip", dtype="f32", connectivity=connectivity,
                            expansion_add=expansion_add, expansion_search=expansion_search)
@@ -81,13 +92,13 @@ class HnswIndex:
         found = self.index.search(queries, want)
         keys = np.atleast_2d(found.keys).astype(np.int64)
         dist = np.atleast_2d(found.distances)
-        out_ids = np.full((len(queries), k), -1, np.int64)
+        out_ids = missing_ids(self.ids, (len(queries), k))
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         for row in range(len(queries)):  # per query, not per item: a handful of rows per request
             ids = self.ids[keys[row][keys[row] < len(self.ids)]]
             scores = 1.0 - dist[row][: len(ids)]  # usearch's "ip" distance is 1 - dot
             if exclude:
-                keep = ~np.isin(ids, np.fromiter(exclude[row], np.int64, len(exclude[row])))
+                keep = ~np.isin(ids, np.asarray(list(exclude[row]), ids.dtype))
                 ids, scores = ids[keep], scores[keep]
             out_ids[row, : min(k, len(ids))] = ids[:k]
             out_scores[row, : min(k, len(ids))] = scores[:k]
@@ -129,7 +140,7 @@ class IvfIndex:
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, nlist: int | None = None, nprobe: int | None = None,
                  seed: int = 0, iters: int = 8):
-        ids = np.asarray(ids, np.int64)
+        ids = np.asarray(ids)
         vectors = np.asarray(vectors, np.float32)
         n = len(ids)
         if n == 0 or vectors.ndim != 2 or len(vectors) != n:
@@ -176,12 +187,12 @@ class IvfIndex:
 
     def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), each (queries x k), best first; ``exclude[i]``: item ids never returned for query i.
-        Padded with -1 / -inf where fewer than k items remain."""
+        Padded with ``missing_ids`` / -inf where fewer than k items remain."""
         queries = np.atleast_2d(np.asarray(queries, np.float32))
         k = int(k)
         if k < 1:
             raise AutofeatError(f"k must be at least 1, got {k}.")
-        out_ids = np.full((len(queries), k), -1, np.int64)
+        out_ids = missing_ids(self.ids, (len(queries), k))
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         sizes = np.diff(self.starts)
         nprobe = min(max(1, int(self.nprobe)), self.nlist)
@@ -215,8 +226,8 @@ class IvfIndex:
 def build_index(ids: np.ndarray, vectors: np.ndarray, kind: str = "auto"):
     """``exact``, ``ivf``, ``hnsw`` or ``auto`` (exact up to ``EXACT_MAX_ITEMS`` items, ivf above)."""
     if len(ids) == 0:
-        raise AutofeatError("no item vectors to index: materialize the item embedding view first "
-                            "(`feast materialize` after `feast-autofeat deploy item_two_tower ...`).")
+        raise AutofeatError("no item vectors to index: materialize the two-tower's item view first "
+                            "(`feast materialize` after `feast-autofeat deploy <two-tower name>`).")
     if kind == "auto":
         kind = "exact" if len(ids) <= EXACT_MAX_ITEMS else "ivf"
     if kind == "exact":

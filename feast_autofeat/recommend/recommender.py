@@ -1,7 +1,7 @@
 """``Recommender.recommend(user_id, k, recent_items=None)``: online features in, top-K items out.
 
-Per request: the user's history (``user_recent_items``, or the caller's ``recent_items``) and the stored
-``two_tower_query`` features come from the online store in one read (``recommend.online``: on Redis one HMGET
+Per request: the user's history (the declaration's history view, or the caller's ``recent_items``) and the
+stored query features come from the online store in one read (``recommend.online``: on Redis one HMGET
 of Feast's own layout through Feast's Redis store code, elsewhere ``store.get_online_features``); the session
 embedding of the history is computed in-process by the function its on-demand view runs (same model version,
 same code); the query tower turns them into a vector; the item index returns the best items, never one the user
@@ -14,9 +14,12 @@ Feast applies no TTL to online reads, while its point-in-time join (what the mod
 recommender applies the same rule to what it reads (a feature whose row is older than its view's TTL at request
 time counts as missing), so serving never sees a stale value that training would have seen as missing.
 
-Unknown users (no profile online and no history): the documented fallback is the catalogue's most popular
-items (positive interactions in the offline store up to the prepared data's end, read at start-up; feedback
-logged since counts once ``feast-autofeat refresh`` has rebuilt the data), marked ``source="popularity"``.
+Unknown users (no stored query feature online and no history): the documented fallback is the catalogue's most
+popular items (positive interactions of the declared log, read at start-up; feedback logged since counts once
+the recommender restarts or ``feast-autofeat refresh`` cuts over), marked ``source="popularity"``.
+
+Ids are the repo's own: Int64, Int32 or String join keys, checked against the declared entities' types (a
+wrong type or an out-of-range integer is a ``SchemaError`` naming the field).
 """
 
 from __future__ import annotations
@@ -33,21 +36,21 @@ import numpy as np
 from feast.online_response import TIMESTAMP_POSTFIX
 
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.ids import IdError, parse_id
 from feast_autofeat.models.base import SchemaError
 from feast_autofeat.recommend.data import RECENT_FIELD, QueryFeatures, query_features
-from feast_autofeat.recommend.feedback import RECENT_VIEW, FeedbackLog, FeedbackResult
+from feast_autofeat.recommend.feedback import FeedbackLog, FeedbackResult
 from feast_autofeat.recommend.index import build_index
 from feast_autofeat.recommend.online import online_reader
 
 log = logging.getLogger(__name__)
-ITEM_VIEW = "item_two_tower"
-HISTORY_FEATURES = [f"{RECENT_VIEW}:recent_items", f"{RECENT_VIEW}:seen_items"]
+HISTORY_LISTS = ("recent_items", "seen_items")  # what serving reads of the history view
 
 
 @dataclass(frozen=True)
 class Recommendation:
-    user_id: int
-    items: list[int]
+    user_id: int | str
+    items: list
     scores: list[float]  # two-tower: cosine similarity; popularity: number of positive interactions
     model_version: str
     source: str  # "two-tower" or "popularity" (unknown user)
@@ -59,8 +62,15 @@ class Recommendation:
 
 def _int(value, what: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise SchemaError(f"{what} must be an integer, got {type(value).__name__} {value!r}.")
+        raise SchemaError(f"{what} must be an integer, got {type(value).__name__}.")
     return int(value)
+
+
+def _id(value, kind: str, what: str, text: bool = True):
+    try:
+        return parse_id(value, kind, what, text)
+    except IdError as exc:
+        raise SchemaError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -74,40 +84,48 @@ class Bundle:
     features: QueryFeatures
     read: Callable[[int], dict]  # user id -> {full feature name: value} of the stored refs and history lists
     columns: dict[str, str]  # full feature name read -> the model's column
+    stored_columns: tuple[str, ...] = ()  # the stored query features' columns: a user with any of them is known
 
 
 class Recommender:
-    """Serves the live two-tower version (or a pinned ``version``): model, materialized item vectors and index
-    loaded once per version; thread-safe.
+    """Serves the live version of the repo's two-tower declaration (``name``, or the only one; or a pinned
+    ``version``): model, materialized item vectors and index loaded once per version; thread-safe.
 
     Cut-over without downtime: while following the live version (the default when no ``version`` is given),
-    requests look at ``embeddings.json`` at most every ``check_every`` seconds; when ``item_two_tower``'s live
+    requests look at ``embeddings.json`` at most every ``check_every`` seconds; when the two-tower's live
     version changed (``feast-autofeat promote / rollback``, or ``refresh``), a background thread loads the new
     version and swaps it in whole. Requests keep being answered by the old one meanwhile, and each response is
     computed from exactly one version, which it names (``model_version``)."""
 
-    def __init__(self, repo: str | Path, version: str | None = None, index: str = "auto", store=None,
+    def __init__(self, repo, version: str | None = None, index: str = "auto", store=None,
                  yaml: str | None = None, root=None, clock: Callable[[], datetime] | None = None,
-                 check_every: float = 1.0, online_read: str = "auto"):
-        """``clock``: the request time for TTLs (default: now, UTC); replaying history passes its own.
+                 check_every: float = 1.0, online_read: str = "auto", name: str | None = None):
+        """``repo``: a path or ``Repo``; ``name``: the two-tower declaration (default: the repo's only one).
+        ``clock``: the request time for TTLs (default: now, UTC); replaying history passes its own.
         ``online_read``: ``auto`` (one HMGET of Feast's layout on Redis, else ``get_online_features``),
         ``redis`` or ``feast`` (``recommend.online``)."""
-        from feast import FeatureStore
-
         from feast_autofeat.artifacts import model_root
+        from feast_autofeat.repo import Repo
 
-        self.repo = Path(repo)
+        self.project = Repo(repo.path if isinstance(repo, Repo) else repo, yaml, store=store)
+        self.repo = self.project.path
+        self.decl = self.project.two_tower(name)
+        self.name = self.decl.name
         self.follow_live = version is None
-        self.index_kind, self.root = index, model_root(root, default=self.repo / "models")
+        self.index_kind = index
+        self.root = Path(root) if root else model_root(None, default=self.decl.root)
         self.check_every = check_every
         self.online_read = online_read
+        inter = self.decl.interactions
+        self.user_key, self.user_kind, self.item_kind = inter.user_key, inter.user_kind(), inter.item_kind()
+        self.history_refs = ([f"{self.decl.history_name}:{f}" for f in HISTORY_LISTS] if self.decl.history_name
+                             else [])
         version = version or self._live()
         if version is None:
-            raise AutofeatError(f"no live {ITEM_VIEW} version in {self.repo}: train one (`feast-autofeat train "
-                                f"two-tower`), deploy it (`feast-autofeat deploy {ITEM_VIEW} two_tower VERSION "
-                                "--live`) and materialize it (`feast materialize`).")
-        self.store = store or FeatureStore(repo_path=str(self.repo),
-                                           fs_yaml_file=self.repo / yaml if yaml else None)
+            raise AutofeatError(f"no live {self.name} version in {self.repo}: train one (`feast-autofeat train "
+                                f"{self.name}`), deploy it (`feast-autofeat deploy {self.name}`) and materialize "
+                                "it (`feast materialize`).")
+        self.store = self.project.store
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._bundle = self.load(version)
         self.popular, self.popular_counts = self._popular()
@@ -116,8 +134,6 @@ class Recommender:
         self._next_check = time.monotonic() + check_every
         self._loading: str | None = None
         self._failed: dict[str, float] = {}  # version -> when loading it failed (retried after a minute)
-        self._profile_col = next((f"user_profile__{f.name}" for f in
-                                  self.store.get_feature_view("user_profile").features), None)
 
     # ---- versions
     @property
@@ -133,32 +149,33 @@ class Recommender:
         return self._bundle.index
 
     def _live(self) -> str | None:
-        from feast_autofeat.feast.embeddings import Deployments
+        from feast_autofeat.feast.deployments import Deployments
 
-        entry = Deployments(self.repo).get(ITEM_VIEW)
-        return entry.live if entry else None
+        return Deployments(self.repo).live(self.name)
 
     def load(self, version: str) -> Bundle:
         """Load a two-tower version, its item vectors (the view's offline snapshots) and index, and its pinned
         query features; does not serve it (``swap`` does)."""
-        from feast_autofeat.feast.embeddings import view_name
+        from feast_autofeat.feast.deployments import view_name
         from feast_autofeat.models.two_tower import TwoTower
 
         self.store.refresh_registry()  # views deployed since start-up (a refresh's new versions)
         model = TwoTower.load(self.root, version)
-        features = query_features(self.store, self.repo, model.saved_config_.get("encoders"))
-        ids, vectors = self._item_vectors(view_name(ITEM_VIEW, version))
-        refs = features.stored_refs + HISTORY_FEATURES
-        read = online_reader(self.store, refs, timestamps=bool(features.ttl), kind=self.online_read)
+        features = query_features(self.store, self.decl, model.saved_config_.get("encoders") or {})
+        ids, vectors = self._item_vectors(view_name(self.name, version))
+        refs = features.stored_refs + self.history_refs
+        read = online_reader(self.store, refs, join_key=self.user_key, timestamps=bool(features.ttl),
+                             kind=self.online_read)
         names = [r.replace(":", "__", 1) for r in refs]
         columns = {n: features.column(n) for n in names + [n + TIMESTAMP_POSTFIX for n in names]}
         # the index holds the model's search vectors: the materialized candidate vectors (plus category blocks)
+        stored = tuple(features.column(r.replace(":", "__", 1)) for r in features.stored_refs)
         return Bundle(version, model, build_index(ids, model.search_item_vectors(vectors, ids), self.index_kind),
-                      features, read, columns)
+                      features, read, columns, stored)
 
     def swap(self, bundle: Bundle) -> None:
         self._bundle = bundle  # one reference assignment: a request holds either the old bundle or the new one
-        log.info("now serving %s %s", ITEM_VIEW, bundle.version)
+        log.info("now serving %s %s", self.name, bundle.version)
 
     def reload(self) -> str:
         """Load and serve the live version now (synchronously); returns it."""
@@ -173,7 +190,7 @@ class Recommender:
             try:
                 live = self._live()
             except Exception:  # embeddings.json mid-edit by hand: keep serving, look again later
-                log.exception("reading %s failed", ITEM_VIEW)
+                log.exception("reading %s failed", self.name)
                 live = None
             if (live and live != self._bundle.version and self._loading is None
                     and time.monotonic() - self._failed.get(live, -1e9) > 60):
@@ -185,7 +202,7 @@ class Recommender:
         try:
             self.swap(self.load(version))
         except Exception:
-            log.exception("could not load %s %s; still serving %s", ITEM_VIEW, version, self._bundle.version)
+            log.exception("could not load %s %s; still serving %s", self.name, version, self._bundle.version)
             self._failed[version] = time.monotonic()
         finally:
             self._loading = None
@@ -194,7 +211,7 @@ class Recommender:
         """The latest materialized vector of every item (the view's offline snapshots)."""
         from feast_autofeat.recommend.health import latest_vectors
 
-        ids, vectors = latest_vectors(self.store, view, "item_id")
+        ids, vectors = latest_vectors(self.store, view, self.decl.interactions.item_key)
         if not len(ids):
             raise AutofeatError(f"{view} has no materialized vectors: run `feast materialize` for it first.")
         return ids, vectors
@@ -203,60 +220,79 @@ class Recommender:
         """The ``n`` items with the most positive interactions, and their counts."""
         from feast_autofeat.recommend.data import positive_events
 
-        ev = positive_events(self.store, self.repo)
+        ev = positive_events(self.store, self.decl)
         counts = ev.groupby("item_id").size().sort_values(ascending=False, kind="stable")
-        return counts.index.to_numpy(np.int64)[:n], counts.to_numpy(np.float64)[:n]
+        return counts.index.to_numpy()[:n], counts.to_numpy(np.float64)[:n]
 
     # ---- requests
-    def history(self, user_id: int) -> tuple[list[int], list[int]]:
+    def parse_user(self, user_id):
+        """The user id (a request's text, e.g. a query parameter) as the user entity's key type, or a
+        ``SchemaError`` naming ``user_id``. In-process calls pass typed ids: ``recommend`` takes no text for an
+        integer key."""
+        return _id(user_id, self.user_kind, "user_id")
+
+    def parse_item(self, item_id):
+        """An item id as the item entity's key type, or a ``SchemaError``."""
+        return _id(item_id, self.item_kind, "each of recent_items")
+
+    def history(self, user_id) -> tuple[list, list]:
         """The user's stored (recent positive items, seen items), newest first; empty for an unknown user."""
-        out = self.store.get_online_features(features=HISTORY_FEATURES, entity_rows=[{"user_id": user_id}]).to_dict()
+        if not self.history_refs:
+            return [], []
+        out = self.store.get_online_features(features=self.history_refs,
+                                             entity_rows=[{self.user_key: self.parse_user(user_id)}]).to_dict()
         return out["recent_items"][0] or [], out["seen_items"][0] or []
 
-    def query(self, user_id, recent_items: list[int] | None = None,
-              bundle: Bundle | None = None) -> tuple[np.ndarray | None, list[int]]:
+    def query(self, user_id, recent_items: list | None = None,
+              bundle: Bundle | None = None) -> tuple[np.ndarray | None, list]:
         """(the query tower's vector for this request, the items it must not return); the vector is None for
         a user the store does not know who brings no history (the popularity fallback's case)."""
         b = bundle or self._current()
-        user_id = _int(user_id, "user_id")
+        user_id = _id(user_id, self.user_kind, "user_id", text=False)
         if recent_items is not None:
             if not isinstance(recent_items, (list, tuple, np.ndarray)):
                 raise SchemaError(f"recent_items must be a list of item ids, got {type(recent_items).__name__}.")
-            recent_items = [_int(i, "each of recent_items") for i in recent_items]
+            recent_items = [_id(i, self.item_kind, "each of recent_items", text=False) for i in recent_items]
         # one online read: the stored query features and the user's history lists
         raw = b.read(user_id)
+        history_view = self.decl.history_name
         if recent_items is not None:  # the request's own history replaces the stored one
             history, seen = list(recent_items), list(recent_items)
+        elif history_view:
+            history = raw[f"{history_view}__recent_items"] or []
+            seen = raw[f"{history_view}__seen_items"] or []
         else:
-            history = raw[f"{RECENT_VIEW}__recent_items"] or []
-            seen = raw[f"{RECENT_VIEW}__seen_items"] or []
+            history, seen = [], []
         feats = {b.columns.get(k) or b.features.column(k): v for k, v in raw.items()}
         if b.features.ttl:
             now = self.clock().timestamp()
             for col, ttl in b.features.ttl.items():
                 if feats[col + TIMESTAMP_POSTFIX] + ttl < now:
                     feats[col] = None
-        known_user = self._profile_col is not None and feats.get(self._profile_col) is not None
+        known_user = any(feats.get(c) is not None for c in b.stored_columns)
         if not known_user and not history:
             return None, seen
         record = feats
         if b.features.session is not None:  # the on-demand session embedding, computed as its view computes it
             record.update({k: v[0] for k, v in b.features.session_columns([history]).items()})
         record[RECENT_FIELD] = history
+        record["user_id"] = user_id
         return b.model.search_query_vector(record), list(set(seen).union(history))
 
-    def recommend(self, user_id, k: int = 10, recent_items: list[int] | None = None) -> Recommendation:
+    def recommend(self, user_id, k: int = 10, recent_items: list | None = None) -> Recommendation:
+        """The top ``k`` items for ``user_id``: never one the user already has (recent or seen); fewer than ``k``
+        when fewer remain; every score finite."""
         b = self._current()  # this request's one version, whatever is swapped in meanwhile
         k = _int(k, "k")
         if not 1 <= k <= len(b.index):
             raise SchemaError(f"k must be between 1 and the catalogue size {len(b.index)}, got {k}.")
         query, seen = self.query(user_id, recent_items, bundle=b)
-        user_id = int(user_id)
+        user_id = _id(user_id, self.user_kind, "user_id", text=False)
         if query is None:
             return Recommendation(user_id, self.popular[:k].tolist(), self.popular_counts[:k].tolist(),
                                   b.version, "popularity", 0)
         ids, scores = b.index.search(query[None, :], k, exclude=[seen])
-        ok = ids[0] >= 0
+        ok = np.isfinite(scores[0])
         return Recommendation(user_id, ids[0][ok].tolist(), scores[0][ok].astype(float).tolist(), b.version,
                               "two-tower", len(seen))
 
@@ -266,12 +302,14 @@ class Recommender:
         if self._feedback is None:
             with self._lock:
                 if self._feedback is None:
-                    self._feedback = FeedbackLog(self.store, self.repo, clock=self.clock)
+                    self._feedback = FeedbackLog(self.store, self.decl, clock=self.clock)
         return self._feedback.record(events)
 
     def healthz(self) -> dict:
         t = time.perf_counter()
-        self.store.get_online_features(features=HISTORY_FEATURES, entity_rows=[{"user_id": 0}]).to_dict()
+        probe = "" if self.user_kind == "string" else 0
+        self.store.get_online_features(features=self.history_refs or self._bundle.features.stored_refs[:1],
+                                       entity_rows=[{self.user_key: probe}]).to_dict()
         b = self._current()
         return {"status": "ok", "model_version": b.version, "items": len(b.index), "index": b.index.kind,
                 "encoders": b.features.encoders, "online_store_ms": (time.perf_counter() - t) * 1e3}

@@ -1,18 +1,20 @@
 """``feast-autofeat refresh``: retrain on everything logged so far, check, and cut over in one step.
 
-1. **Features from the log**: behaviour snapshots and users' recent items are recomputed from the whole event
-   log (prepared events plus feedback), and the manifest's range moves to the log's last event.
-2. **Shadow versions**: the encoders (DAE, GAN, Mult-VAE) are retrained, warm-started from the live versions,
-   on events up to ``as_of - holdout``; deployed beside the live ones (not live), backfilled daily, and a
-   two-tower is trained on *their* features. ``feast materialize`` writes the new views (and the rebuilt recent
-   items) to the online store; the live versions keep serving.
+1. **Features from the log**: users' recent items (the history view's table) are recomputed from the whole event
+   log (prepared events plus feedback); in a prepared repo also the behaviour snapshots, and the manifest's
+   range moves to the log's last event.
+2. **Shadow versions**: the learned embeddings the two-tower declares (e.g. DAE, GAN, Mult-VAE) are retrained,
+   warm-started from the live versions, on events up to ``as_of - holdout``; deployed beside the live ones (not
+   live), the stored ones backfilled daily, and a two-tower is trained (and gated) on *their* features.
+   ``feast materialize`` writes the new views (and the rebuilt history) to the online store; the live versions
+   keep serving.
 3. **Checks**: online/offline parity of every new view (the vectors Redis serves equal the offline snapshots);
    an evaluation gate on the held-out period (each user's positives after ``as_of - holdout``, ranked from
    features as of their first one): the candidate's Recall@20 must reach ``(1 - tolerance)`` x the live
    version's. A failed check leaves the live versions untouched and says why.
 4. **Cut-over**: one write of ``embeddings.json`` makes the two-tower and its encoders live; serving processes
    pick it up within a second and swap versions between requests (``Recommender``). The previous version stays
-   deployed: ``feast-autofeat rollback item_two_tower`` goes back in one command.
+   deployed: ``feast-autofeat rollback <two-tower name>`` goes back in one command.
 5. **Embedding health** per view, as JSON and a PNG (``recommend.health``).
 
 Warm start: a new encoder version starts from the live version's weights when the input schema is unchanged
@@ -21,20 +23,19 @@ Warm start: a new encoder version starts from the live version's weights when th
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from feast_autofeat.errors import AutofeatError
-from feast_autofeat.recommend.data import ENCODERS, Cut, histories, positive_events, query_features, query_frame
-from feast_autofeat.recommend.recommender import ITEM_VIEW
+from feast_autofeat.feast.offline import TS
+from feast_autofeat.recommend.data import Cut, histories, positive_events, query_features, query_frame
 
 GATE_USERS = 20  # fewer held-out users than this: the gate cannot judge, refresh refuses to cut over
 
@@ -57,34 +58,52 @@ class RefreshResult:
         return asdict(self)
 
 
-def rebuild_features(repo: str | Path) -> dict:
-    """Recompute every table derived from the event log (behaviour and popularity snapshots, users' recent
-    items) and the manifest's ranges, so training, backfill and ``feast materialize`` see logged feedback."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+def prepared_data(decl) -> Path | None:
+    """The prepared data directory (``feast-autofeat prepare``) the declaration's repo reads, if it has one."""
+    from feast_autofeat.datasets.base import MANIFEST
 
-    from feast_autofeat.datasets import get_spec, load_manifest
-    from feast_autofeat.datasets.base import event_log_dir
-    from feast_autofeat.features.snapshots import build_snapshots, recent_items_table, snapshot_range, write_snapshots
+    return decl.data_dir if (decl.data_dir / MANIFEST).is_file() else None
 
-    data = Path(repo) / "data"
-    manifest = load_manifest(data)
-    spec = get_spec(manifest.dataset)
-    log = pq.read_table(event_log_dir(data))
-    tables = build_snapshots(log, pq.read_table(data / "items.parquet"), spec)
-    tables["user_recent_items"] = recent_items_table(log, spec)
-    write_snapshots(tables, data)
-    ts = log["event_timestamp"]
-    lo, hi = pc.min(ts).as_py().isoformat(), pc.max(ts).as_py().isoformat()
-    snaps = snapshot_range(tables)
-    rows = {**manifest.rows, "interactions": log.num_rows, **{k: t.num_rows for k, t in tables.items()}}
-    updated = json.loads(manifest.to_json())
-    updated.update(rows=rows, time_range=[lo, hi], snapshot_range=list(snaps),
-                   materialize_range=[min(manifest.materialize_range[0], lo), snaps[1]])
-    tmp = data / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(updated, indent=2))
-    tmp.replace(data / "manifest.json")
-    return {"events": log.num_rows, "last_event": hi}
+
+def rebuild_features(project, decl) -> dict:
+    """Recompute what derives from the event log so training, backfill and ``feast materialize`` see logged
+    feedback: a prepared repo's snapshots, recent items and manifest (``prepare.rebuild``); elsewhere the
+    declared history view's table (``feedback.rebuild_history``)."""
+    from feast_autofeat.feast.offline import read_events
+    from feast_autofeat.prepare import rebuild
+    from feast_autofeat.recommend.feedback import rebuild_history
+
+    data = prepared_data(decl)
+    if data is not None:
+        return rebuild(data)
+    if decl.history is not None:
+        rebuild_history(project.store, decl)
+    ev = read_events(project.store, decl.interactions)
+    return {"events": len(ev), "last_event": pd.Timestamp(ev[TS].max()).isoformat()}
+
+
+def event_range(store, decl) -> tuple[datetime, datetime]:
+    """Midnight of the log's first event's day, and the first midnight after its last event (daily snapshots
+    cover that range, as the prepared behaviour snapshots do)."""
+    from feast_autofeat.feast.offline import read_events
+
+    ts = read_events(store, decl.interactions)[TS]
+    lo = pd.Timestamp(ts.min()).floor("D").to_pydatetime()
+    hi = (pd.Timestamp(ts.max()).floor("D") + pd.Timedelta(days=1)).to_pydatetime()
+    return lo, hi
+
+
+def materialize_window(store, decl) -> tuple[str, str]:
+    """START and END for ``feast materialize`` covering the repo's data: a prepared repo's manifest window,
+    else the log's range."""
+    from feast_autofeat.datasets import load_manifest
+
+    data = prepared_data(decl)
+    if data is not None:
+        return load_manifest(data).materialize_window()
+    lo, hi = event_range(store, decl)
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    return datetime(1970, 1, 2).strftime(fmt), (hi + timedelta(seconds=1)).strftime(fmt)
 
 
 def holdout_cut(events: pd.DataFrame, cut: datetime, as_of: datetime) -> Cut:
@@ -96,13 +115,13 @@ def holdout_cut(events: pd.DataFrame, cut: datetime, as_of: datetime) -> Cut:
     return Cut(hist[hist.user_id.isin(fut.user_id.unique())].reset_index(drop=True), fut.reset_index(drop=True))
 
 
-def score_version(store, repo, root, version: str, cut: Cut) -> dict:
+def score_version(store, decl, root, version: str, cut: Cut) -> dict:
     """Recall@20 / NDCG@10 of a two-tower version on a cut, reading its own pinned query features."""
     from feast_autofeat.models.metrics import ndcg_at_k, recall_at_k
     from feast_autofeat.models.two_tower import TwoTower
 
     model = TwoTower.load(root, version)
-    q = query_frame(store, cut.queries(), query_features(store, repo, model.saved_config_.get("encoders")))
+    q = query_frame(store, cut.queries(), query_features(store, decl, model.saved_config_.get("encoders") or {}))
     users = q.user_id.to_numpy()
     targets = histories(cut.future, users, model.item_ids_)
     known = histories(cut.history, users, model.item_ids_)
@@ -134,97 +153,110 @@ def parity(store, views: dict[str, str], sample: int = 200, seed: int = 0) -> di
     return out
 
 
-def refresh(repo: str | Path, yaml: str | None = None, as_of=None, holdout_days: float = 7.0,
-            tolerance: float = 0.02, epochs: dict | None = None, seed: int = 0, cut_over: bool = True,
-            progress: bool = False, say: Callable[[str], None] = lambda _m: None) -> RefreshResult:
-    """Steps 1-5 of the module doc; returns what was done, the gate's figures and whether it cut over."""
-    from feast_autofeat.artifacts import model_root
-    from feast_autofeat.datasets import load_manifest
-    from feast_autofeat.feast.embeddings import Deployments, view_name
+def refresh(repo, yaml: str | None = None, as_of=None, holdout_days: float = 7.0, tolerance: float = 0.02,
+            epochs: dict | None = None, seed: int = 0, cut_over: bool = True, progress: bool = False,
+            say: Callable[[str], None] = lambda _m: None, name: str | None = None) -> RefreshResult:
+    """Steps 1-5 of the module doc for the repo's two-tower (``name``, or its only one); returns what was done,
+    the gate's figures and whether it cut over. ``epochs`` caps training per embedding or model name (e.g.
+    ``{"dae": 5, "two_tower": 10}``)."""
+    from feast_autofeat.repo import Repo
+
+    project = Repo(repo, yaml)
+    with project.inside():
+        return _refresh(project, project.two_tower(name), as_of, holdout_days, tolerance, epochs or {}, seed,
+                        cut_over, progress, say)
+
+
+def _refresh(project, decl, as_of, holdout_days: float, tolerance: float, epochs: dict, seed: int,
+             cut_over: bool, progress: bool, say) -> RefreshResult:
+    from feast_autofeat.feast.deployments import view_name
     from feast_autofeat.feast.engine import LeakageWarning, backfill
-    from feast_autofeat.quickstart import run_feast
-    from feast_autofeat.recommend.feedback import RECENT_VIEW
+    from feast_autofeat.feast.offline import parse_time
     from feast_autofeat.recommend.health import health_report
-    from feast_autofeat.recommend.pipeline import apply_quietly
-    from feast_autofeat.recommend.train import train_two_tower
-    from feast_autofeat.training import open_store, parse_as_of, train
+    from feast_autofeat.repo import run_feast
+    from feast_autofeat.training import train
 
     t0 = time.perf_counter()
-    repo = Path(repo)
-    epochs = epochs or {}
-    root = model_root(None, default=repo / "models")
-    dep = Deployments(repo)
-    live = dep.get(ITEM_VIEW).live if dep.get(ITEM_VIEW) else None
+    yaml = project.yaml
+    root = decl.root
+    dep = project.deployments()
+    live = dep.live(decl.name)
     if live is None:
-        raise AutofeatError(f"no live {ITEM_VIEW} in {repo}: build one first (`feast-autofeat train two-tower`, "
-                            "`deploy`, `feast materialize`).")
+        raise AutofeatError(f"no live {decl.name} in {project.path}: build one first (`feast-autofeat train "
+                            f"{decl.name}`, `deploy`, `feast materialize`).")
     steps = {}
 
-    def apply() -> None:
-        apply_quietly(repo, yaml)
+    def step(label: str, t: float) -> None:
+        steps[label] = round(time.perf_counter() - t, 1)
+        say(f"{label} ({steps[label]:.0f}s)")
 
-    def step(name: str, t: float) -> None:
-        steps[name] = round(time.perf_counter() - t, 1)
-        say(f"{name} ({steps[name]:.0f}s)")
+    def cap(n: str, model: str) -> dict:
+        value = epochs.get(n, epochs.get(model))
+        return {"epochs": value} if value is not None else {}
 
     t = time.perf_counter()
-    rebuilt = rebuild_features(repo)
-    as_of = parse_as_of(as_of, repo)  # default: the log's last event
+    rebuilt = rebuild_features(project, decl)
+    project.reload()
+    decl = project.two_tower(decl.name)
+    as_of = parse_time(as_of) or datetime.fromisoformat(rebuilt["last_event"]).astimezone(timezone.utc)
     cut = as_of - timedelta(days=holdout_days)
     step(f"rebuilt features from {rebuilt['events']:,} logged events (last {rebuilt['last_event']})", t)
 
     t = time.perf_counter()
     new = {}
-    for name, model in ENCODERS:
-        previous = dep.get(name).live if dep.get(name) else None
-        result = train(model, repo, as_of=cut, seed=seed, progress=progress, yaml=yaml, init_from=previous,
-                       **({"epochs": epochs[model]} if model in epochs else {}))
-        new[name] = result.version
-        dep.deploy(name, model, result.version)
+    for n, learned in decl.learned.items():
+        result = train(project, n, as_of=cut, seed=seed, progress=progress, init_from=dep.live(n),
+                       **cap(n, learned.model))
+        new[n] = result.version
+        dep.deploy(n, learned.model, result.version)
     dep.save()
-    apply()
+    project.apply()
+    decl = project.two_tower(decl.name)
     step(f"trained encoders on events up to {cut:%Y-%m-%d %H:%M} (warm start): "
          + ", ".join(f"{n} {v}" for n, v in new.items()), t)
 
     t = time.perf_counter()
-    store = open_store(repo, yaml)
-    manifest = load_manifest(repo / "data")
-    lo = datetime.fromisoformat(manifest.time_range[0]).replace(hour=0, minute=0, second=0, microsecond=0)
-    hi = datetime.fromisoformat(manifest.snapshot_range[1])
+    store = project.store
+    lo, hi = event_range(store, decl)
+    stored = [n for n, d in decl.learned.items() if d.stored]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LeakageWarning)  # serving snapshots: the model may have seen the past
-        for name, _ in ENCODERS[:2]:
-            backfill(store, view_name(name, new[name]), lo, hi, timedelta(days=1), progress=progress)
+        for n in stored:
+            backfill(store, view_name(n, new[n]), lo, hi, timedelta(days=1), progress=progress)
     step(f"backfilled the new encoders daily {lo.date()} .. {hi.date()}", t)
 
     t = time.perf_counter()
-    tt = train_two_tower(repo, as_of=cut, seed=seed, progress=progress, yaml=yaml, encoders=new,
-                         **({"epochs": epochs["two_tower"]} if "two_tower" in epochs else {}))
-    new[ITEM_VIEW] = tt.version
-    dep = Deployments(repo)
-    dep.deploy(ITEM_VIEW, "two_tower", tt.version)
+    tt = train(project, decl.name, as_of=cut, seed=seed, progress=progress, encoders=new,
+               **cap(decl.name, "two_tower"))
+    new[decl.name] = tt.version
+    dep = project.deployments()
+    dep.deploy(decl.name, "two_tower", tt.version)
     dep.save()
-    apply()
+    project.apply()
+    decl = project.two_tower(decl.name)
     step(f"trained two-tower {tt.version} on the new encoders' features", t)
 
     t = time.perf_counter()
-    start, stop = manifest.materialize_window()
+    start, stop = materialize_window(project.store, decl)
     end = max(datetime.fromisoformat(stop), as_of.replace(tzinfo=None) + timedelta(seconds=1))
-    shadow = [view_name(n, v) for n, v in new.items() if n != "session_multvae"]
-    args = [a for v in [*shadow, RECENT_VIEW] for a in ("--views", v)]
-    run_feast(repo, "materialize", start, end.strftime("%Y-%m-%dT%H:%M:%S"), *args, yaml=yaml, capture=True)
+    shadow = {view_name(n, new[n]): decl.learned[n].key for n in stored}
+    shadow[view_name(decl.name, tt.version)] = decl.key
+    views = [*shadow, *([decl.history_name] if decl.history_name else [])]
+    run_feast(project.path, "materialize", start, end.strftime("%Y-%m-%dT%H:%M:%S"),
+              *[a for v in views for a in ("--views", v)], yaml=yaml, capture=True)
     step(f"materialized the shadow views {', '.join(shadow)}", t)
 
     t = time.perf_counter()
-    store = open_store(repo, yaml)
-    par = parity(store, {v: "item_id" if v.startswith(ITEM_VIEW) else "user_id" for v in shadow})
-    events = positive_events(store, repo)
+    project.reload()
+    store = project.store
+    par = parity(store, shadow)
+    events = positive_events(store, decl)
     holdout = holdout_cut(events, cut, as_of)
     gate = {"period": [cut.isoformat(), as_of.isoformat()], "tolerance": tolerance,
             "users": int(holdout.future.user_id.nunique())}
     if gate["users"] >= GATE_USERS:
-        gate["live"] = score_version(store, repo, root, live, holdout)
-        gate["candidate"] = score_version(store, repo, root, tt.version, holdout)
+        gate["live"] = score_version(store, decl, root, live, holdout)
+        gate["candidate"] = score_version(store, decl, root, tt.version, holdout)
         trained = gate["live"]["trained_as_of"]
         gate["live_saw_holdout"] = bool(trained and datetime.fromisoformat(trained) > cut)
         gate["passed"] = gate["candidate"]["recall@20"] >= (1 - tolerance) * gate["live"]["recall@20"]
@@ -246,38 +278,40 @@ def refresh(repo: str | Path, yaml: str | None = None, as_of=None, holdout_days:
         reason = ""
     done = not reason
     if done:
-        dep = Deployments(repo)
-        for name, version in new.items():
-            dep.promote(name, version)
+        dep = project.deployments()
+        for n, version in new.items():
+            dep.promote(n, version)
         dep.save()  # the one step: serving processes swap to the new two-tower within a second
-        apply()
-        reason = f"cut over: {ITEM_VIEW} {live} -> {tt.version}"
+        project.apply()
+        reason = f"cut over: {decl.name} {live} -> {tt.version}"
     say(reason)
-    report = health_report(store, repo, new, previous=_previous_versions(root, live))
+    report = health_report(store, project.path, new, previous=_previous_versions(decl, root, live),
+                           declarations=project.declarations)
     return RefreshResult(live, tt.version, new, as_of.isoformat(), gate, par, done, reason, str(report),
                          time.perf_counter() - t0, steps)
 
 
-def _previous_versions(root, live: str) -> dict:
+def _previous_versions(decl, root, live: str) -> dict:
     """The previous versions, per embedding: the live two-tower and the encoders it was trained with."""
     from feast_autofeat.artifacts import load_version
 
     encoders = load_version(root, "two_tower", live).config.get("encoders") or {}
-    return {**encoders, ITEM_VIEW: live}
+    return {**encoders, decl.name: live}
 
 
-def rollback(repo: str | Path) -> dict:
+def rollback(repo, name: str | None = None) -> dict:
     """Make the previous two-tower live again, with the encoder versions it was trained with (one write of
     ``embeddings.json``); returns {embedding: live version}."""
-    from feast_autofeat.artifacts import load_version, model_root
-    from feast_autofeat.feast.embeddings import Deployments
+    from feast_autofeat.artifacts import load_version
+    from feast_autofeat.repo import Repo
 
-    dep = Deployments(repo)
-    entry = dep.rollback(ITEM_VIEW)
-    encoders = load_version(model_root(None, default=Path(repo) / "models"), "two_tower",
-                            entry.live).config.get("encoders") or {}
-    for name, version in encoders.items():
-        if version and dep.get(name) and dep.get(name).live != version:
-            dep.promote(name, version)
+    project = Repo.of(repo)
+    decl = project.two_tower(name)
+    dep = project.deployments()
+    entry = dep.rollback(decl.name)
+    encoders = load_version(decl.root, "two_tower", entry.live).config.get("encoders") or {}
+    for n, version in encoders.items():
+        if version and dep.get(n) and dep.get(n).live != version:
+            dep.promote(n, version)
     dep.save()
-    return {name: e.live for name, e in dep.entries.items()}
+    return {n: e.live for n, e in dep.entries.items()}

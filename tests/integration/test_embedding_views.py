@@ -52,9 +52,9 @@ def emb_template(ml_repo, tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("emb") / "feature_repo")
     shutil.copytree(ml_repo / "data", repo / "data")
     run_feast(repo, "apply", capture=True)
-    v1 = train("dae", repo, epochs=3, progress=False).version
-    v2 = train("dae", repo, epochs=2, seed=1, progress=False).version
-    mv = train("multvae", repo, epochs=3, progress=False).version
+    v1 = train(repo, "user_dae", epochs=3, progress=False).version
+    v2 = train(repo, "user_dae", epochs=2, seed=1, progress=False).version
+    mv = train(repo, "session_multvae", epochs=3, progress=False).version
     dep = Deployments(repo)
     dep.deploy("user_dae", "dae", v1)
     dep.deploy("user_dae", "dae", v2)  # deployed beside v1, not live
@@ -452,7 +452,7 @@ def test_bad_models_fail_clearly(emb_template, tmp_path):
     v1, _, _ = _versions(repo)
     run_feast(repo, "apply", capture=True)
     # a version with another dimension cannot be deployed under a 64-d declaration; embeddings.json unchanged
-    v16 = train("dae", repo, epochs=1, dim=16, progress=False).version
+    v16 = train(repo, "user_dae", epochs=1, dim=16, progress=False).version
     before = (repo / "embeddings.json").read_text()
     assert cli(["deploy", "user_dae", "--version", v16, "--repo", str(repo)]) == 2
     assert (repo / "embeddings.json").read_text() == before

@@ -22,12 +22,17 @@ from feast_autofeat.datasets.base import PREPARED_PART
 from feast_autofeat.datasets.movielens import SPEC
 from feast_autofeat.feast.writer import OnlineWriteError
 from feast_autofeat.features.snapshots import recent_items_table
-from feast_autofeat.recommend.feedback import FeedbackError, FeedbackLog, rebuild_recent_items
+from feast_autofeat.recommend.feedback import FeedbackError, FeedbackLog, rebuild_history
+from feast_autofeat.repo import Repo
 from feast_autofeat.testing import free_port
 from tests.conftest import NOW, REDIS_YAML, serving
 
 pytestmark = pytest.mark.integration
 T = pd.Timestamp(NOW, tz="UTC")
+
+
+def _decl(repo):
+    return Repo(repo, REDIS_YAML).two_tower()
 
 
 def _log(repo) -> pd.DataFrame:
@@ -114,9 +119,10 @@ def test_disliked_items_are_seen_but_not_history(rec_repo, recommender):
 @pytest.mark.parametrize("bad, match", [
     ({"colour": "red"}, r"unknown field\(s\) \['colour'\]"),
     ({"rating": None}, r"lack a value.*\['rating'\]"),
-    ({"user_id": 99_999}, r"user_id 99999 is unknown \(not in the users table\)"),
-    ({"item_id": 99_999}, r"item_id 99999 is unknown \(not in the items table\)"),
-    ({"user_id": "120"}, r"user_id must be an integer, got '120'"),
+    ({"user_id": 99_999}, r"user_id 99999 is unknown to the store \(no user of that id"),
+    ({"item_id": 99_999}, r"item_id 99999 is unknown to the store \(no item of that id"),
+    ({"user_id": "120"}, r"user_id must be an integer, got str '120'"),
+    ({"user_id": 2**70}, r"user_id 1180591620717411303424 is out of range for a 64-bit integer key"),
     ({"event_type": "click"}, r"event_type 'click' is not one of \['rating'\]"),
     ({"rating": 7.0}, r"rating must be a number in \[1, 5\]"),
     ({"event_timestamp": "yesterday"}, r"'yesterday' is not an ISO 8601 time"),
@@ -140,7 +146,7 @@ def test_refused_write_leaves_nothing_behind(rec_repo, rec_redis):
     transaction: the already-appended log part is removed and the online row is unchanged."""
     repo, _ = rec_repo
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
-    log = FeedbackLog(store, repo, clock=lambda: T)
+    log = FeedbackLog(store, _decl(repo), clock=lambda: T)
     client = Redis.from_url(f"redis://{rec_redis.url}")
     parts, online = _parts(repo), _online(store, [130])
     client.config_set("maxmemory-policy", "noeviction")
@@ -161,7 +167,7 @@ def test_concurrent_writers_never_drop_an_update(rec_repo):
     commits while the first is between its read and its write. The first's transaction aborts and is redone on
     fresh data, so the online lists hold both writers' events, as the log does."""
     repo, _ = rec_repo
-    first, second = (FeedbackLog(FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML), repo,
+    first, second = (FeedbackLog(FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML), _decl(repo),
                                  clock=lambda: T) for _ in range(2))
     event = {"user_id": 135, "event_type": "rating", "rating": 5.0}
     merge, calls = first._merge, []
@@ -177,7 +183,8 @@ def test_concurrent_writers_never_drop_an_update(rec_repo):
     assert len(calls) == 2 and first._rows.attempts == 2
     stored = _online(first.store, [135]).loc[135]
     assert list(stored.recent_items[:2]) == [61, 60] and list(stored.seen_items[:2]) == [61, 60]
-    want = recent_items_table(pq.read_table(repo / "data" / "interactions"), SPEC).to_pandas().set_index("user_id")
+    want = recent_items_table(pq.read_table(repo / "data" / "interactions"), SPEC.positive).to_pandas()
+    want = want.set_index("user_id")
     assert list(stored.recent_items) == list(want.recent_items[135])
 
 
@@ -185,7 +192,7 @@ def test_online_cells_are_feasts_own_bytes(rec_repo, rec_redis):
     """The lists feedback writes are byte for byte what Feast's own write_to_online_store writes for them."""
     repo, _ = rec_repo
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
-    log = FeedbackLog(store, repo, clock=lambda: T)
+    log = FeedbackLog(store, _decl(repo), clock=lambda: T)
     log.record([{"user_id": 136, "item_id": 70, "event_type": "rating", "rating": 5.0, "event_timestamp": NOW}])
     client, key = Redis.from_url(f"redis://{rec_redis.url}"), log._rows._key_bytes(np.array([136]))[0]
     ours = client.hgetall(key)
@@ -207,7 +214,7 @@ def test_redis_down_is_a_clear_failure_and_writes_nothing(rec_repo, tmp_path):
         os.environ["REDIS_CONNECTION_STRING"] = url
     parts = _parts(repo)
     with pytest.raises(Exception, match="(?i)connect"):
-        FeedbackLog(store, repo, clock=lambda: T).record(
+        FeedbackLog(store, _decl(repo), clock=lambda: T).record(
             [{"user_id": 131, "item_id": 50, "event_type": "rating", "rating": 5.0, "event_timestamp": NOW}])
     assert _parts(repo) == parts
 
@@ -249,7 +256,7 @@ def test_no_event_lost_under_concurrent_http_clients(rec_repo, rec_redis):
     pd.testing.assert_frame_equal(added.sort_values(key, ignore_index=True)[key],
                                   sent.sort_values(key, ignore_index=True)[key], check_dtype=False)
     # online = an independent recomputation over the whole log (DuckDB), for every user the clients touched
-    want = recent_items_table(pq.read_table(repo / "data" / "interactions"), SPEC).to_pandas()
+    want = recent_items_table(pq.read_table(repo / "data" / "interactions"), SPEC.positive).to_pandas()
     want = want.set_index("user_id").loc[users]
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
     got = _online(store, users)
@@ -259,10 +266,10 @@ def test_no_event_lost_under_concurrent_http_clients(rec_repo, rec_redis):
         assert set(got.seen_items[u]) == set(want.seen_items[u]), u
 
 
-def test_rebuild_recent_items_from_the_log(rec_repo):
+def test_rebuild_history_from_the_log(rec_repo):
     """The log is the source of truth: the prepared table recomputed from it includes every feedback event."""
     repo, _ = rec_repo
-    path = rebuild_recent_items(repo)
+    path = rebuild_history(FeatureStore(repo_path=str(repo)), _decl(repo))
     table = pd.read_parquet(path).set_index("user_id")
     log = _log(repo)
     feedback = log.merge(pd.read_parquet(repo / "data" / "interactions" / PREPARED_PART), how="left",

@@ -32,47 +32,53 @@ def test_multvae_beats_popularity_and_nears_ease(table):
 
 
 def test_train_dae_from_the_store_uses_only_data_before_as_of(ml_store, ml_repo, tmp_path):
-    from feast_autofeat.training import user_training_frame
+    from feast_autofeat.training import training_frame
 
     as_of = datetime(1997, 12, 1, tzinfo=timezone.utc)
-    frame = user_training_frame(ml_store, as_of, max_rows=3000, seed=0)
+    frame = training_frame(ml_store, "user_dae", as_of=as_of, max_rows=3000, seed=0)
     assert len(frame) == 3000 and frame.event_timestamp.max() <= pd.Timestamp(as_of)
     proc = subprocess.run(
-        [sys.executable, "-m", "feast_autofeat.cli", "train", "dae", "--repo", str(ml_repo), "--as-of",
+        [sys.executable, "-m", "feast_autofeat.cli", "train", "user_dae", "--repo", str(ml_repo), "--as-of",
          as_of.isoformat(), "--model-root", str(tmp_path), "--max-rows", "3000", "--epochs", "3", "--dim", "16"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "trained dae -> version" in proc.stdout
+    assert "trained user_dae (dae) -> version" in proc.stdout
     model = DAE.load(tmp_path)
     config = json.loads((tmp_path / "dae" / model.version_ / "model.json").read_text())
     assert config["training_window"]["as_of"] == as_of.isoformat()
     assert config["architecture"]["dim"] == 16 and config["seed"] == 0
     assert "user_behaviour:events_30d" in config["feature_refs"]
+    assert (config["declaration"], config["join_key"], config["key_kind"]) == ("user_dae", "user_id", "int64")
     # the documented imputation: a user with no recent activity encodes like explicit zero counts
     features = frame.drop(columns=["user_id", "event_timestamp"]).head(50)
     emb = model.transform(features)
     assert emb.shape == (50, 16) and np.isfinite(emb).all()
 
 
-def test_train_refuses_an_unapplied_repo(tmp_path):
+def test_train_refuses_an_unapplied_repo(tmp_path, fresh_repo, capsys):
     from feast_autofeat.cli import main
 
-    assert main(["train", "dae", "--repo", str(tmp_path)]) == 2
+    assert main(["train", "user_dae", "--repo", str(tmp_path)]) == 2  # no feature_store.yaml
+    assert "is not a Feast feature repo" in capsys.readouterr().err
 
 
 def test_dae_embedding_predicts_next_period_activity_as_well_as_raw_features(ml_store):
     """Users' features as of weekly cutoffs (point in time); label: active again within 14 days. The DAE is
     fitted on the training users only; both inputs go through the same logistic regression."""
     from feast_autofeat.evaluation import downstream_auc, next_period_activity
-    from feast_autofeat.training import behaviour_fill, holdout_users
+    from feast_autofeat.repo import Repo
+    from feast_autofeat.splits import holdout_users
 
-    df = next_period_activity(ml_store, pd.date_range("1997-10-01", "1998-04-01", freq="7D", tz="UTC"))
+    repo = Repo(ml_store.repo_path)
+    dae_decl = repo.declaration("user_dae")
+    df = next_period_activity(ml_store, repo.two_tower().interactions, dae_decl.refs,
+                              pd.date_range("1997-10-01", "1998-04-01", freq="7D", tz="UTC"))
     assert 0.05 < df.label.mean() < 0.5 and len(df) > 10_000
     test = holdout_users(df.user_id.to_numpy(), 0.3, seed=0)
     features = df.drop(columns=["user_id", "event_timestamp", "label"])
     train, held = features[~test], features[test]
     cut = int(0.9 * len(train))
-    dae = DAE(dim=64, hidden=256, fill=behaviour_fill(ml_store), epochs=20, patience=8, seed=0).fit(
+    dae = DAE(dim=64, hidden=256, fill=dae_decl.fill, epochs=20, patience=8, seed=0).fit(
         train.iloc[:cut], train.iloc[cut:])
     report = dae.reconstruction_report(held)
     assert report["reconstruction_mse"] < 0.3 * report["column_mean_mse"], report
@@ -88,8 +94,8 @@ def test_train_is_deterministic_under_a_seed(ml_store, ml_repo, tmp_path):
     from feast_autofeat.training import train
 
     kwargs = dict(as_of="1998-01-15T00:00:00", seed=7, max_rows=2000, progress=False, epochs=2, dim=8)
-    a = train("dae", ml_repo, root=tmp_path / "a", **kwargs)
-    b = train("dae", ml_repo, root=tmp_path / "b", **kwargs)
+    a = train(ml_repo, "user_dae", root=tmp_path / "a", **kwargs)
+    b = train(ml_repo, "user_dae", root=tmp_path / "b", **kwargs)
     da, db = DAE.load(tmp_path / "a", a.version), DAE.load(tmp_path / "b", b.version)
     for key, tensor in da.net_.state_dict().items():
         assert (tensor == db.net_.state_dict()[key]).all(), key
@@ -100,11 +106,12 @@ def test_gan_keeps_real_correlations_better_than_independent_columns(ml_store):
     """On held-out users' real features, GAN samples are much closer to the real pairwise correlations than
     columns sampled independently (measured: about 0.13 vs 0.65); marginals of string columns stay close."""
     from feast_autofeat.models.gan import TabularGAN, fidelity_report, independent_sampler
-    from feast_autofeat.training import behaviour_fill, parse_as_of, split_frame, user_training_frame
+    from feast_autofeat.repo import Repo
+    from feast_autofeat.training import split_frame, training_frame
 
-    frame = user_training_frame(ml_store, parse_as_of("1998-04-01T00:00:00", "."), 8000, seed=0)
-    train, valid = split_frame(frame, seed=0)
-    fill = behaviour_fill(ml_store)
+    frame = training_frame(ml_store, "user_gan_critic", as_of="1998-04-01T00:00:00", max_rows=8000, seed=0)
+    train, valid = split_frame(frame, "user_id", seed=0)
+    fill = Repo(ml_store.repo_path).declaration("user_gan_critic").fill
     gan = TabularGAN(fill=fill, seed=0, epochs=40).fit(train, valid)
     real = valid[list(gan.schema_)].fillna(fill)
     gan_report = fidelity_report(real, gan.sample(len(real), seed=1))

@@ -16,6 +16,7 @@ from feast_autofeat.models.base import SchemaError
 from feast_autofeat.models.two_tower import TwoTower
 from feast_autofeat.recommend.data import query_features, query_frame
 from feast_autofeat.recommend.recommender import Recommender
+from feast_autofeat.repo import Repo
 from tests.conftest import NOW, REDIS_YAML, serving
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,8 @@ def brute_force(repo, version: str, users, histories, k: int, exclude=None):
                          "recent_items": histories})
     # the model's pinned encoder versions, through Feast's offline store (the session embedding by its
     # on-demand view there; serving computes it in-process)
-    frame = query_frame(store, rows, query_features(store, repo, model.saved_config_["encoders"]))
+    decl = Repo(repo, REDIS_YAML).two_tower()
+    frame = query_frame(store, rows, query_features(store, decl, model.saved_config_["encoders"]))
     items = model.search_item_vectors(model.item_vectors(), model.item_ids_)  # + the category blocks, if on
     scores = model.search_query_vectors(frame) @ items.T
     for row, items in enumerate(histories):
@@ -94,12 +96,11 @@ def test_online_read_equals_get_online_features(rec_repo, rec_redis, recommender
     import redis
 
     from feast_autofeat.recommend.online import FeastRead, RedisRead, online_reader
-    from feast_autofeat.recommend.recommender import HISTORY_FEATURES
 
     repo, _ = rec_repo
     b = recommender._bundle
     assert isinstance(b.read, RedisRead)
-    refs = b.features.stored_refs + HISTORY_FEATURES
+    refs = b.features.stored_refs + recommender.history_refs
     ours, feast = RedisRead(recommender.store, refs, timestamps=True), FeastRead(recommender.store, refs,
                                                                                  timestamps=True)
     users = [1, 7, 50, 405, 655, 943, 0, 999_999]
@@ -152,7 +153,7 @@ def test_http_service(rec_repo, rec_redis):
         bad = requests.get(f"{url}/recommend", params={"user_id": 7, "k": 0}, timeout=10)
         assert bad.status_code == 422 and "k must be between" in bad.json()["detail"]
         bad = requests.get(f"{url}/recommend", params={"user_id": 7, "recent_items": "1,x"}, timeout=10)
-        assert bad.status_code == 422 and "comma-separated integers" in bad.json()["detail"]
+        assert bad.status_code == 422 and "each of recent_items must be an integer" in bad.json()["detail"]
         assert requests.get(f"{url}/openapi.json", timeout=10).json()["paths"].keys() >= {
             "/recommend", "/healthz", "/feedback"}
 
@@ -170,13 +171,14 @@ def test_gan_augmentation_adds_nearest_synthetic_behaviour_for_sparse_users(rec_
 
     repo, _ = rec_repo
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
-    events = positive_events(store, repo)
-    data = TrainingSet.build(store, repo, events[events.user_id <= 120])
+    decl = Repo(repo, REDIS_YAML).two_tower()
+    events = positive_events(store, decl)
+    data = TrainingSet.build(store, decl, events[events.user_id <= 120])
     frame, enc = data.frame, data.features.encoders
     sizes = frame.groupby("user_id").size()
     sparse_users = sizes.index[sizes <= 20]
     assert 0 < len(sparse_users) < len(sizes)
-    out, report = augment_rows(frame, enc, data.root, copies=2, max_events=20, pool=3000, seed=5)
+    out, report = augment_rows(frame, decl, enc, data.root, copies=2, max_events=20, pool=3000, seed=5)
     src = np.flatnonzero(frame.user_id.isin(sparse_users).to_numpy())
     assert report["rows_added"] == 2 * len(src) and len(out) == len(frame) + 2 * len(src)
     assert report["sparse_users"] == len(sparse_users)
@@ -211,3 +213,33 @@ def test_gan_augmentation_adds_nearest_synthetic_behaviour_for_sparse_users(rec_
     model = data.fit(data.config(gan_augment=1, epochs=1), tune=False, progress=False)
     assert model.metrics_["gan_augmentation"]["rows_added"] == len(src)
     assert model.config.gan_augment == 1
+
+
+def test_gate_keeps_a_learned_embedding_only_where_it_earns(rec_repo):
+    """The two-tower's gate on a real training set: every learned embedding gets a paired figure on the inner
+    validation users; it is kept exactly when the gain exceeds its standard error times the threshold; the model
+    reads exactly the kept ones; one figure is recomputed independently (the ablated fit again, same seed)."""
+    from feast_autofeat.evaluation import mean_se
+    from feast_autofeat.recommend.data import positive_events
+    from feast_autofeat.recommend.train import GATE_Z, TrainingSet, _per_user_recall, _row_positions
+
+    repo, _ = rec_repo
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
+    decl = Repo(repo, REDIS_YAML).two_tower()
+    events = positive_events(store, decl)
+    data = TrainingSet.build(store, decl, events[events.user_id <= 400])
+    config = data.config(epochs=2)
+    model = data.fit(config, gate=True, progress=False)
+    gate = model.metrics_["gate"]
+    assert set(gate) == set(decl.learned) == {"user_dae", "user_gan_critic", "session_multvae"}
+    for name, g in gate.items():
+        assert g["kept"] == (g["gain_recall@20"] > GATE_Z * g["se"]), (name, g)
+        assert g["users"] == int((data.valid[1].lengths > 0).sum()) > 50
+        assert data.reads(model.config, name) == g["kept"], name
+    # an independent recomputation of one group's figure: the full and the ablated tuning fits, paired
+    inner = data.frame.iloc[_row_positions(data.events, data.inner.history)]
+    full = data._tune(config, inner, progress=False)
+    ablated = data._tune(data.without(config, "user_dae"), inner, progress=False)
+    diff = mean_se(_per_user_recall(full, data.valid) - _per_user_recall(ablated, data.valid))
+    assert abs(diff["mean"] - gate["user_dae"]["gain_recall@20"]) < 1e-9
+    assert abs(diff["se"] - gate["user_dae"]["se"]) < 1e-9

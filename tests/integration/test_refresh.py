@@ -17,12 +17,13 @@ import pytest
 
 from feast_autofeat.artifacts import load_version
 from feast_autofeat.feast.embeddings import Deployments
-from feast_autofeat.recommend.recommender import ITEM_VIEW, Recommender
+from feast_autofeat.recommend.recommender import Recommender
 from feast_autofeat.recommend.refresh import refresh, rollback
 from tests.conftest import NOW, REDIS_YAML
 
 pytestmark = pytest.mark.integration
 EPOCHS = {"dae": 2, "gan": 2, "multvae": 3, "two_tower": 3}
+ITEM_VIEW = "item_two_tower"  # the bundled repo's two-tower
 
 
 class Load:

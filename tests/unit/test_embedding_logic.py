@@ -11,7 +11,7 @@ from feast.protos.feast.types.Value_pb2 import FloatList, Value
 from feast_autofeat.cli import parse_every
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.feast.embeddings import DeploymentError, Deployments
-from feast_autofeat.feast.encoding import FloatVectorCodec, Int64KeyCodec
+from feast_autofeat.feast.encoding import FloatVectorCodec, KeyCodec
 from feast_autofeat.feast.engine import leakage_overlap, snapshot_times
 from feast_autofeat.feast.runtime import SessionEncoder
 from feast_autofeat.models.base import SchemaError
@@ -23,11 +23,15 @@ UTC = timezone.utc
 
 def test_key_and_vector_bytes_equal_feasts_own_serialization():
     rng = np.random.default_rng(0)
-    ids = np.array([0, 1, -1, 2**62, -(2**63), 943], dtype=np.int64)
-    keys = Int64KeyCodec("user_id").encode(ids)
-    for i, row in zip(ids, keys):
-        proto = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=int(i))])
-        assert row.tobytes() == serialize_entity_key(proto, entity_key_serialization_version=3)
+    cases = {"int64": (np.array([0, 1, -1, 2**62, -(2**63), 943], dtype=np.int64), "int64_val"),
+             "int32": (np.array([0, 1, -1, 2**31 - 1, -(2**31), 943], dtype=np.int64), "int32_val"),
+             "string": (np.array(["u42", "", "A2SUAM1J3GNN3B", "\u00e9t\u00e9", "u42", "x" * 300]), "string_val")}
+    for kind, (ids, attr) in cases.items():
+        keys = KeyCodec("user_id", kind).encode(ids)
+        assert len(keys) == len(ids)
+        for i, row in zip(ids.tolist(), keys):
+            proto = EntityKey(join_keys=["user_id"], entity_values=[Value(**{attr: i})])
+            assert row == serialize_entity_key(proto, entity_key_serialization_version=3), (kind, i)
     for dim in (1, 31, 64, 200):
         vecs = rng.normal(size=(5, dim)).astype(np.float32)
         codec = FloatVectorCodec(dim)
@@ -54,9 +58,19 @@ def test_deployments_promote_rollback_and_persistence(tmp_path):
         again.promote("user_dae", "cccc")
     with pytest.raises(DeploymentError, match="not gan"):
         again.deploy("user_dae", "gan", "dddd")
-    (tmp_path / "embeddings.json").write_text('{"x": {"modell": "dae"}}')
-    with pytest.raises(DeploymentError, match="malformed"):
-        Deployments(tmp_path)
+    # a damaged lock file is an error naming the file and the field, never a silent deletion
+    for text, match in (('{"x": {"modell": "dae"}}', "entry 'x' has unknown field"), ('{"x": ', "not valid JSON"),
+                        ("", "not valid JSON"), ("[]", "must hold an object"),
+                        ('{"x": {"model": "dae", "versions": 5}}', "x.versions must be a list"),
+                        ('{"x": {"model": "dae", "versions": ["a"], "live": "b"}}', r"x.live \('b'\) is not one"),
+                        ('{"x": {"model": "dae", "versions": ["a"], "live": null}}', None)):
+        (tmp_path / "embeddings.json").write_text(text)
+        if match is None:  # nothing live is a valid state (a declaration then registers no feature service)
+            assert Deployments(tmp_path).live("x") is None
+            continue
+        with pytest.raises(DeploymentError, match=match) as err:
+            Deployments(tmp_path)
+        assert "embeddings.json" in str(err.value)
 
 
 def test_snapshot_times_and_leakage_window():

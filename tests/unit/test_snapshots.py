@@ -106,7 +106,7 @@ def test_missing_column_and_empty_log_are_refused():
 
 def test_recent_items_are_positives_newest_first_and_seen_is_everything():
     ev, _ = _events()
-    got = recent_items_table(ev, SPEC).to_pandas()  # synthetic: anything deeper than a browse is positive
+    got = recent_items_table(ev, SPEC.positive).to_pandas()  # synthetic: anything deeper than a browse is positive
     assert got.user_id.tolist() == [1, 2]
     assert list(got.recent_items[0]) == [2, 1]  # purchase on day 5, click on day 0
     us = [int((T0 + pd.Timedelta(days=d, hours=h)).timestamp() * 1e6) for d, h in ((5, 8), (0, 11))]
@@ -114,5 +114,5 @@ def test_recent_items_are_positives_newest_first_and_seen_is_everything():
     assert list(got.seen_items[0]) == [2, 1]  # item 2 browsed on day 20, item 1 last on day 0
     assert got.event_timestamp[0] == T0 + pd.Timedelta(days=20, hours=12)
     assert list(got.recent_items[1]) == [] and list(got.seen_items[1]) == [1]  # user 2 only browsed
-    assert list(recent_items_table(ev, SPEC, limit=1).to_pandas().recent_items[0]) == [2]
-    assert list(recent_items_table(ev, SPEC, seen_limit=1).to_pandas().seen_items[0]) == [2]
+    assert list(recent_items_table(ev, SPEC.positive, limit=1).to_pandas().recent_items[0]) == [2]
+    assert list(recent_items_table(ev, SPEC.positive, seen_limit=1).to_pandas().seen_items[0]) == [2]
