@@ -447,8 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from feast_autofeat.repo import quiet_warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_warnings()
     if getattr(args, "repo", "") is None:
         args.repo = args._default_repo()
     try:

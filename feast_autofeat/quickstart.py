@@ -29,14 +29,14 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     def banner(text: str) -> None:
         nonlocal step
         step += 1
-        print(f"\n[{step}/6] {text}  ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(f"\n[{step}/6] {text}  (elapsed {time.perf_counter() - t0:.0f}s)", flush=True)
 
     banner(f"feast-autofeat prepare --dataset synthetic --users {users} --repo {repo}")
     result = prepare("synthetic", repo, config=SyntheticConfig(users=users, items=max(100, users // 4)))
     m = result.manifest
     print("  " + ", ".join(f"{k}: {v:,}" for k, v in m.rows.items()))
 
-    banner("feast apply")
+    banner("feast apply  (it says which declared embeddings have no version yet: step 5 trains them)")
     run_feast(repo, "apply")
 
     start, end = m.materialize_window()
@@ -59,7 +59,16 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     banner("train encoders (DAE, GAN, Mult-VAE) and the two-tower, deploy, backfill, feast materialize")
     from feast_autofeat.recommend.pipeline import build_recommender
 
-    build_recommender(repo, epochs=QUICK_EPOCHS, say=lambda m: print(f"  {m}", flush=True))
+    versions = build_recommender(repo, epochs=QUICK_EPOCHS, say=lambda m: print(f"  {m}", flush=True))
+    # the request-time DAE view serves the stored DAE's model on raw request features: the same version
+    from feast_autofeat.repo import Repo
+
+    project = Repo(repo)
+    dep = project.deployments()
+    dep.deploy("request_dae", "dae", versions["user_dae"], live=True)
+    dep.save()
+    project.apply()
+    print(f"  deployed request_dae {versions['user_dae']} (the DAE on raw request features), feast apply")
 
     banner("Recommender(repo).recommend(user_id, k=5) from the online store")
     from feast_autofeat.recommend.recommender import Recommender

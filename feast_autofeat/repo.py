@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,44 @@ from feast_autofeat.errors import AutofeatError, RepoError
 
 DEFAULT_REPO = Path("feature_repo")
 YAML = "feature_store.yaml"
+# third-party warnings a feast-autofeat user can do nothing about (message start, category), silenced in our
+# CLI and in the Feast CLI it runs, by message and category only
+QUIET_WARNINGS = (("fetch_arrow_table() is deprecated", "DeprecationWarning"),  # ibis inside Feast's DuckDB store
+                  ("On demand feature view is an experimental feature", "RuntimeWarning"))  # Feast, every ODFV call
+
+
+def quiet_warnings() -> None:
+    """Silence ``QUIET_WARNINGS`` in this process. Feast's modules put ``simplefilter("once", ...)`` in front of
+    the filters when they are imported, so a filter added before them would lose: the display hook is wrapped
+    instead, dropping exactly those messages and showing every other warning as before."""
+    shown = warnings.showwarning
+    if getattr(shown, "_autofeat_quiet", False):
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not _quiet(str(message), category.__name__):
+            shown(message, category, filename, lineno, file, line)
+
+    showwarning._autofeat_quiet = True
+    warnings.showwarning = showwarning
+
+
+def _quiet(message: str, category: str) -> bool:
+    return any(message.startswith(m) and category == c for m, c in QUIET_WARNINGS)
+
+
+def _quiet_stderr(text: str) -> str:
+    """A Feast CLI's stderr without the ``QUIET_WARNINGS`` (each is its line and the source line under it)."""
+    out, skip = [], False
+    for line in text.splitlines(keepends=True):
+        if skip and line.startswith("  "):
+            skip = False
+            continue
+        found = re.search(r": (\w+): (.*)$", line)
+        skip = bool(found) and _quiet(found.group(2), found.group(1))
+        if not skip:
+            out.append(line)
+    return "".join(out)
 
 
 def default_repo() -> Path:
@@ -190,8 +229,14 @@ class Repo:
             os.chdir(cwd)
 
     def apply(self, quiet: bool = True) -> None:
-        """``feast apply`` in this process (``quiet``: Feast's registry diff printed only if it fails)."""
-        (apply_quietly if quiet else feast_apply)(self.path, self.yaml)
+        """``feast apply`` in this process, as a step of a longer command (``quiet``: Feast's registry diff printed
+        only if it fails, and no "not deployed yet" warnings: the command deploys what it needs)."""
+        from feast_autofeat.feast.embeddings import NotDeployedWarning
+
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore", NotDeployedWarning)
+            (apply_quietly if quiet else feast_apply)(self.path, self.yaml)
         self.reload()
 
 
@@ -229,7 +274,11 @@ def run_feast(repo: str | os.PathLike, *args: str, yaml: str | None = None, env:
               capture: bool = False) -> subprocess.CompletedProcess:
     """Run Feast's own CLI in ``repo``; raise with Feast's output when it fails."""
     cmd = [feast_executable()] + (["-f", str(yaml)] if yaml else []) + list(args)
-    proc = subprocess.run(cmd, cwd=repo, env={**os.environ, **(env or {})}, text=True, capture_output=capture)
+    proc = subprocess.run(cmd, cwd=repo, env={**os.environ, **(env or {})}, text=True, capture_output=True)
+    proc.stderr = _quiet_stderr(proc.stderr)
+    if not capture:  # shown as it would be, less the third-party noise (Feast's output is short)
+        sys.stdout.write(proc.stdout)
+        sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
         detail = f"\n{proc.stdout}\n{proc.stderr}" if capture else ""
         raise AutofeatError(f"`{' '.join(cmd[1:])}` failed in {repo} (exit {proc.returncode}).{detail}")

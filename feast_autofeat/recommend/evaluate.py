@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,7 +62,8 @@ SHIPPED = "two-tower"  # the configuration ``train`` ships by default (learned g
 BASELINES = ("popularity", "EASE", "Mult-VAE")
 PAIRED = ("ndcg@10", "recall@20")  # the metrics of the targets, compared user by user with each baseline
 PROTOCOLS = ("P", "C", "T")
-QUICK = {"epochs": {"dae": 5, "gan": 5, "multvae": 20, "two_tower": 6}, "protocols": ("P", "C")}
+# --quick: few epochs (early stopping usually ends ML-100K's fits within these anyway) and no "learned, ungated" row
+QUICK = {"epochs": {"dae": 5, "gan": 5, "multvae": 15, "two_tower": 4}, "protocols": ("P", "C")}
 
 
 def variants(decl, quick: bool = False) -> dict[str, dict]:
@@ -75,7 +76,8 @@ def variants(decl, quick: bool = False) -> dict[str, dict]:
         out["two-tower ids + history"] = {"groups": (), "item_groups": (), "history": True}
     out["two-tower features (no learned)"] = {"groups": plain, "item_groups": item_views}
     if decl.learned:
-        out["two-tower learned"] = {}
+        if not quick:
+            out["two-tower learned"] = {}
         for name in decl.learned:
             out[f"  - {name}"] = {"groups": plain + tuple(n for n in decl.query_learned if n != name),
                                   "item_groups": item_views + tuple(n for n in decl.item_vector_sources
@@ -149,7 +151,7 @@ def pool(results: list[dict]) -> dict:
 
 
 def train_encoders(project, decl, events: pd.DataFrame, seed: int = 0, progress: bool = False,
-                   epochs: dict | None = None) -> dict:
+                   epochs: dict | None = None, every: str = "1D", steps: dict | None = None) -> dict:
     """Train the declaration's learned embeddings on ``events`` only (tabular ones on the users' features at
     those moments, history ones on those positives), deploy them live, apply, backfill the stored ones daily over
     the events' range. Returns {embedding name: version}."""
@@ -157,14 +159,17 @@ def train_encoders(project, decl, events: pd.DataFrame, seed: int = 0, progress:
     from feast_autofeat.feast.engine import LeakageWarning, backfill
     from feast_autofeat.training import train
 
-    epochs = epochs or {}
+    epochs = epochs if epochs is not None else {}
+    steps = steps if steps is not None else {}
     rows = events[[USER, TS]].rename(columns={USER: decl.interactions.user_key})
     versions = {}
     for name, learned in decl.learned.items():
+        t = time.perf_counter()
         cap = epochs.get(name, epochs.get(learned.model))
         kwargs = {"epochs": cap} if cap is not None else {}
         data = {"events": events} if learned.kind == "session" else {"entity_df": rows}
         versions[name] = train(project, name, seed=seed, progress=progress, **data, **kwargs).version
+        steps[f"train {name}"] = round(time.perf_counter() - t, 1)
     dep = project.deployments()
     for name, learned in decl.learned.items():
         dep.deploy(name, learned.model, versions[name], live=True)
@@ -174,10 +179,13 @@ def train_encoders(project, decl, events: pd.DataFrame, seed: int = 0, progress:
     hi = events[TS].max().ceil("D").to_pydatetime()
     for name, learned in decl.learned.items():
         if learned.stored:
+            t = time.perf_counter()
             with warnings.catch_warnings():
                 # snapshots inside the training range are the point: P's histories span the whole timeline
                 warnings.simplefilter("ignore", LeakageWarning)
-                backfill(project.store, view_name(name, versions[name]), lo, hi, progress=progress)
+                backfill(project.store, view_name(name, versions[name]), lo, hi, pd.Timedelta(every).to_pytimedelta(),
+                         progress=progress)
+            steps[f"backfill {name}"] = round(time.perf_counter() - t, 1)
     return versions
 
 
@@ -215,25 +223,32 @@ def tune_ease(data: TrainingSet, item_ids: np.ndarray, grid=(50.0, 100.0, 200.0,
 
 
 def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, seed: int = 0,
-                 progress: bool = False, epochs: dict | None = None) -> dict:
+                 progress: bool = False, epochs: dict | None = None, quick: bool = False) -> dict:
     """Every model of the table on one protocol: {model: metrics}, plus the protocol's description. ``rows``:
-    the two-tower variants (default ``variants(decl)``); ``epochs``: caps per embedding or model name."""
+    the two-tower variants (default ``variants(decl)``); ``epochs``: caps per embedding or model name;
+    ``quick``: only the shipped row is tuned (epochs, steering weights on the inner validation, gate); the other
+    two-tower rows are fitted once with its choices, so they differ from it only in their inputs."""
     from feast_autofeat.models.ease import Popularity
 
     t0 = time.perf_counter()
     rows = variants(decl) if rows is None else rows
     epochs = epochs or {}
-    versions = train_encoders(project, decl, protocol.train_events, seed, progress, epochs)
+    steps = {}
+    versions = train_encoders(project, decl, protocol.train_events, seed, progress, epochs, steps=steps)
     decl = project.two_tower(decl.name)
     store = project.store
+    t = time.perf_counter()
     data = TrainingSet.build(store, decl, protocol.train_events, encoders=versions)
     item_ids = data.items.item_id.to_numpy()
     qframe, targets, known = validation(store, protocol.cut, item_ids, data.features)
+    steps["training set (point in time)"] = round(time.perf_counter() - t, 1)
     table, per_user = {}, {}
 
-    def record(name: str, scores: np.ndarray, started: float, **extra) -> None:
+    def record(name: str, scores: np.ndarray, started: float, **fit) -> None:
+        """One row: the metrics over the test users, the seconds it took, what the fit reported (``fit``)."""
         per_user[name] = metric_values(scores, known, targets, METRICS)
-        table[name] = {**summarize(per_user[name]), "seconds": time.perf_counter() - started, **extra}
+        table[name] = {**summarize(per_user[name]), "seconds": time.perf_counter() - started,
+                       **({"fit": fit} if fit else {})}
         log.info("%s %s: recall@20 %.4f", protocol.name, name, table[name]["recall@20"]["mean"])
 
     train_h = histories(data.events, np.unique(data.events.user_id), item_ids)
@@ -247,18 +262,27 @@ def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, se
         t = time.perf_counter()
         record("Mult-VAE", multvae_scores(decl.root, versions[sessions[0]], known, item_ids), t)
     cap = epochs.get(decl.name, epochs.get("two_tower"))
-    for name, variant in rows.items():
+    shared = None  # quick: the shipped row's tuning (epochs, steering weights), shared by the other rows
+    for name in sorted(rows, key=lambda n: (not (quick and n == SHIPPED))):  # quick: the shipped row first
         t = time.perf_counter()
-        variant = dict(variant)
+        variant = dict(rows[name])
         gate = variant.pop("gate", False)
         config = data.config(seed=seed, **variant, **({"epochs": cap} if cap is not None else {}))
-        model = data.fit(config, gate=gate, progress=progress)
+        if shared is not None:
+            model = data.fit(replace(config, **shared), tune=False, progress=progress)
+        else:
+            model = data.fit(config, gate=gate, progress=progress)
+        if quick and name == SHIPPED:
+            shared = {"epochs": model.metrics_["tuned_epochs"],
+                      **{f"{k}_weight": getattr(model.config, f"{k}_weight")
+                         for k in ("session", "category", "popularity", "cold_popularity")}}
         record(name, model.score(qframe), t, **{k: v for k, v in model.metrics_.items() if k != "train_seconds"})
+    table = {name: table[name] for name in (*[n for n in table if n not in rows], *rows)}  # the table's order
     for name, comparisons in paired(per_user).items():
         table[name]["paired"] = comparisons
     return {"protocol": protocol.description, "train_events": len(protocol.train_events),
             "test_users": int((targets.lengths > 0).sum()), "targets": int(targets.lengths.sum()),
-            "encoders": versions, "seconds": time.perf_counter() - t0, "models": table,
+            "encoders": versions, "seconds": time.perf_counter() - t0, "steps_seconds": steps, "models": table,
             "per_user": per_user}  # {model: {metric: value per test user}}: not JSON; ``pool`` reads it
 
 
@@ -306,12 +330,12 @@ def flat(result: dict) -> dict:
     "users": n, ...}}, "paired": {model: {baseline: {metric: {mean, se}}}}, ...}."""
     models, pairs = {}, {}
     for name, row in result["models"].items():
-        out = {"users": row.get("users")}
+        out = {"users": row.get("users"), "seconds": row.get("seconds")}
         for metric, value in row.items():
             if isinstance(value, dict) and "mean" in value:
                 out[metric], out[f"{metric}_se"] = value["mean"], value["se"]
-        if "gate" in row:
-            out["gate"] = row["gate"]
+        if "gate" in row.get("fit", {}):
+            out["gate"] = row["fit"]["gate"]
         models[name.strip()] = out
         if "paired" in row:
             pairs[name.strip()] = row["paired"]
@@ -369,7 +393,7 @@ def evaluate_repo(repo, yaml: str | None = None, protocols=("P", "C", "T"), quic
     the JSON (``out``, default ``<repo>/reports/evaluation-<time>.json``) and a PNG beside it; returns the
     result with ``json`` and ``png`` paths."""
     from feast_autofeat.recommend.data import positive_events
-    from feast_autofeat.repo import Repo, apply_quietly
+    from feast_autofeat.repo import Repo
 
     protocols = [{"G": "T"}.get(p.upper(), p.upper()) for p in protocols]
     bad = [p for p in protocols if p not in PROTOCOLS]
@@ -382,8 +406,8 @@ def evaluate_repo(repo, yaml: str | None = None, protocols=("P", "C", "T"), quic
     cwd = os.getcwd()
     try:
         os.chdir(scratch)  # relative source paths resolve against the (copied) repo, as under Feast's CLI
-        apply_quietly(scratch)
         project = Repo(scratch)
+        project.apply()
         decl = project.two_tower(decl.name)
         events = positive_events(project.store, decl)
         epochs = QUICK["epochs"] if quick else {}
@@ -393,11 +417,11 @@ def evaluate_repo(repo, yaml: str | None = None, protocols=("P", "C", "T"), quic
             say(f"protocol {p} ...")
             if p == "C":
                 runs = [run_protocol(project, decl, protocol_c(events, seed=s), rows, seed=s, progress=progress,
-                                     epochs=epochs) for s in range(seed, seed + max(1, c_runs))]
+                                     epochs=epochs, quick=quick) for s in range(seed, seed + max(1, c_runs))]
                 res = pool(runs) if len(runs) > 1 else runs[0]
             else:
                 res = run_protocol(project, decl, (protocol_p if p == "P" else protocol_t)(events), rows,
-                                   seed=seed, progress=progress, epochs=epochs)
+                                   seed=seed, progress=progress, epochs=epochs, quick=quick)
             result[p] = flat(res)
             say(f"protocol {p}: {result[p]['test_users']} test users ({res['seconds']:.0f}s)")
     finally:
