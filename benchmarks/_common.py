@@ -98,7 +98,7 @@ ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 def ml100k_repo(data_dir: Path = ML100K):
     """A temporary copy of feature_repo/, prepared from ML-100K and applied with the real `feast apply`."""
     from feast_autofeat.prepare import prepare
-    from feast_autofeat.quickstart import run_feast
+    from feast_autofeat.repo import run_feast
 
     work = Path(tempfile.mkdtemp(prefix="autofeat-bench-"))
     try:

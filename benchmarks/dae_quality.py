@@ -22,7 +22,8 @@ from _common import ML100K, ml100k_repo, save  # noqa: E402
 
 from feast_autofeat.evaluation import downstream_auc, next_period_activity  # noqa: E402
 from feast_autofeat.models.dae import DAE  # noqa: E402
-from feast_autofeat.training import behaviour_fill, holdout_users, open_store  # noqa: E402
+from feast_autofeat.repo import Repo  # noqa: E402
+from feast_autofeat.splits import holdout_users  # noqa: E402
 
 
 def main() -> None:
@@ -33,9 +34,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with ml100k_repo(args.data_dir) as repo:
-        store = open_store(repo)
-        df = next_period_activity(store, pd.date_range("1997-10-01", "1998-04-01", freq="7D", tz="UTC"))
-        fill = behaviour_fill(store)
+        project = Repo(repo)
+        dae = project.declaration("user_dae")
+        df = next_period_activity(project.store, project.two_tower().interactions, dae.refs,
+                                  pd.date_range("1997-10-01", "1998-04-01", freq="7D", tz="UTC"))
+        fill = dae.fill
     runs = []
     for seed in args.seeds:
         test = holdout_users(df.user_id.to_numpy(), 0.3, seed=seed)

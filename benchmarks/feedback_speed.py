@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save  # noqa: E402
 
 from feast_autofeat.feast.embeddings import view_name  # noqa: E402
-from feast_autofeat.quickstart import run_feast  # noqa: E402
 from feast_autofeat.recommend.index import build_index  # noqa: E402
 from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
 from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
+from feast_autofeat.repo import run_feast  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
 EPOCHS = {"dae": 3, "gan": 3, "multvae": 5, "two_tower": 5}

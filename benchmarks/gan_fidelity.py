@@ -23,13 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ML100K, ml100k_repo, save  # noqa: E402
 
 from feast_autofeat.models.gan import TabularGAN, fidelity_report, independent_sampler  # noqa: E402
-from feast_autofeat.training import (  # noqa: E402
-    behaviour_fill,
-    open_store,
-    parse_as_of,
-    split_frame,
-    user_training_frame,
-)
+from feast_autofeat.repo import Repo  # noqa: E402
+from feast_autofeat.training import split_frame, training_frame  # noqa: E402
 
 SUMMARY = ("correlation_diff", "mean_wasserstein", "mean_tvd")
 
@@ -43,12 +38,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with ml100k_repo(args.data_dir) as repo:
-        store = open_store(repo)
-        frame = user_training_frame(store, parse_as_of(None, repo), args.rows, seed=0)
-        fill = behaviour_fill(store)
+        frame = training_frame(repo, "user_gan_critic", max_rows=args.rows, seed=0)
+        fill = Repo(repo).declaration("user_gan_critic").fill
     runs = []
     for seed in args.seeds:
-        train, valid = split_frame(frame, seed)
+        train, valid = split_frame(frame, "user_id", seed)
         gan = TabularGAN(fill=fill, seed=seed).fit(train, valid)
         real = valid[list(gan.schema_)].fillna(fill)  # the documented imputation, as the GAN saw it
         synthetic = gan.sample(len(real), seed=seed + 100)

@@ -99,7 +99,7 @@ def build_repo(repo: Path, redis_url: str, n: int, dae_epochs: int = 3, threads:
     """The repo of the module's docstring (``precomputed=False``: without the anchor's vectors, an empty file)."""
     from feast_autofeat.feast.embeddings import Deployments
     from feast_autofeat.models.dae import DAE
-    from feast_autofeat.quickstart import run_feast
+    from feast_autofeat.repo import run_feast
 
     (repo / "data").mkdir(parents=True)
     df, vectors = make_data(n, vectors=precomputed)

@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ML100K, ml100k_repo, save, timed  # noqa: E402
 
 from feast_autofeat.models.dae import DAE  # noqa: E402
-from feast_autofeat.training import open_store, parse_as_of, train, user_training_frame  # noqa: E402
+from feast_autofeat.training import train, training_frame  # noqa: E402
+
+MODELS = {"multvae": "session_multvae", "dae": "user_dae", "gan": "user_gan_critic"}  # the bundled repo's names
 
 
 def main() -> None:
@@ -35,9 +37,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with ml100k_repo(args.data_dir) as repo:
         training = {}
-        for model in ("multvae", "dae", "gan"):
+        for model, name in MODELS.items():
             t = time.perf_counter()
-            result = train(model, repo, root=repo / "models", progress=False)
+            result = train(repo, name, root=repo / "models", progress=False)
             training[model] = {"total_seconds": time.perf_counter() - t,
                                "fit_seconds": result.metrics["train_seconds"], "epochs": result.metrics["epochs"],
                                "version": result.version, "rows": result.rows}
@@ -45,7 +47,7 @@ def main() -> None:
                   f"{training[model]['total_seconds']:6.1f} s  ({result.metrics['epochs']} epochs)", flush=True)
 
         dae = DAE.load(repo / "models", training["dae"]["version"])
-        frame = user_training_frame(open_store(repo), parse_as_of(None, repo), 20_000, seed=1)
+        frame = training_frame(repo, "user_dae", max_rows=20_000, seed=1)
         features = frame.drop(columns=["user_id", "event_timestamp"])
         reps = -(-args.encode_rows // len(features))
         big = features.iloc[np.tile(np.arange(len(features)), reps)[: args.encode_rows]].reset_index(drop=True)

@@ -54,10 +54,10 @@ def feast_floor(inputs):
 '''
 
 
-def deploy(repo: Path, name: str, model: str, version: str) -> None:
+def deploy(repo: Path, name: str, version: str) -> None:
     """The real ``feast-autofeat deploy`` (console script of this environment)."""
     cli = Path(sys.executable).parent / "feast-autofeat"
-    cmd = [str(cli), "deploy", name, "--model", model, "--version", version, "--repo", str(repo), "-f", YAML]
+    cmd = [str(cli), "deploy", name, "--version", version, "--repo", str(repo), "-f", YAML]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -65,7 +65,7 @@ def deploy(repo: Path, name: str, model: str, version: str) -> None:
 
 def setup(repo: Path, url: str, epochs: int, max_rows: int) -> tuple[str, str, dict]:
     from feast_autofeat.datasets import load_manifest
-    from feast_autofeat.quickstart import run_feast
+    from feast_autofeat.repo import run_feast
     from feast_autofeat.training import train
 
     text = (repo / YAML).read_text()
@@ -77,18 +77,19 @@ def setup(repo: Path, url: str, epochs: int, max_rows: int) -> tuple[str, str, d
     run_feast(repo, "apply", yaml=YAML, capture=True)
     seconds["apply"] = time.perf_counter() - t
     versions = {}
-    for model in ("dae", "multvae"):
+    for model, name in (("dae", "user_dae"), ("multvae", "session_multvae")):  # the bundled repo's names
         t = time.perf_counter()
-        versions[model] = train(model, repo, epochs=epochs, max_rows=max_rows, progress=False, yaml=YAML).version
+        rows = {"max_rows": max_rows} if model == "dae" else {}
+        versions[model] = train(repo, name, epochs=epochs, progress=False, yaml=YAML, **rows).version
         seconds[f"train_{model}"] = time.perf_counter() - t
     from feast_autofeat.artifacts import load_version
 
     dim = load_version(repo / "models", "multvae", versions["multvae"]).config["architecture"]["dim"]
     (repo / "feast_floor.py").write_text(FLOOR_VIEW.format(dim=dim))  # registered by the deploys' apply
     t = time.perf_counter()
-    deploy(repo, "user_dae", "dae", versions["dae"])
-    deploy(repo, "session_multvae", "multvae", versions["multvae"])
-    deploy(repo, "request_dae", "dae", versions["dae"])
+    deploy(repo, "user_dae", versions["dae"])
+    deploy(repo, "session_multvae", versions["multvae"])
+    deploy(repo, "request_dae", versions["dae"])
     seconds["deploy"] = time.perf_counter() - t
     start, end = load_manifest(repo / "data").materialize_window()
     t = time.perf_counter()

@@ -40,10 +40,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save, timed_rounds  # noqa: E402
 
-from feast_autofeat.quickstart import run_feast  # noqa: E402
 from feast_autofeat.recommend.index import ExactIndex, HnswIndex, IvfIndex  # noqa: E402
 from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
 from feast_autofeat.recommend.recommender import HISTORY_FEATURES, Recommender  # noqa: E402
+from feast_autofeat.repo import run_feast  # noqa: E402
 from feast_autofeat.testing import free_port  # noqa: E402
 
 YAML = "feature_store.redis.yaml"

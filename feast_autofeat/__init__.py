@@ -13,16 +13,16 @@ from feast_autofeat.errors import AutofeatError
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "embedding_view": "feast_autofeat.feast.embeddings",
-    "session_embedding_view": "feast_autofeat.feast.embeddings",
-    "request_embedding_view": "feast_autofeat.feast.embeddings",
-    "interactions": "feast_autofeat.feast.interactions",
-    "history_view": "feast_autofeat.feast.interactions",
-    "two_tower": "feast_autofeat.feast.interactions",
-    "train": "feast_autofeat.training",
-    "Repo": "feast_autofeat.repo",
-}
+_LAZY = dict(
+    embedding_view="feast_autofeat.feast.embeddings",
+    session_embedding_view="feast_autofeat.feast.embeddings",
+    request_embedding_view="feast_autofeat.feast.embeddings",
+    interactions="feast_autofeat.feast.interactions",
+    history_view="feast_autofeat.feast.interactions",
+    two_tower="feast_autofeat.feast.interactions",
+    train="feast_autofeat.training",
+    Repo="feast_autofeat.repo",
+)
 __all__ = ["AutofeatError", "__version__", *_LAZY]
 
 

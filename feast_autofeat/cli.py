@@ -32,8 +32,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         for flag in ("days", "events"):
             if getattr(args, flag) is not None:
                 raise AutofeatError(f"--{flag} applies to --dataset synthetic only.")
-        own = {"interactions": args.interactions, "users": args.users, "items": args.items,
-               "columns": parse_columns(args.columns), "split": parse_split(args.split), "positive": args.positive}
+        own = dict(interactions=args.interactions, users=args.users, items=args.items,
+                   columns=parse_columns(args.columns), split=parse_split(args.split), positive=args.positive)
     else:
         extra = [f for f, v in (("--columns", args.columns), ("--split", args.split), ("--positive", args.positive))
                  if v]

@@ -118,7 +118,7 @@ def prepare(
     tables = {name: _normalize_timestamps(t) for name, t in tables.items()}
 
     say("computing behaviour snapshots in DuckDB")
-    snaps = derived_tables(tables["interactions"], tables["items"], spec)
+    snaps = derived_tables(tables[EVENT_LOG], tables["items"], spec)
     manifest = _manifest(spec, params, tables, snaps)
     target = data_dir_of(repo)
     with staged_directory(target) as staging:
@@ -133,7 +133,7 @@ def prepare(
 
 
 def _manifest(spec, params: dict, tables: dict, snaps: dict, rows: dict | None = None) -> Manifest:
-    log = tables["interactions"]
+    log = tables[EVENT_LOG]
     ts = log["event_timestamp"]
     first = min(pc.min(t[c]).as_py() for t in tables.values() for c in t.column_names if c.endswith("timestamp")
                 and len(t))

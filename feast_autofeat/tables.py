@@ -11,6 +11,23 @@ import pandas as pd
 from feast_autofeat.errors import DataError
 
 
+def predicate_mask(events: pd.DataFrame, predicate: str, what: str = "positive predicate") -> np.ndarray:
+    """Which rows of ``events`` satisfy the SQL ``predicate`` (over their columns; the table is ``e``), evaluated by
+    DuckDB; an invalid predicate is a ``DataError`` naming ``what`` and the columns it may use."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("e", events)
+        out = con.sql(f"SELECT coalesce(({predicate}), false) AS p FROM e").df()
+    except duckdb.Error as exc:
+        raise DataError(f"the {what} {predicate!r} is not valid SQL over the log's columns {list(events.columns)} "
+                        f"({str(exc).splitlines()[0]}).") from None
+    finally:
+        con.close()
+    return out["p"].to_numpy(bool)
+
+
 def read_table(path: str | Path, what: str, string_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """A CSV (``.csv``, ``.tsv``, ``.txt``; delimiter sniffed) or parquet file as a frame; ``string_columns`` of a
     CSV are read as text (ids keep leading zeros; integer ids are recognized later)."""

@@ -340,4 +340,4 @@ def _fit_history(repo: Repo, decl, as_of, seed: int, progress: bool, events, ini
     fitted.init_ = init
     fitted.fit(split.train, split.item_ids, valid=(split.valid_in, split.valid_out), progress=progress)
     rows = {"events": len(ev), "positives": len(pos), **split.describe()}
-    return fitted, rows, {"interactions": inter.describe(), "item_kind": inter.item_kind()}, used
+    return fitted, rows, {"interaction_log": inter.describe(), "item_kind": inter.item_kind()}, used

@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from feast_autofeat.datasets.base import DatasetSpec
 from feast_autofeat.errors import DataError
-from feast_autofeat.tables import parse_timestamps, read_table
+from feast_autofeat.tables import parse_timestamps, predicate_mask, read_table
 
 NAME = "log"
 ROLES = ("user_id", "item_id", "event_timestamp", "rating", "event_type")
@@ -255,18 +255,8 @@ def load_log(interactions: str | Path, columns: dict[str, str], users: str | Pat
 def _positive_share(ev: pd.DataFrame, positive: str) -> float:
     """The share of events the ``positive`` predicate accepts; an invalid predicate, or one that accepts no
     event, is a ``DataError`` naming it."""
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.register("e", ev)
-        n = con.sql(f"SELECT count(*) FILTER (WHERE coalesce(({positive}), false)), count(*) FROM e").fetchone()
-    except duckdb.Error as exc:
-        raise DataError(f"--positive {positive!r} is not a valid SQL predicate over the log's columns "
-                        f"{list(ev.columns)} ({str(exc).splitlines()[0]}).") from None
-    finally:
-        con.close()
-    if not n[0]:
-        raise DataError(f"--positive {positive!r} accepts none of the {n[1]:,} events: nothing would count as a "
-                        "positive interaction.")
-    return n[0] / n[1]
+    mask = predicate_mask(ev, positive, "--positive")
+    if not mask.any():
+        raise DataError(f"--positive {positive!r} accepts none of the {len(mask):,} events: nothing would count as "
+                        "a positive interaction.")
+    return float(mask.mean())

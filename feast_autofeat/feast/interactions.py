@@ -28,10 +28,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from feast import FeatureView, Field, PushSource
-from feast.types import Array, Int64
+from feast.types import Array, Int64, String
 
 from feast_autofeat.feast.embeddings import (
-    KEY_FEAST,
     DeploymentError,
     EmbeddingView,
     SessionEmbedding,
@@ -111,7 +110,7 @@ def history_view(name: str, *, interactions: Interactions, source, ttl: timedelt
     if not isinstance(source, PushSource):
         raise DeploymentError(f"history view {name}: source must be a PushSource (feedback pushes to it), got "
                               f"{type(source).__name__}.")
-    item = KEY_FEAST[interactions.item_kind()]
+    item = String if interactions.item_kind() == "string" else Int64  # integer ids: Int64 lists (Int32 keys too)
     schema = [Field(name="recent_items", dtype=Array(item)), Field(name="recent_times", dtype=Array(Int64)),
               Field(name="seen_items", dtype=Array(item))]
     return FeatureView(name=name, entities=[interactions.user], ttl=ttl, online=True, schema=schema, source=source,

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import duckdb
-import numpy as np
 import pandas as pd
 
 from feast_autofeat.errors import AutofeatError, DataError, RepoError
+from feast_autofeat.tables import predicate_mask as positive_mask  # noqa: F401 - the name callers use
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FAR = datetime(2200, 1, 1, tzinfo=timezone.utc)  # "no end" (pandas timestamps end in 2262)
@@ -64,20 +63,6 @@ def read_events(store, inter, as_of: datetime | None = None) -> pd.DataFrame:
                         "its source path and that it holds the declared columns.") from exc
     df = df.rename(columns={inter.user_key: USER, inter.item_key: ITEM, inter.timestamp: TS})
     return df[[USER, ITEM, *inter.value_columns, TS]]
-
-
-def positive_mask(events: pd.DataFrame, predicate: str, what: str = "positive") -> np.ndarray:
-    """Which events satisfy the SQL ``predicate`` (over the log's columns), evaluated by DuckDB."""
-    con = duckdb.connect()
-    try:
-        con.register("e", events)
-        out = con.sql(f"SELECT coalesce(({predicate}), false) AS p FROM e").df()
-    except duckdb.Error as exc:
-        raise DataError(f"the {what} predicate {predicate!r} is not valid SQL over the log's columns "
-                        f"{list(events.columns)} ({str(exc).splitlines()[0]}).") from None
-    finally:
-        con.close()
-    return out["p"].to_numpy(bool)
 
 
 def positive_events(store, inter, as_of: datetime | None = None, events: pd.DataFrame | None = None

@@ -277,7 +277,8 @@ def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, se
                       **{f"{k}_weight": getattr(model.config, f"{k}_weight")
                          for k in ("session", "category", "popularity", "cold_popularity")}}
         record(name, model.score(qframe), t, **{k: v for k, v in model.metrics_.items() if k != "train_seconds"})
-    table = {name: table[name] for name in (*[n for n in table if n not in rows], *rows)}  # the table's order
+    order = (*[n for n in table if n not in rows], *rows)  # baselines, then the rows in their declared order
+    table, per_user = {n: table[n] for n in order}, {n: per_user[n] for n in order}
     for name, comparisons in paired(per_user).items():
         table[name]["paired"] = comparisons
     return {"protocol": protocol.description, "train_events": len(protocol.train_events),
@@ -340,7 +341,9 @@ def flat(result: dict) -> dict:
         if "paired" in row:
             pairs[name.strip()] = row["paired"]
     keep = {k: v for k, v in result.items() if k not in ("models", "per_user", "runs")}
-    return {**keep, "models": models, "paired": pairs}
+    gates = [r["models"][SHIPPED]["fit"]["gate"] for r in result.get("runs", [])
+             if "gate" in r["models"].get(SHIPPED, {}).get("fit", {})]
+    return {**keep, "models": models, "paired": pairs, **({"gates_per_run": gates} if gates else {})}
 
 
 def chart(result: dict, path: Path, title: str) -> None:

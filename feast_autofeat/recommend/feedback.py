@@ -461,6 +461,10 @@ def rebuild_history(store, decl) -> Path:
     path = Path(src.path) if Path(src.path).is_absolute() else decl.repo_dir / src.path
     log = pa.Table.from_pandas(read_events(store, decl.interactions), preserve_index=False)
     table = recent_items_table(log, decl.interactions.positive)
+    if decl.interactions.item_kind() == "int32":  # the history view holds integer ids as Int64 lists
+        for name in ("recent_items", "seen_items"):
+            table = table.set_column(table.schema.get_field_index(name), name,
+                                     table.column(name).cast(pa.list_(pa.int64())))
     table = table.rename_columns([decl.interactions.user_key if c == USER else src.timestamp_field if c == TS
                                   else c for c in table.column_names])
     write_parquet_atomic(table, path)

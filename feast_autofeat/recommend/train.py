@@ -312,7 +312,7 @@ def train_two_tower(repo, decl, as_of=None, root=None, seed: int = 0, progress: 
         "declaration": decl.name, "feast_project": store.project, "seed": seed,
         "training_window": {"as_of": used.isoformat()}, "encoders": kept, "feature_refs": decl.refs,
         "join_key": inter.item_key, "key_kind": inter.item_kind(), "user_key": inter.user_key,
-        "user_kind": inter.user_kind(), "interactions": inter.describe()})
+        "user_kind": inter.user_kind(), "interaction_log": inter.describe()})
     rows = {"events": len(data.events), "users": model.metrics_["users"], "items": model.metrics_["items"]}
     notes = [f"{n}: {'kept' if g['kept'] else 'dropped'} ({g['reason']})"
              for n, g in (model.metrics_.get("gate") or {}).items()]

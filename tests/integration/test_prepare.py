@@ -183,7 +183,7 @@ def test_own_log_with_integer_ids_epoch_millis_and_no_profiles(tmp_path, ml100k_
     ("bad times", r"2 of 6 values are not times .* the first is row 3: 'soon'"),
     ("empty", r"is empty: there is nothing to learn from"),
     ("one user", r"has 1 user\(s\) and 3 item\(s\): a recommender needs at least two of each"),
-    ("bad positive", r"--positive 'ratingg >= 4' is not a valid SQL predicate"),
+    ("bad positive", r"the --positive 'ratingg >= 4' is not valid SQL over the log's columns"),
     ("no positive", r"--positive 'rating > 9' accepts none of the 6 events"),
     ("bad role", r"--columns role 'user' is not one of"),
     ("missing id", r"events.csv column customer: 1 rows have no id; the first is row 2"),
