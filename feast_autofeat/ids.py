@@ -49,7 +49,7 @@ def id_array(values, kind: str | None = None, what: str = "id") -> np.ndarray:
     """``values`` as an id array of ``kind`` (default: the kind they have): int64 for integer kinds, ``<U`` for
     strings. Integers out of range, numbers for a string key (or the reverse), booleans and missing values are
     an ``IdError`` naming ``what``."""
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iu" and kind in (None, "int64"):
+    if isinstance(values, np.ndarray) and values.dtype.kind == "i" and kind in (None, "int64"):
         return values.astype(np.int64, copy=False)
     arr = np.asarray(values)
     kind = kind or (kind_of_array(arr) if arr.size else "int64")

@@ -125,3 +125,33 @@ def test_cluster_key_slots_equal_redis_py():
     got = key_slots(keys)
     assert got.tolist() == [key_slot(k.tobytes()) for k in keys]
     assert len(np.unique(got)) > 2500  # spread over the slots
+
+
+def test_declarations_refuse_other_entities_and_say_when_nothing_is_deployed(tmp_path):
+    """Declaring is checked when `feast apply` imports the repo: inputs keyed by another entity (or by several)
+    are refused; a declaration with nothing deployed registers no view, warns with the commands, and is added to
+    the declaring module (where `feast apply` and feast-autofeat's commands find it)."""
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64
+
+    from feast_autofeat import embedding_view
+    from feast_autofeat.feast.embeddings import NotDeployedWarning
+
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
+    item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64)
+    src = FileSource(name="src", path=str(tmp_path / "x.parquet"), timestamp_field="ts")
+
+    def view(name, entities):
+        return FeatureView(name=name, entities=entities, schema=[Field(name="x", dtype=Float64)], source=src,
+                           ttl=timedelta(0))
+
+    for inputs, model, match in (([view("pairs", [user, item])], "dae", r"keyed by \['user', 'item'\]"),
+                                 ([view("items", [item])], "dae", "not by entity user alone"),
+                                 ([view("stats", [user])], "multvae", "model 'multvae' cannot back")):
+        with pytest.raises(DeploymentError, match=match):
+            embedding_view("e", entity=user, model=model, inputs=inputs, repo=tmp_path)
+    stats = view("stats", [user])
+    with pytest.warns(NotDeployedWarning, match=r"e \(dae\) has no deployed version.*feast-autofeat train e"):
+        decl = embedding_view("e", entity=user, model="dae", inputs=[stats[["x"]]], repo=tmp_path)
+    assert decl.views == {} and decl.live is None and decl.refs == ["stats:x"] and decl.key == "user_id"
+    assert globals()["_autofeat_decl_e"] is decl
