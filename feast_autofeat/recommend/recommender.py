@@ -104,7 +104,6 @@ class Recommender:
         ``clock``: the request time for TTLs (default: now, UTC); replaying history passes its own.
         ``online_read``: ``auto`` (one HMGET of Feast's layout on Redis, else ``get_online_features``),
         ``redis`` or ``feast`` (``recommend.online``)."""
-        from feast_autofeat.artifacts import model_root
         from feast_autofeat.repo import Repo
 
         self.project = Repo(repo.path if isinstance(repo, Repo) else repo, yaml, store=store)
@@ -113,7 +112,7 @@ class Recommender:
         self.name = self.decl.name
         self.follow_live = version is None
         self.index_kind = index
-        self.root = Path(root) if root else model_root(None, default=self.decl.root)
+        self.root = Path(root) if root else self.decl.root
         self.check_every = check_every
         self.online_read = online_read
         inter = self.decl.interactions

@@ -163,7 +163,9 @@ def small_repo(root: Path, kind: str, online: str, engine: bool = True) -> Path:
     (repo / "feature_store.yaml").write_text(
         "project: keys\nprovider: local\nregistry: data/registry.db\noffline_store:\n  type: duckdb\n" + store
         + "entity_key_serialization_version: 3\n"
-        + ("batch_engine:\n  type: feast_autofeat.feast.engine.AutofeatEngine\n" if engine else ""))
+        + ("batch_engine:\n  type: feast_autofeat.feast.engine.AutofeatEngine\n" if engine else "")
+        # string keys: the inputs read in key partitions too (hash of the key mod P): the same vectors
+        + ("  input_chunk_rows: 60\n" if engine and kind == "string" else ""))
     (repo / "definitions.py").write_text(f'''from datetime import timedelta
 
 from feast import Entity, FeatureView, Field, FileSource, ValueType
@@ -223,6 +225,18 @@ def test_key_types_train_materialize_read(kind, online, tmp_path, request, monke
     np.testing.assert_allclose(np.stack(hist.embedding), want[:50], atol=1e-7)
     if online == "redis":
         assert_redis_bytes_equal_feasts(store, f"account_dae__{version}", ids[:3], kind)
+    if kind == "string":  # the engine read those inputs in key partitions (a hash of the string key mod P)
+        from feast_autofeat.feast.engine import AutofeatEngineConfig, EmbeddingComputer, EmbeddingSpec
+
+        comp = EmbeddingComputer(EmbeddingSpec.from_view(store.get_feature_view(f"account_dae__{version}"),
+                                                         store.registry, store.project),
+                                 store.config, store._get_provider().offline_store, store.registry, store.project,
+                                 AutofeatEngineConfig(input_chunk_rows=60))
+        n_parts, entities = comp.input_partitions(END)
+        assert (n_parts, entities) == (4, 200)
+        parts = [set(comp.latest_inputs(T0, END, (p, n_parts)).column("account_id").to_pylist())
+                 for p in range(n_parts)]
+        assert sum(map(len, parts)) == 200 and set().union(*parts) == set(ids) and min(map(len, parts)) > 20
 
 
 def assert_redis_bytes_equal_feasts(store, view: str, ids: list, kind: str) -> None:
