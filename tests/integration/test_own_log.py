@@ -36,7 +36,7 @@ def autofeat(*args: str, env: dict) -> str:
     return proc.stdout
 
 
-def test_bring_your_own_log_with_string_ids(tmp_path, ml100k_dir):
+def test_bring_your_own_log_with_string_ids(tmp_path, ml100k_dir, monkeypatch):
     raw = pd.read_csv(ml100k_dir / "u.data", sep="\t", names=["user", "item", "rating", "unix"])
     log = pd.DataFrame({"visitor": "u" + raw.user.astype(str), "movie": "i" + raw.item.astype(str),
                         "score": raw.rating, "time": raw.unix})
@@ -70,7 +70,7 @@ def test_bring_your_own_log_with_string_ids(tmp_path, ml100k_dir):
         snap = pd.read_parquet(repo / "data" / "embeddings" / "user_dae" / dae / f"at={_stamp(end)}.parquet")
         snap = snap.sort_values("user_id", ignore_index=True)
         assert len(snap) == 943 and snap.user_id.str.startswith("u").all()
-        os.environ["REDIS_CONNECTION_STRING"] = server.url
+        monkeypatch.setenv("REDIS_CONNECTION_STRING", server.url)  # this test's Redis, for this test only
         redis_store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
         users = ["u42", "u1", "u943"]
         got = redis_store.get_online_features(features=[f"user_dae__{dae}:embedding"],
