@@ -75,20 +75,26 @@ class AutofeatEngineConfig(FeastConfigBaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: str = "feast_autofeat.feast.engine.AutofeatEngine"
-    model_root: str | None = None  # overrides the root recorded in each view's tags
-    batch_size: int = 16384  # rows per pipeline step: small enough that encoding and writing overlap well
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
-    threads: int | None = None
-    write_offline: bool = True  # also write the point-in-time snapshot at END
-    # entities per read of the inputs: more entities are read in that many key partitions (key mod P), one at a
-    # time through the pipeline, so a materialization's memory does not grow with the entity count
-    input_chunk_rows: int = Field(default=1_000_000, ge=1)
-    # Ray (``ray_encode.py``): set ray_address ("auto", "host:port") to encode in an actor pool on that cluster
-    ray_address: str | None = None
-    ray_actors: int = 2
-    ray_cpus_per_actor: float = 1.0
-    ray_gpus_per_actor: float = 0.0
+    type: str = Field(default="feast_autofeat.feast.engine.AutofeatEngine",
+                      description="the engine's class, as Feast imports it")
+    model_root: str | None = Field(default=None, description="where model versions lie, overriding the root "
+                                   "each view recorded at deploy time")
+    batch_size: int = Field(default=16384, ge=1, description="rows per pipeline step (encode, online write, "
+                            "snapshot write): small enough that the steps overlap well")
+    device: Literal["cpu", "cuda", "auto"] = Field(default="cpu", description="where the encoders run")
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (default: torch's "
+                                "choice)")
+    write_offline: bool = Field(default=True, description="also write the point-in-time snapshot at the "
+                                "interval's end (training sets read it)")
+    input_chunk_rows: int = Field(default=1_000_000, ge=1, description="entities per read of an embedding's "
+                                  "inputs: more are read in that many key partitions (key mod P), one at a "
+                                  "time, so a materialization's memory does not grow with the entity count")
+    ray_address: str | None = Field(default=None, description="a Ray cluster (\"auto\", \"host:port\") to encode "
+                                    "on, in an actor pool (``ray_encode.py``); unset: in this process")
+    ray_actors: int = Field(default=2, ge=1, description="actors in the Ray pool; each loads the model once")
+    ray_cpus_per_actor: float = Field(default=1.0, gt=0, description="CPUs Ray reserves per actor")
+    ray_gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs per actor (> 0: the actors encode on "
+                                      "CUDA)")
 
 
 def utc(ts: datetime) -> datetime:
