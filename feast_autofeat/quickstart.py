@@ -24,12 +24,19 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     if not (repo / "feature_store.yaml").exists():
         raise RepoError(f"{repo}/feature_store.yaml not found: run the quickstart from the feast-autofeat "
                         "checkout (it uses its feature_repo/), or pass --repo to a copy of it.")
-    step = 0
+    step, started = 0, t0
+
+    def finished() -> None:  # each step's own time, then the running total: never one read as the other
+        now = time.perf_counter()
+        print(f"  (step {step}: {now - started:.0f}s; {now - t0:.0f}s since the start)", flush=True)
 
     def banner(text: str) -> None:
-        nonlocal step
+        nonlocal step, started
+        if step:
+            finished()
         step += 1
-        print(f"\n[{step}/6] {text}  (elapsed {time.perf_counter() - t0:.0f}s)", flush=True)
+        started = time.perf_counter()
+        print(f"\n[{step}/6] {text}", flush=True)
 
     banner(f"feast-autofeat prepare --dataset synthetic --users {users} --repo {repo}")
     result = prepare("synthetic", repo, config=SyntheticConfig(users=users, items=max(100, users // 4)))
@@ -81,5 +88,6 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
         shown = ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)
                           for i in r.items)
         print(f"  user {user} [{r.source}, {r.history_items} known items]: {shown}")
-    print(f"\ndone in {time.perf_counter() - t0:.0f}s. Feature repo: {repo}; try `feast-autofeat serve --repo {repo}`"
+    finished()
+    print(f"\ndone in {time.perf_counter() - t0:.0f}s in all. Feature repo: {repo}; try `feast-autofeat serve --repo {repo}`"
           f" (then http://127.0.0.1:8000/docs), `cd {repo} && feast feature-views list`, or see the README.")

@@ -34,3 +34,9 @@ def test_quickstart_prints_online_features(fresh_repo):
     for u in top:
         assert f"user {u} [two-tower" in recs
     assert "user 1000000000 [popularity, 0 known items]" in recs
+    # each step says its own time and the running total, apart; no third-party warning noise
+    for k in range(1, 7):
+        assert f"(step {k}: " in out and "s since the start)" in out, out[-2000:]
+    assert "in all." in out.splitlines()[-1]
+    for noise in ("DeprecationWarning", "experimental feature", "fetch_arrow_table"):
+        assert noise not in proc.stdout + proc.stderr, (noise, proc.stderr[-3000:])
