@@ -15,14 +15,18 @@ input features have rows in ``[START, END]``, the embedding of its inputs *as of
 join, with the input views' TTLs: the same values a training row at END gets), then writes
 
 * the vectors to the online store in Feast's own layout (Redis: ``writer.RedisVectorWriter``), stamped END,
-* the same rows as an offline snapshot at END, ``<snapshots>/at=<END>.parquet``, written atomically.
+* the same rows as an offline snapshot at END, ``<snapshots>/at=<END>.parquet``, written atomically and merged
+  with what an earlier run wrote for END (no run deletes another's rows).
 
 Every other view goes through Feast's local engine unchanged.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -430,12 +434,20 @@ class AutofeatEngine(LocalComputeEngine):
 
 
 class _SnapshotWriter:
-    """Streams batches to a staging file; ``commit`` renames it into place (readers never see a partial file)."""
+    """Streams batches to a staging file of its own; ``commit`` merges it with the snapshot already at that time
+    and renames the result into place, under a lock per snapshot file. Rows of entities this run did not write
+    stay; this run's rows replace that time's older rows for the same entities. So no run (a narrower or nested
+    window, a repeat, a backfill at the same time, two at once) deletes another's rows, and readers never see a
+    partial file."""
 
     def __init__(self, target: Path, schema: pa.Schema):
-        self.target = target
-        self.staging = target.parent.parent / ".staging" / f"{target.parent.name}-{target.name}"
-        self.staging.parent.mkdir(parents=True, exist_ok=True)
+        self.target, self.key = target, schema.names[0]
+        staging = target.parent.parent / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{target.parent.name}-{target.stem}-", suffix=".parquet", dir=staging)
+        os.close(fd)
+        self.staging = Path(name)
+        self.lock = staging / f"{target.parent.name}-{target.stem}.lock"
         # float vectors do not dictionary-encode: trying costs time for nothing
         self.writer = pq.ParquetWriter(self.staging, schema, use_dictionary=["model_version"])
 
@@ -444,14 +456,26 @@ class _SnapshotWriter:
 
     def commit(self) -> None:
         self.writer.close()
-        self.staging.replace(self.target)
         self.writer = None
+        with open(self.lock, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one merge at a time per snapshot file
+            if self.target.exists():
+                self._merge()
+            self.staging.replace(self.target)
+
+    def _merge(self) -> None:
+        new = pq.read_table(self.staging)
+        old = pq.read_table(self.target).cast(new.schema)
+        kept = old.filter(pc.invert(pc.is_in(old.column(self.key), value_set=new.column(self.key))))
+        if kept.num_rows:
+            merged = pa.concat_tables([new, kept]).sort_by(self.key)
+            pq.write_table(merged, self.staging, use_dictionary=["model_version"])
 
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            self.staging.unlink(missing_ok=True)
             self.writer = None
+        self.staging.unlink(missing_ok=True)
 
 
 # ---- backfill: historical snapshots, each from inputs at or before its time
