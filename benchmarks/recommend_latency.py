@@ -56,10 +56,13 @@ def ms(stats: dict) -> dict:
 
 
 def http_load(repo: Path, users: np.ndarray, seconds: float, concurrency: int = 8) -> dict:
+    import secrets
+
     port = free_port()
+    token = secrets.token_urlsafe(32)  # served as in production: every request carries a checked bearer token
     proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f", YAML,
-                             "--port", str(port)], env={**os.environ}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--port", str(port)], env={**os.environ, "AUTOFEAT_READ_TOKENS": token},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -78,6 +81,7 @@ def http_load(repo: Path, users: np.ndarray, seconds: float, concurrency: int = 
         def client(i: int) -> None:
             rng = np.random.default_rng(i)
             with requests.Session() as s:
+                s.headers["Authorization"] = f"Bearer {token}"
                 while time.perf_counter() < stop:
                     t = time.perf_counter()
                     try:

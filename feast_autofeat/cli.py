@@ -14,6 +14,7 @@ from pathlib import Path
 
 from feast_autofeat import __version__
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.recommend.security import MAX_BODY_BYTES, MAX_EVENTS
 
 
 def _repo(args):
@@ -221,12 +222,21 @@ def _cmd_embeddings(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from feast_autofeat.recommend.security import load_tokens
     from feast_autofeat.recommend.service import serve
 
+    for flag, value in (("--max-body-bytes", args.max_body_bytes), ("--max-events", args.max_events),
+                        ("--store-timeout", args.store_timeout)):
+        if value <= 0:
+            raise AutofeatError(f"{flag} must be positive, got {value}.")
+    tokens = load_tokens(args.tokens_file, args.no_auth)  # before the repo: a missing token fails at once
     repo = _repo(args)
     os.chdir(repo.path)  # as `feast serve`: relative source paths resolve against the repo
-    print(f"serving {repo.path} on http://{args.host}:{args.port} (docs: /docs)", flush=True)
-    serve(repo.path, host=args.host, port=args.port, index=args.index, yaml=args.feature_store_yaml, name=args.name)
+    auth = "no authentication (--no-auth)" if tokens is None else "bearer tokens"
+    print(f"serving {repo.path} on http://{args.host}:{args.port} (docs: /docs; {auth})", flush=True)
+    serve(repo.path, host=args.host, port=args.port, index=args.index, yaml=args.feature_store_yaml, name=args.name,
+          tokens=tokens, max_body_bytes=args.max_body_bytes, max_events=args.max_events,
+          store_timeout=args.store_timeout)
     return 0
 
 
@@ -434,6 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--index", choices=["auto", "exact", "ivf", "hnsw"], default="auto")
+    sv.add_argument("--tokens-file", type=Path, help='JSON {"read": [...], "write": [...]} of bearer tokens '
+                    "(default: $AUTOFEAT_READ_TOKENS / $AUTOFEAT_WRITE_TOKENS, comma-separated)")
+    sv.add_argument("--no-auth", action="store_true", help="serve without authentication (a trusted network "
+                    "only; logged as a warning)")
+    sv.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                    help=f"larger request bodies get 413 (default {MAX_BODY_BYTES})")
+    sv.add_argument("--max-events", type=int, default=MAX_EVENTS,
+                    help=f"more events in one POST /feedback get 422 (default {MAX_EVENTS})")
+    sv.add_argument("--store-timeout", type=float, default=0.5, help="seconds a Redis call may take before the "
+                    "request gets 503 (default 0.5; a socket_timeout in the connection string wins)")
     sv.set_defaults(func=_cmd_serve)
 
     q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, train and "

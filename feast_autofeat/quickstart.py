@@ -89,5 +89,6 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
                           for i in r.items)
         print(f"  user {user} [{r.source}, {r.history_items} known items]: {shown}")
     finished()
-    print(f"\ndone in {time.perf_counter() - t0:.0f}s in all. Feature repo: {repo}; try `feast-autofeat serve --repo {repo}`"
-          f" (then http://127.0.0.1:8000/docs), `cd {repo} && feast feature-views list`, or see the README.")
+    print(f"\ndone in {time.perf_counter() - t0:.0f}s in all. Feature repo: {repo}; try "
+          f"`feast-autofeat serve --repo {repo} --no-auth` (this machine only; then http://127.0.0.1:8000/docs), "
+          f"`cd {repo} && feast feature-views list`, or see the README.")

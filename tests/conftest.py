@@ -134,8 +134,11 @@ NOW = "1998-04-23T01:00:00"
 
 
 @contextmanager
-def serving(repo: Path, redis_url: str):
-    """`feast-autofeat serve` on the repo in a subprocess (Redis YAML), its base URL once /healthz answers."""
+def serving(repo: Path, redis_url: str, args: tuple[str, ...] = ("--no-auth",), env: dict | None = None,
+            log: list | None = None):
+    """`feast-autofeat serve` on the repo in a subprocess (Redis YAML), its base URL once /healthz answers.
+    ``args``: more flags (default ``--no-auth``: the tests of what it serves; test_serve_security.py tests tokens);
+    ``log``: a list the server's output is appended to when it stops."""
     import subprocess
     import sys
     import time
@@ -145,9 +148,9 @@ def serving(repo: Path, redis_url: str):
     from feast_autofeat.testing import free_port
 
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_CONNECTION_STRING": redis_url}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "REDIS_CONNECTION_STRING": redis_url, **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f",
-                             REDIS_YAML, "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                             REDIS_YAML, "--port", str(port), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -164,6 +167,8 @@ def serving(repo: Path, redis_url: str):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        if log is not None:
+            log.append(proc.stdout.read())
 
 
 @pytest.fixture(scope="session")

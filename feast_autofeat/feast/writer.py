@@ -91,7 +91,19 @@ def redis_client(repo_config):
     from redis import Redis
 
     nodes, params = RedisOnlineStore._parse_connection_string(repo_config.online_store.connection_string)
-    return Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params), f"{nodes[0]['host']}:{nodes[0]['port']}"
+    client = Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+    if "socket_timeout" in params:  # a bounded wait (``bound_waits``) is not stretched by retries
+        no_retries(client)
+    return client, f"{nodes[0]['host']}:{nodes[0]['port']}"
+
+
+def no_retries(client) -> None:
+    """redis-py retries a failed call 3 times, with backoff, by default: a frozen Redis then holds a call for
+    seconds past its socket timeout. A bounded wait takes no retries (the client of the service may retry)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client.set_retry(Retry(NoBackoff(), 0))
 
 
 class RedisVectorWriter:
@@ -352,3 +364,27 @@ def vector_writer(repo_config, online_store, feature_view, join_key: str, dim: i
     if kind == "redis_cluster":
         return RedisClusterVectorWriter(repo_config, feature_view.name, join_key, dim, key_kind=key_kind)
     return FeastStoreWriter(repo_config, online_store, feature_view, join_key, dim, key_kind)
+
+
+def bound_waits(repo_config, seconds: float | None) -> None:
+    """Give every connection to a Redis online store a socket timeout and a connect timeout of ``seconds`` (so a
+    frozen or unreachable Redis fails a call instead of hanging it), unless the YAML's connection string sets its
+    own (``host:port,socket_timeout=0.2``: Feast passes those to redis-py). Call it before the first read."""
+    cfg = repo_config.online_store
+    if seconds is None or getattr(cfg, "type", None) != "redis":
+        return
+    if seconds <= 0:
+        raise AutofeatError(f"the online store timeout must be positive, got {seconds}.")
+    given = {part.split("=", 1)[0].strip() for part in cfg.connection_string.split(",") if "=" in part}
+    extra = [f"{k}={seconds:g}" for k in ("socket_timeout", "socket_connect_timeout") if k not in given]
+    if extra:
+        cfg.connection_string = ",".join([cfg.connection_string, *extra])
+
+
+def bound_store_waits(store, seconds: float | None) -> None:
+    """``bound_waits`` for a ``FeatureStore`` about to serve: also Feast's own Redis client, created here with the
+    bounds and without redis-py's retries."""
+    bound_waits(store.config, seconds)
+    if seconds is None or redis_kind(store.config) is None:
+        return
+    no_retries(store._get_provider().online_store._get_client(store.config.online_store))

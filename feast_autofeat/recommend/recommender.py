@@ -36,6 +36,7 @@ import numpy as np
 from feast.online_response import TIMESTAMP_POSTFIX
 
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.feast.writer import bound_store_waits
 from feast_autofeat.ids import IdError, parse_id
 from feast_autofeat.models.base import SchemaError
 from feast_autofeat.recommend.data import RECENT_FIELD, QueryFeatures, query_features
@@ -64,6 +65,9 @@ def _int(value, what: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise SchemaError(f"{what} must be an integer, got {type(value).__name__}.")
     return int(value)
+
+
+HEALTH_USERS = 8
 
 
 def _id(value, kind: str, what: str, text: bool = True):
@@ -99,11 +103,13 @@ class Recommender:
 
     def __init__(self, repo, version: str | None = None, index: str = "auto", store=None,
                  yaml: str | None = None, root=None, clock: Callable[[], datetime] | None = None,
-                 check_every: float = 1.0, online_read: str = "auto", name: str | None = None):
+                 check_every: float = 1.0, online_read: str = "auto", name: str | None = None,
+                 store_timeout: float | None = None):
         """``repo``: a path or ``Repo``; ``name``: the two-tower declaration (default: the repo's only one).
         ``clock``: the request time for TTLs (default: now, UTC); replaying history passes its own.
         ``online_read``: ``auto`` (one HMGET of Feast's layout on Redis, else ``get_online_features``),
-        ``redis`` or ``feast`` (``recommend.online``)."""
+        ``redis`` or ``feast`` (``recommend.online``). ``store_timeout``: seconds any Redis call may take before
+        it fails, without retries (``writer.bound_store_waits``; default: redis-py's, none)."""
         from feast_autofeat.repo import Repo
 
         self.project = Repo(repo.path if isinstance(repo, Repo) else repo, yaml, store=store)
@@ -125,6 +131,7 @@ class Recommender:
                                 f"{self.name}`), deploy it (`feast-autofeat deploy {self.name}`) and materialize "
                                 "it (`feast materialize`).")
         self.store = self.project.store
+        bound_store_waits(self.store, store_timeout)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._bundle = self.load(version)
         self.popular, self.popular_counts = self._popular()
@@ -221,6 +228,9 @@ class Recommender:
 
         ev = positive_events(self.store, self.decl)
         counts = ev.groupby("item_id").size().sort_values(ascending=False, kind="stable")
+        # the most active users: /healthz checks that the online store still holds something for them
+        users = ev.groupby("user_id").size().sort_values(ascending=False, kind="stable").index[:HEALTH_USERS]
+        self.active_users = users.tolist()
         return counts.index.to_numpy()[:n], counts.to_numpy(np.float64)[:n]
 
     # ---- requests
@@ -305,10 +315,17 @@ class Recommender:
         return self._feedback.record(events)
 
     def healthz(self) -> dict:
+        """Status, live version and online-store round trip; an ``AutofeatError`` when the online store holds
+        nothing for the log's most active users (it lost its data, or was never materialized): serving would
+        quietly answer everyone with the popularity fallback."""
         t = time.perf_counter()
-        probe = "" if self.user_kind == "string" else 0
-        self.store.get_online_features(features=self.history_refs or self._bundle.features.stored_refs[:1],
-                                       entity_rows=[{self.user_key: probe}]).to_dict()
         b = self._current()
+        rows = [b.read(user) for user in self.active_users]
+        held = sum(any(v is not None and v != [] for k, v in row.items()
+                       if k != self.user_key and not k.endswith(TIMESTAMP_POSTFIX)) for row in rows)
+        if rows and not held:
+            raise AutofeatError(f"the online store holds nothing for the {len(rows)} most active users of the log: "
+                                "it lost its data or was never materialized. Rebuild it: `feast materialize` (the "
+                                "views) and `feast-autofeat refresh` (the users' history lists).")
         return {"status": "ok", "model_version": b.version, "items": len(b.index), "index": b.index.kind,
                 "encoders": b.features.encoders, "online_store_ms": (time.perf_counter() - t) * 1e3}

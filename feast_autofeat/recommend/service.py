@@ -6,9 +6,11 @@ repo's own (``user_id=A2SUAM1J3GNN3B`` for a String key); the response carries t
 -> how many were recorded; the whole batch or nothing (``recommend.feedback``); the next ``/recommend`` for
 those users reflects them.
 ``GET /healthz`` -> status, live model version, catalogue size, online-store round trip.
-Bad input (ids of the wrong type or out of range, k out of range) answers 422 with the reason; an unknown user
-answers 200 with the popularity fallback (``source: "popularity"``); invalid feedback answers 422 naming each bad
-event; a failing online store answers 503.
+Bad input (ids of the wrong type or out of range, k out of range) answers 422 with the reason, never the input;
+an unknown user answers 200 with the popularity fallback (``source: "popularity"``); invalid feedback answers 422
+naming each bad event; a body over the limit 413; a missing or wrong token 401, a read token on /feedback 403
+(``security``); an online store that fails or does not answer within its timeout 503, and /healthz then says
+``degraded`` (503) within a second.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import SchemaError
+from feast_autofeat.recommend.security import MAX_BODY_BYTES, MAX_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +42,41 @@ class Feedback(BaseModel):
     events: list[Event]
 
 
-def create_app(recommender):
+HEALTH_TIMEOUT_S = 1.0  # /healthz answers within this, whatever the online store does
+
+
+def create_app(recommender, tokens=None, max_body_bytes: int = MAX_BODY_BYTES, max_events: int = MAX_EVENTS):
+    """The service. ``tokens``: a ``security.Tokens`` (None: no authentication); bodies over ``max_body_bytes``
+    answer 413 and batches over ``max_events`` 422. Error bodies name the problem, never the request's content,
+    paths or addresses (those go to the log)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
     from fastapi import FastAPI, HTTPException, Query
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     app = FastAPI(title="feast-autofeat recommender", version=recommender.version,
-                  description="Two-tower recommendations served from Feast online features.")
+                  description="Two-tower recommendations served from Feast online features. Every path but "
+                  "/healthz takes `Authorization: Bearer <token>` (read; /feedback: write).")
+    probe = ThreadPoolExecutor(max_workers=2, thread_name_prefix="healthz")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):  # FastAPI's default echoes the input back
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    def unavailable(what: str, exc: Exception) -> HTTPException:
+        log.error("%s: online store failed: %s: %s", what, type(exc).__name__, exc)
+        return HTTPException(503, f"{what}: the online store did not answer; retry shortly")
 
     @app.get("/recommend")
-    def recommend(user_id: str = Query(..., description="the user's id (the user entity's key type)"),
+    def recommend(user_id: str = Query(..., max_length=256, description="the user's id (the user entity's "
+                                       "key type)"),
                   k: int = Query(10, description="how many items"),
-                  recent_items: str | None = Query(None, description="comma-separated item ids (optional; "
-                                                   "default: the user's stored history)")) -> dict:
+                  recent_items: str | None = Query(None, max_length=20_000, description="comma-separated item "
+                                                   "ids (optional; default: the user's stored history)")) -> dict:
         try:
             recent = None if recent_items is None else [recommender.parse_item(x.strip())
                                                         for x in recent_items.split(",") if x.strip()]
@@ -57,40 +84,57 @@ def create_app(recommender):
         except SchemaError as exc:
             raise HTTPException(422, str(exc)) from None
         except AutofeatError as exc:
-            raise HTTPException(500, str(exc)) from None
-        except Exception as exc:  # the online store (Redis) going away: the client may retry
-            log.exception("recommend failed")
-            raise HTTPException(503, f"online store unavailable: {type(exc).__name__}: {exc}") from None
+            log.error("recommend failed: %s", exc)
+            raise HTTPException(500, "recommendation failed; the server log has the reason") from None
+        except Exception as exc:  # the online store (Redis) going away or timing out: the client may retry
+            raise unavailable("recommend", exc) from None
 
     @app.post("/feedback")
     def feedback(body: Feedback) -> dict:
+        if len(body.events) > max_events:
+            raise HTTPException(422, f"events: at most {max_events} per request, got {len(body.events)}; split "
+                                "the batch")
         try:
-            return recommender.record_feedback([e.model_dump(exclude_unset=True) for e in body.events]).to_dict()
+            result = recommender.record_feedback([e.model_dump(exclude_unset=True) for e in body.events]).to_dict()
+            result.pop("part", None)  # a path on this machine: the log has it, the client does not need it
+            return result
         except SchemaError as exc:
             raise HTTPException(422, str(exc)) from None
         except Exception as exc:  # nothing was recorded; the client may retry
-            log.exception("feedback failed")
-            raise HTTPException(503, f"feedback not recorded: {type(exc).__name__}: {exc}") from None
+            raise unavailable("feedback not recorded", exc) from None
 
     @app.get("/healthz")
-    def healthz() -> dict:
+    def healthz():
         try:
-            return recommender.healthz()
+            return probe.submit(recommender.healthz).result(timeout=HEALTH_TIMEOUT_S)
+        except FutureTimeout:
+            log.error("healthz: the online store did not answer within %.1f s", HEALTH_TIMEOUT_S)
+            reason = f"the online store did not answer within {HEALTH_TIMEOUT_S:g} s"
         except Exception as exc:
-            raise HTTPException(503, f"unhealthy: {type(exc).__name__}: {exc}") from None
+            log.error("healthz: %s: %s", type(exc).__name__, exc)
+            reason = "the online store is unreachable" if not isinstance(exc, AutofeatError) else str(exc)
+        return JSONResponse({"status": "degraded", "reason": reason}, status_code=503)
 
+    from feast_autofeat.recommend.security import Guard
+
+    app.add_middleware(Guard, tokens=tokens, max_body_bytes=max_body_bytes)
     return app
 
 
 def serve(repo, host: str = "127.0.0.1", port: int = 8000, index: str = "auto", yaml: str | None = None,
-          name: str | None = None) -> None:
+          name: str | None = None, tokens=None, max_body_bytes: int = MAX_BODY_BYTES,
+          max_events: int = MAX_EVENTS, store_timeout: float = 0.5) -> None:
     import uvicorn
 
     from feast_autofeat.recommend.recommender import Recommender
 
-    app = create_app(Recommender(repo, index=index, yaml=yaml, name=name))
+    if tokens is None:
+        log.warning("serving WITHOUT authentication (--no-auth): anyone who reaches %s:%d can read and write",
+                    host, port)
+    app = create_app(Recommender(repo, index=index, yaml=yaml, name=name, store_timeout=store_timeout),
+                     tokens=tokens, max_body_bytes=max_body_bytes, max_events=max_events)
     # the models, index, registry and Feast's imports (~350k objects) are loaded for good: freezing them keeps
     # them out of every later full collection, which otherwise walk them all and set the p99 (README, latency)
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)
