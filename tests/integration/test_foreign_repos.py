@@ -1,7 +1,7 @@
 """feast-autofeat in feature repos that are not its own, through the real Feast CLI:
 
 - Feast's own template (`feast init`), driven by the guide's blocks exactly as written
-  (docs/guide-own-repo.md): the online vectors equal the model applied to point-in-time inputs computed
+  (docs/how-to/own-repo.md): the online vectors equal the model applied to point-in-time inputs computed
   independently (DuckDB), historical features equal the snapshots, backfill writes its snapshots;
 - a minimal hand-written repo for each join-key type (Int64, Int32, String) on SQLite and on a real Redis: the
   same checks, and the Redis bytes equal what Feast's own online store writes for the same rows;
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from feast import FeatureStore
+from snippets import PageRunner, runnable
 
 from feast_autofeat.cli import main as cli
 from feast_autofeat.feast.deployments import Deployments
@@ -31,33 +30,8 @@ from feast_autofeat.repo import run_feast
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-GUIDE = ROOT / "docs" / "guide-own-repo.md"
+GUIDE = ROOT / "docs" / "how-to" / "own-repo.md"
 BIN = str(Path(sys.executable).parent)
-
-
-def doc_blocks(path: Path) -> list[tuple[str, str]]:
-    """The fenced ``bash`` and ``python`` blocks of a Markdown page, in order (``text`` blocks are prose)."""
-    return [(lang, code) for lang, code in re.findall(r"```(\w+)\n(.*?)```", path.read_text(), re.S)
-            if lang in ("bash", "python")]
-
-
-def run_blocks(blocks, cwd: Path, env: dict) -> list[str]:
-    """Run each block as a user would, in order: bash blocks in one shell each (a ``cd`` carries over to the next
-    block), python blocks with this interpreter, both in the current directory. Returns each block's output."""
-    outputs, state = [], cwd / ".cwd"
-    for lang, code in blocks:
-        if lang == "bash":
-            cmd = ["bash", "-euo", "pipefail", "-c", f"{code}\npwd > {state}"]
-        else:
-            cmd = [sys.executable, "-c", code]
-        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-        out = proc.stdout + proc.stderr
-        assert proc.returncode == 0, f"guide block failed:\n{code}\n---\n{out[-4000:]}"
-        outputs.append(out)
-        if lang == "bash":
-            cwd = Path(state.read_text().strip())
-            state = cwd / ".cwd"
-    return outputs
 
 
 def asof_inputs(path: Path, key: str, ids, at: datetime, columns: list[str], ttl: timedelta,
@@ -88,13 +62,17 @@ def test_guide_on_feast_init_template(tmp_path):
     """The guide's commands, exactly as written, in Feast's own template; then its promises checked."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     env.pop("AUTOFEAT_MODEL_ROOT", None)
-    blocks = doc_blocks(GUIDE)
-    assert [lang for lang, _ in blocks].count("bash") >= 5 and any("feast init" in c for _, c in blocks)
-    outputs = run_blocks(blocks, tmp_path, env)
+    blocks = runnable(GUIDE)  # every block test_docs.py does not run (it checks that this page is run here)
+    assert [b.lang for b in blocks].count("bash") >= 5 and any("feast init" in b.code for b in blocks)
+    runner = PageRunner(tmp_path, env)
+    try:
+        outputs = [runner.run(block) for block in blocks]
+    finally:
+        runner.stop()
     repo = tmp_path / "my_project" / "feature_repo"
     text = "\n".join(outputs)
     # the first `feast apply` (declared, nothing deployed yet) says so and names the commands
-    first_apply = next(o for (_, c), o in zip(blocks, outputs) if "feast apply" in c)
+    first_apply = next(o for b, o in zip(blocks, outputs) if "feast apply" in b.code)
     assert "driver_dae (dae) has no deployed version" in first_apply
     assert "feast-autofeat train driver_dae" in first_apply and "feast-autofeat deploy driver_dae" in first_apply
     assert "trained driver_dae (dae) -> version" in text and "applied: feature service driver_dae" in text
