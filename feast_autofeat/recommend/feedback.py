@@ -35,8 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -59,6 +62,7 @@ from feast_autofeat.features.snapshots import RECENT_ITEMS, SEEN_ITEMS, connect,
 from feast_autofeat.ids import IdError, parse_id
 from feast_autofeat.models.base import SchemaError
 
+RESULT_META = b"autofeat.feedback_result"
 MAX_FUTURE = timedelta(minutes=5)  # clock skew tolerated between a client and the service
 MAX_ERRORS = 5  # offending events named per error message
 LIST_FEATURES = HISTORY_FIELDS
@@ -71,14 +75,28 @@ class FeedbackError(SchemaError):
 
 @dataclass(frozen=True)
 class FeedbackResult:
-    events: int
+    events: int  # events recorded (exact duplicates inside the batch count once)
     positives: int  # events that count as positives (they enter recent_items)
     users: int
     part: str  # the event-log part holding them
     seconds: float
+    duplicates: int = 0  # exact copies of another event of the same batch: recorded once
+    replayed: bool = False  # the idempotency key was recorded before: nothing written now, the first result
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def idempotency_name(key: str) -> str:
+    """The log part's name for a batch's idempotency key (a hash: the key is the client's text), or a
+    ``FeedbackError`` for a key that is not 1-128 characters of letters, digits and ``._:-``."""
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key):
+        raise FeedbackError("Idempotency-Key must be 1-128 characters of letters, digits and . _ : - (a UUID "
+                            "fits).")
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _brief(value, limit: int = 40) -> str:
@@ -287,13 +305,31 @@ class FeedbackLog:
         return out["p"].to_numpy(zero_copy_only=False).astype(bool)
 
     # ---- apply
-    def record(self, events) -> FeedbackResult:
-        """Validate, append to the log, push online; all or nothing (see the module doc)."""
+    def record(self, events, idempotency_key: str | None = None) -> FeedbackResult:
+        """Validate, append to the log, push online; all or nothing (see the module doc). With an
+        ``idempotency_key``, a batch recorded before under the same key is not recorded again: the first
+        result comes back with ``replayed=True`` (a client retrying after a timeout cannot log twice)."""
         t0 = time.perf_counter()
         ev = self.validate(events)
+        n = len(ev)
+        ev = ev.drop_duplicates(ignore_index=True)  # an exact copy inside one batch is one event
+        if idempotency_key is None:
+            return self._record(ev, n - len(ev), None, t0)
+        name = f"feedback-key-{idempotency_name(idempotency_key)}.parquet"
+        # one holder per key across this machine's processes: a retry waits for the attempt still in flight
+        with _file_lock(self.log_dir.parent / f".{self.log_dir.name}.{name}.lock"):
+            done = self.log_dir / name
+            if done.exists():
+                first = json.loads(pq.read_schema(done).metadata[RESULT_META])
+                return FeedbackResult(**{**first, "seconds": time.perf_counter() - t0, "replayed": True})
+            return self._record(ev, n - len(ev), name, t0)
+
+    def _record(self, ev: pd.DataFrame, duplicates: int, name: str | None, t0: float) -> FeedbackResult:
         pos = self.positives(ev)
         users = np.unique(ev[USER].to_numpy())
-        part = self._append(ev)
+        name = name or f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        result = FeedbackResult(len(ev), int(pos.sum()), len(users), name, 0.0, duplicates)
+        part = self._append(ev, name, result)
         try:
             if self._rows is not None:  # Redis: one optimistic transaction, redone if another writer interfered
                 self._rows.update(users, lambda stored, stamps: self._merge(ev, pos, users, stored, stamps))
@@ -303,15 +339,15 @@ class FeedbackLog:
         except BaseException:
             part.unlink(missing_ok=True)  # undo the append: the batch is applied whole or not at all
             raise
-        return FeedbackResult(len(ev), int(pos.sum()), len(users), part.name, time.perf_counter() - t0)
+        return FeedbackResult(**{**asdict(result), "seconds": time.perf_counter() - t0})
 
-    def _append(self, ev: pd.DataFrame) -> Path:
+    def _append(self, ev: pd.DataFrame, name: str, result: FeedbackResult) -> Path:
         frame = self._log_frame(ev)
         for f in self.schema:  # columns of the log feedback does not carry: null
             if f.name not in frame:
                 frame[f.name] = pd.Series([None] * len(frame), dtype=object)
         table = pa.Table.from_pandas(frame, preserve_index=False).select(self.schema.names).cast(self.schema)
-        name = f"feedback-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        table = table.replace_schema_metadata({RESULT_META: json.dumps(asdict(result))})  # what a replay returns
         tmp, path = self.log_dir / f".{name}.tmp", self.log_dir / name
         try:
             pq.write_table(table, tmp, compression="zstd")

@@ -305,14 +305,15 @@ class Recommender:
         return Recommendation(user_id, ids[0][ok].tolist(), scores[0][ok].astype(float).tolist(), b.version,
                               "two-tower", len(seen))
 
-    def record_feedback(self, events) -> FeedbackResult:
+    def record_feedback(self, events, idempotency_key: str | None = None) -> FeedbackResult:
         """Append interaction events to the event log and push the users' fresh lists online (all or nothing;
-        see ``recommend.feedback``): the next ``recommend`` for those users reflects them."""
+        see ``recommend.feedback``): the next ``recommend`` for those users reflects them. A batch sent again
+        under the same ``idempotency_key`` is recorded once (``replayed`` in the result)."""
         if self._feedback is None:
             with self._lock:
                 if self._feedback is None:
                     self._feedback = FeedbackLog(self.store, self.decl, clock=self.clock)
-        return self._feedback.record(events)
+        return self._feedback.record(events, idempotency_key)
 
     def healthz(self) -> dict:
         """Status, live version and online-store round trip; an ``AutofeatError`` when the online store holds

@@ -4,7 +4,8 @@
 repo's own (``user_id=A2SUAM1J3GNN3B`` for a String key); the response carries them back as they are.
 ``POST /feedback`` with ``{"events": [{"user_id", "item_id", "event_timestamp"[, "event_type"][, "rating"]}]}``
 -> how many were recorded; the whole batch or nothing (``recommend.feedback``); the next ``/recommend`` for
-those users reflects them.
+those users reflects them. An ``Idempotency-Key`` header makes a retried batch count once; exact duplicate events
+inside one batch are recorded once.
 ``GET /healthz`` -> status, live model version, catalogue size, online-store round trip.
 Bad input (ids of the wrong type or out of range, k out of range) answers 422 with the reason, never the input;
 an unknown user answers 200 with the popularity fallback (``source: "popularity"``); invalid feedback answers 422
@@ -52,7 +53,7 @@ def create_app(recommender, tokens=None, max_body_bytes: int = MAX_BODY_BYTES, m
     from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from fastapi import FastAPI, HTTPException, Query
+    from fastapi import FastAPI, Header, HTTPException, Query
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
@@ -90,12 +91,15 @@ def create_app(recommender, tokens=None, max_body_bytes: int = MAX_BODY_BYTES, m
             raise unavailable("recommend", exc) from None
 
     @app.post("/feedback")
-    def feedback(body: Feedback) -> dict:
+    def feedback(body: Feedback, idempotency_key: str | None = Header(
+            None, max_length=128, description="the batch's own key (a UUID): a batch sent again under the same "
+            "key, e.g. a retry after a timeout, is recorded once; the response then says replayed")) -> dict:
         if len(body.events) > max_events:
             raise HTTPException(422, f"events: at most {max_events} per request, got {len(body.events)}; split "
                                 "the batch")
         try:
-            result = recommender.record_feedback([e.model_dump(exclude_unset=True) for e in body.events]).to_dict()
+            result = recommender.record_feedback([e.model_dump(exclude_unset=True) for e in body.events],
+                                                 idempotency_key).to_dict()
             result.pop("part", None)  # a path on this machine: the log has it, the client does not need it
             return result
         except SchemaError as exc:

@@ -266,6 +266,58 @@ def test_no_event_lost_under_concurrent_http_clients(rec_repo, rec_redis):
         assert set(got.seen_items[u]) == set(want.seen_items[u]), u
 
 
+def test_a_retried_batch_is_recorded_once(rec_repo, rec_redis):
+    """Idempotency-Key over HTTP: a batch sent twice is logged once (the second answer says replayed); a batch
+    whose request timed out on the client while Redis was frozen, retried once Redis is back, is logged once; an
+    exact duplicate event inside one batch is logged once. Counted in the offline log."""
+    import signal
+    import time
+
+    repo, _ = rec_repo
+    items = pd.read_parquet(repo / "data" / "items.parquet").item_id.to_numpy()[:6]
+
+    def event(user: int, item: int, minutes: int) -> dict:
+        return {"user_id": user, "item_id": int(item), "event_type": "rating", "rating": 5.0,
+                "event_timestamp": (T - pd.Timedelta(minutes=minutes)).isoformat()}
+
+    def logged(user: int) -> int:
+        return int((_log(repo).user_id == user).sum())
+
+    before = {u: logged(u) for u in (250, 251, 252)}
+    with serving(repo, rec_redis.url, args=("--no-auth", "--store-timeout", "0.3")) as url:
+        batch = [event(250, items[0], 5), event(250, items[1], 4)]
+        first = requests.post(f"{url}/feedback", json={"events": batch}, headers={"Idempotency-Key": "b-250"},
+                              timeout=30).json()
+        again = requests.post(f"{url}/feedback", json={"events": batch}, headers={"Idempotency-Key": "b-250"},
+                              timeout=30).json()
+        assert (first["events"], first["replayed"], again["events"], again["replayed"]) == (2, False, 2, True)
+        assert logged(250) == before[250] + 2
+        # Redis frozen: the client gives up first; the server's own attempt fails (503) and logs nothing
+        os.kill(rec_redis.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(requests.Timeout):
+                requests.post(f"{url}/feedback", json={"events": [event(251, items[2], 3)]},
+                              headers={"Idempotency-Key": "b-251"}, timeout=0.1)
+            time.sleep(1.0)  # past the store timeout: the attempt has failed and removed its part
+        finally:
+            os.kill(rec_redis.pid, signal.SIGCONT)
+        assert logged(251) == before[251]
+        for _ in range(2):  # the retry records it; a second retry is a replay
+            r = requests.post(f"{url}/feedback", json={"events": [event(251, items[2], 3)]},
+                              headers={"Idempotency-Key": "b-251"}, timeout=30)
+            assert r.status_code == 200 and r.json()["events"] == 1, r.text
+        assert logged(251) == before[251] + 1
+        # exact duplicates inside one batch: recorded once, and said so
+        r = requests.post(f"{url}/feedback", json={"events": [event(252, items[3], 2)] * 3 + [event(252, items[4], 2)]},
+                          timeout=30).json()
+        assert (r["events"], r["duplicates"], r["replayed"]) == (2, 2, False)
+        assert logged(252) == before[252] + 2
+        bad = requests.post(f"{url}/feedback", json={"events": [event(252, items[5], 1)]},
+                            headers={"Idempotency-Key": "not a key!"}, timeout=30)
+        assert bad.status_code == 422 and "Idempotency-Key" in bad.text and "not a key" not in bad.text
+    assert logged(252) == before[252] + 2
+
+
 def test_rebuild_history_from_the_log(rec_repo):
     """The log is the source of truth: the prepared table recomputed from it includes every feedback event."""
     repo, _ = rec_repo

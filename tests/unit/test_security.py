@@ -41,3 +41,15 @@ def test_sources_and_their_errors(tmp_path, monkeypatch):
         assert str(tmp_path) not in str(err.value)  # the file by name, never its directory
     path.write_text(json.dumps({"read": [R], "write": [W]}))
     assert load_tokens(path, no_auth=False).allows(W, write=True)
+
+
+def test_idempotency_keys_name_a_log_part():
+    from feast_autofeat.recommend.feedback import FeedbackError, idempotency_name
+
+    key = "3f2c1a9e-7b1d-4c6a-9a51-0d5f8e2b7c44"
+    assert idempotency_name(key) == idempotency_name(key) != idempotency_name(key + "x")
+    assert len(idempotency_name(key)) == 32 and key not in idempotency_name(key)
+    for bad in ("", "a b", "x" * 129, "../etc", None):
+        with pytest.raises(FeedbackError, match="Idempotency-Key must be") as err:
+            idempotency_name(bad)
+        assert not bad or bad not in str(err.value)
