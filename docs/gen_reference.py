@@ -98,7 +98,7 @@ def configuration_page() -> str:
             "the file and the field.", "", "| field | type | what |", "|---|---|---|"]
     meaning = {"model": "the model the declaration names (`dae`, `gan`, `multvae`, `two_tower`)",
                "versions": "deployed versions, oldest first: each is a view `<name>__<version>`",
-               "live": "the version the feature service `<name>` serves (or null: none)",
+               "live": "the version the feature service `<name>` serves (null only while no version is deployed)",
                "previous": "earlier live versions, newest last: what `rollback` returns to"}
     for f in dataclasses.fields(Deployment):
         out.append(f"| `{f.name}` | `{_cell(_type(f.type))}` | {meaning.get(f.name, '')} |")

@@ -54,6 +54,9 @@ def _parse(path: Path, raw) -> dict[str, Deployment]:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise DeploymentError(f"{path}: {name}.{key} must be a list of version strings; {fix}.")
         live = entry.get("live")
+        if live is None and entry.get("versions"):  # feast apply would delete the feature service <name>
+            raise DeploymentError(f"{path}: {name}.live is null while versions {entry['versions']} are deployed; "
+                                  f"make one live (`feast-autofeat promote {name} VERSION`) or {fix}.")
         if live is not None and (not isinstance(live, str) or live not in entry.get("versions", [])):
             raise DeploymentError(f"{path}: {name}.live ({live!r}) is not one of its deployed versions; {fix}.")
         out[name] = Deployment(**entry)

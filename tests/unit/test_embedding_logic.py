@@ -63,9 +63,11 @@ def test_deployments_promote_rollback_and_persistence(tmp_path):
                         ("", "not valid JSON"), ("[]", "must hold an object"),
                         ('{"x": {"model": "dae", "versions": 5}}', "x.versions must be a list"),
                         ('{"x": {"model": "dae", "versions": ["a"], "live": "b"}}', r"x.live \('b'\) is not one"),
-                        ('{"x": {"model": "dae", "versions": ["a"], "live": null}}', None)):
+                        # feast apply would delete the feature service: an error, never a deletion
+                        ('{"x": {"model": "dae", "versions": ["a"], "live": null}}', r"x.live is null while"),
+                        ('{"x": {"model": "dae", "versions": [], "live": null}}', None)):
         (tmp_path / "embeddings.json").write_text(text)
-        if match is None:  # nothing live is a valid state (a declaration then registers no feature service)
+        if match is None:  # nothing deployed, nothing live: a valid state (no feature service registered)
             assert Deployments(tmp_path).live("x") is None
             continue
         with pytest.raises(DeploymentError, match=match) as err:
