@@ -93,17 +93,21 @@ def parse_id(value, kind: str, what: str = "id", text: bool = True):
         return value
     if isinstance(value, str) and not text:
         raise IdError(f"{what} must be an integer, got str {_short(value)!r}.")
+    bits = "32" if kind == "int32" else "64"
     if isinstance(value, str):
         text = value.strip()
-        if not text.lstrip("+-").isdigit():
+        digits = text[1:] if text[:1] in "+-" else text
+        if not (digits.isascii() and digits.isdigit()):  # ASCII digits only: int() takes others ("²" fails)
             raise IdError(f"{what} must be an integer, got {_short(value)!r}.")
-        value = int(text)
+        if len(digits.lstrip("0")) > 19:  # past any 64-bit integer, and never handed to int() (4,300-digit cap)
+            raise IdError(f"{what} {_short(text)} is out of range for a {bits}-bit integer key.")
+        value = int(text[:len(text) - len(digits)] + (digits.lstrip("0") or "0"))
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise IdError(f"{what} must be an integer, got {type(value).__name__}.")
     lo, hi = INT32 if kind == "int32" else INT64
     if not lo <= int(value) <= hi:
-        raise IdError(f"{what} {_short(str(value))} is out of range for a {'32' if kind == 'int32' else '64'}-bit "
-                      "integer key.")
+        shown = _short(str(value)) if int(value).bit_length() < 1000 else f"(a {int(value).bit_length()}-bit number)"
+        raise IdError(f"{what} {shown} is out of range for a {bits}-bit integer key.")
     return int(value)
 
 

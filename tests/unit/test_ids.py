@@ -54,3 +54,19 @@ def test_holdouts_are_stable_per_id_and_integer_ids_keep_their_old_hash():
     names = np.array([f"u{i}" for i in users])
     assert 0.07 < holdout_users(names, 0.1, seed=0).mean() < 0.13
     assert (stable_hash(names, 1) != stable_hash(names, 2)).mean() > 0.99
+
+
+def test_request_text_ids_are_bounded_before_conversion():
+    """Query-parameter ids: ASCII digits only, and nothing past 64 bits reaches int() (whose 4,300-digit cap would
+    otherwise raise a ValueError that is not the request's fault); leading zeros are still the number."""
+    assert parse_id("0" * 20_000, "int64", "x") == 0
+    assert parse_id("0" * 30 + "42", "int64", "x") == 42 and parse_id(" -5 ", "int64", "x") == -5
+    for text in ("9" * 20_000, "9223372036854775808", "1" * 20):
+        with pytest.raises(IdError, match="x .* is out of range for a 64-bit integer key") as err:
+            parse_id(text, "int64", "x")
+        assert len(str(err.value)) < 120  # never the whole input back
+    for text in ("²", "+-3", "٣", "1e3", ""):
+        with pytest.raises(IdError, match="x must be an integer"):
+            parse_id(text, "int64", "x")
+    with pytest.raises(IdError, match="a 70000-bit number"):
+        parse_id(1 << 69_999, "int64", "x")
