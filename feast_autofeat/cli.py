@@ -187,8 +187,17 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 def _cmd_refresh(args: argparse.Namespace) -> int:
     import json
 
-    from feast_autofeat.recommend.refresh import refresh
+    from feast_autofeat.recommend.refresh import refresh, restore_online
 
+    if args.online_only:
+        given = [flag for flag, on in (("--as-of", args.as_of), ("--epochs", args.epochs),
+                                       ("--no-cut-over", args.no_cut_over)) if on]
+        if given:
+            raise AutofeatError(f"{', '.join(given)} do(es) not apply to --online-only (it trains nothing).")
+        result = restore_online(args.repo, yaml=args.feature_store_yaml, name=args.name,
+                                say=lambda m: print(m, flush=True))
+        print(json.dumps(result, indent=2))
+        return 0
     epochs = {}
     for item in args.epochs or []:
         model, _, n = item.partition("=")
@@ -403,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "two_tower=10")
     rf.add_argument("--seed", type=int, default=0)
     rf.add_argument("--no-cut-over", action="store_true", help="run every check, leave the live versions")
+    rf.add_argument("--online-only", action="store_true", help="train nothing: rebuild the online store from the "
+                    "log and the offline store (after a Redis lost its data)")
     repo_options(rf)
     rf.set_defaults(func=_cmd_refresh)
 

@@ -169,6 +169,8 @@ class Recommender:
         model = TwoTower.load(self.root, version)
         features = query_features(self.store, self.decl, model.saved_config_.get("encoders") or {})
         ids, vectors = self._item_vectors(view_name(self.name, version))
+        if features.session is not None:  # load (and verify) the session model now, not at the first request
+            features.session_columns([ids[:1].tolist()])
         refs = features.stored_refs + self.history_refs
         read = online_reader(self.store, refs, join_key=self.user_key, timestamps=bool(features.ttl),
                              kind=self.online_read)
@@ -326,7 +328,7 @@ class Recommender:
                        if k != self.user_key and not k.endswith(TIMESTAMP_POSTFIX)) for row in rows)
         if rows and not held:
             raise AutofeatError(f"the online store holds nothing for the {len(rows)} most active users of the log: "
-                                "it lost its data or was never materialized. Rebuild it: `feast materialize` (the "
-                                "views) and `feast-autofeat refresh` (the users' history lists).")
+                                "it lost its data or was never materialized. Rebuild it: `feast-autofeat refresh "
+                                "--online-only`.")
         return {"status": "ok", "model_version": b.version, "items": len(b.index), "index": b.index.kind,
                 "encoders": b.features.encoders, "online_store_ms": (time.perf_counter() - t) * 1e3}

@@ -167,6 +167,30 @@ def refresh(repo, yaml: str | None = None, as_of=None, holdout_days: float = 7.0
                         cut_over, progress, say)
 
 
+def restore_online(repo, yaml: str | None = None, name: str | None = None,
+                   say: Callable[[str], None] = lambda _m: None) -> dict:
+    """Rebuild the online store from the offline side, for one that lost its data (a Redis restarted without
+    persistence): the log-derived tables are recomputed from the event log (feedback included), then
+    ``feast materialize`` over the data's whole window writes every view, the live embedding versions and the
+    users' history lists, again. Nothing is trained; the live versions stay. Returns what it did."""
+    from feast_autofeat.repo import Repo, run_feast
+
+    project = Repo(repo, yaml)
+    with project.inside():
+        decl = project.two_tower(name)
+        t0 = time.perf_counter()
+        rebuilt = rebuild_features(project, decl)
+        project.reload()
+        decl = project.two_tower(decl.name)
+        say(f"rebuilt the log-derived tables from {rebuilt['events']:,} events ({time.perf_counter() - t0:.0f}s)")
+        t = time.perf_counter()
+        start, end = materialize_window(project.store, decl)
+        run_feast(project.path, "materialize", start, end, yaml=project.yaml)
+        say(f"feast materialize {start} {end} ({time.perf_counter() - t:.0f}s)")
+        return {"events": rebuilt["events"], "last_event": rebuilt["last_event"], "window": [start, end],
+                "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _refresh(project, decl, as_of, holdout_days: float, tolerance: float, epochs: dict, seed: int,
              cut_over: bool, progress: bool, say) -> RefreshResult:
     from feast_autofeat.feast.deployments import view_name
