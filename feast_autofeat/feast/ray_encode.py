@@ -68,7 +68,12 @@ def ray_batches(inputs: pa.Table, *, address: str, root: str, model: str, versio
     try:
         device = "cuda" if gpus_per_actor > 0 else "cpu"
         # Feast's own progress bar counts the rows (the engine updates it per batch): keep Ray Data's quiet
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        # start every actor of the pool before the first block goes out: otherwise the first actor up can take
+        # every block of a small input while the others still load torch (a cluster that cannot place the pool
+        # fails after this long instead of waiting forever)
+        context.wait_for_min_actors_s = 600
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         # one block per batch, so that every actor of the pool gets work (one table = one block = one actor)
         blocks = [inputs.slice(start, batch_size) for start in range(0, inputs.num_rows, batch_size)]
