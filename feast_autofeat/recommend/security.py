@@ -132,10 +132,11 @@ class Guard:
             auth = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, token = auth.partition(" ")
             challenge = ((b"www-authenticate", b"Bearer"),)
-            if scheme.lower() != "bearer" or not token or not self.tokens.allows(token.strip(), write=False):
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token or not self.tokens.allows(token, write=False):
                 return await _reply(send, 401, "a valid bearer token is required (Authorization: Bearer ...)",
                                     challenge)
-            if path in WRITE_PATHS and not self.tokens.allows(token.strip(), write=True):
+            if path in WRITE_PATHS and not self.tokens.allows(token, write=True):
                 return await _reply(send, 403, "this token may read, not write: use a write token")
         length = headers.get(b"content-length")
         if length is not None:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import SchemaError
-from feast_autofeat.recommend.security import MAX_BODY_BYTES, MAX_EVENTS
+from feast_autofeat.recommend.security import MAX_BODY_BYTES, MAX_EVENTS, Guard
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,6 @@ def create_app(recommender, tokens=None, max_body_bytes: int = MAX_BODY_BYTES, m
             log.error("healthz: %s: %s", type(exc).__name__, exc)
             reason = "the online store is unreachable" if not isinstance(exc, AutofeatError) else str(exc)
         return JSONResponse({"status": "degraded", "reason": reason}, status_code=503)
-
-    from feast_autofeat.recommend.security import Guard
 
     app.add_middleware(Guard, tokens=tokens, max_body_bytes=max_body_bytes)
     return app
