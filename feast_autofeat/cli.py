@@ -14,6 +14,7 @@ from pathlib import Path
 
 from feast_autofeat import __version__
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.recommend.batching import MAX_BATCH
 from feast_autofeat.recommend.security import MAX_BODY_BYTES, MAX_EVENTS
 
 
@@ -235,7 +236,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from feast_autofeat.recommend.service import serve
 
     for flag, value in (("--max-body-bytes", args.max_body_bytes), ("--max-events", args.max_events),
-                        ("--store-timeout", args.store_timeout)):
+                        ("--store-timeout", args.store_timeout), ("--workers", args.workers),
+                        ("--max-batch", args.max_batch)):
         if value <= 0:
             raise AutofeatError(f"{flag} must be positive, got {value}.")
     tokens = load_tokens(args.tokens_file, args.no_auth)  # before the repo: a missing token fails at once
@@ -245,7 +247,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {repo.path} on http://{args.host}:{args.port} (docs: /docs; {auth})", flush=True)
     serve(repo.path, host=args.host, port=args.port, index=args.index, yaml=args.feature_store_yaml, name=args.name,
           tokens=tokens, max_body_bytes=args.max_body_bytes, max_events=args.max_events,
-          store_timeout=args.store_timeout)
+          store_timeout=args.store_timeout, workers=args.workers, max_batch=args.max_batch)
     return 0
 
 
@@ -465,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"more events in one POST /feedback get 422 (default {MAX_EVENTS})")
     sv.add_argument("--store-timeout", type=float, default=0.5, help="seconds a Redis call may take before the "
                     "request gets 503 (default 0.5; a socket_timeout in the connection string wins)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes sharing the port, each with its own "
+                    "models (default 1; one per core serves the most)")
+    sv.add_argument("--max-batch", type=int, default=MAX_BATCH, help="concurrent /recommend requests answered "
+                    f"together (default {MAX_BATCH}; 1: one at a time)")
     sv.set_defaults(func=_cmd_serve)
 
     q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, train and "

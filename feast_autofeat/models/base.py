@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +78,8 @@ class EarlyStopping:
 
 
 _QUANTILES = 257
+_PROBS = np.linspace(0, 1, _QUANTILES)  # the quantiles' probabilities (read-only, shared)
+_PROBS.flags.writeable = False
 
 
 @dataclass
@@ -198,27 +200,35 @@ class TabularPreprocessor:
     def transform_record(self, record: Mapping) -> np.ndarray:
         """One row given as {column: value} (None = missing) -> a 1 x ``width`` float32 matrix equal to
         ``transform`` of that row, without pandas: the per-request serving path."""
+        return self.transform_records([record])
+
+    def transform_records(self, records: Sequence[Mapping]) -> np.ndarray:
+        """Rows given as {column: value} (None = missing) -> an n x ``width`` float32 matrix equal to
+        ``transform`` of those rows, without pandas: serving's path for one request or a batch."""
         if not self.dtypes_:
             raise NotFittedError("preprocessing is not fitted; call fit() or load a trained model.")
-        missing = [c for c in self.columns if c not in record]
+        missing = sorted({c for r in records for c in self.columns if c not in r})
         if missing:
             raise SchemaError(f"input lacks column(s) {missing} that the model was trained on; pass the same "
                               "features as at training time.")
-        bad = [c for c in self.numeric_ if record[c] is not None and (
-            isinstance(record[c], (str, bytes)) or not np.isscalar(record[c]))]
+        values = [[r[c] for c in self.numeric_] for r in records]
+        bad = sorted({c for row in values for c, v in zip(self.numeric_, row) if v is not None and (
+            isinstance(v, (str, bytes)) or not np.isscalar(v))})
         if bad:
             raise SchemaError(f"column(s) {bad} must be numeric, as at training time.")
-        x = np.array([[np.nan if record[c] is None else float(record[c]) for c in self.numeric_]], np.float64)
-        parts = [self._scaled(self._filled(x.reshape(1, len(self.numeric_))))]
+        x = np.array([[np.nan if v is None else float(v) for v in row] for row in values], np.float64)
+        parts = [self._scaled(self._filled(x.reshape(len(records), len(self.numeric_))))]
         if self._index is None:
             self._index = {col: {v: i for i, v in enumerate(vocab)} for col, vocab in self.categorical_.items()}
         for col, vocab in self.categorical_.items():
-            value = record[col]
-            if value is None and col not in self.fill:
+            column = [r[col] for r in records]
+            if col not in self.fill and any(v is None for v in column):
                 raise SchemaError(f"missing values in categorical column {col!r}; fill them or train with a "
                                   "fill for it.")
-            onehot = np.zeros((1, len(vocab) + 1), dtype=np.float32)
-            onehot[0, self._index[col].get(str(value), len(vocab)) if value is not None else len(vocab)] = 1.0
+            index = self._index[col]
+            onehot = np.zeros((len(records), len(vocab) + 1), dtype=np.float32)
+            onehot[np.arange(len(records)), [len(vocab) if v is None else index.get(str(v), len(vocab))
+                                             for v in column]] = 1.0
             parts.append(onehot)
         return np.concatenate(parts, axis=1)
 
@@ -226,7 +236,7 @@ class TabularPreprocessor:
         """Each value's probability under its column's training quantiles (linear between them). A value equal to
         a tied quantile (e.g. the many zero counts) gets the middle of the tied probabilities: the mean of
         interpolating from below and from above, computed as one interpolation plus a lookup of the ties."""
-        probs = np.linspace(0, 1, _QUANTILES)
+        probs = _PROBS
         if self._q is None:  # the list-of-lists conversion alone cost ~0.4 ms per request
             self._q = np.asarray(self.quantiles_)
         q = self._q

@@ -20,7 +20,7 @@ vector (no snapshot yet) becoming the training mean.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -206,24 +206,27 @@ class _Inputs:
         tab = self.pre_.transform(df) if self.pre_ is not None else np.zeros((len(df), 0), np.float32)
         return np.concatenate([tab, vec], axis=1).astype(np.float32)
 
-    def transform_record(self, record: Mapping) -> np.ndarray:
-        """One row as {column: value} -> 1 x width, equal to ``transform`` of that row (the serving path)."""
+    def transform_records(self, records: Sequence[Mapping]) -> np.ndarray:
+        """Rows as {column: value} -> n x width, equal to ``transform`` of those rows (the serving path)."""
+        n = len(records)
         blocks = []
         for j, col in enumerate(self.vectors):
-            v = record.get(col)
-            if v is None:
-                blocks.append(np.full(self.widths_[j], np.nan, np.float32))
-                continue
-            v = np.asarray(v, np.float32)
-            if v.shape != (self.widths_[j],):
-                raise SchemaError(f"vector column {col!r} has {v.size} values; the model was trained on "
-                                  f"{self.widths_[j]}.")
-            blocks.append(v)
-        raw = np.concatenate(blocks)[None, :] if blocks else np.zeros((1, 0), np.float32)
+            block = np.full((n, self.widths_[j]), np.nan, np.float32)
+            for i, r in enumerate(records):
+                v = r.get(col)
+                if v is None:
+                    continue
+                v = np.asarray(v, np.float32)
+                if v.shape != (self.widths_[j],):
+                    raise SchemaError(f"vector column {col!r} has {v.size} values; the model was trained on "
+                                      f"{self.widths_[j]}.")
+                block[i] = v
+            blocks.append(block)
+        raw = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), np.float32)
         if np.isinf(raw).any():
             raise SchemaError(f"infinite values in vector columns {list(self.vectors)}.")
         vec = np.nan_to_num((raw - self.mean_) / self.std_, nan=0.0)
-        tab = self.pre_.transform_record(record) if self.pre_ is not None else np.zeros((1, 0), np.float32)
+        tab = self.pre_.transform_records(records) if self.pre_ is not None else np.zeros((n, 0), np.float32)
         return np.concatenate([tab, vec], axis=1).astype(np.float32)
 
     @property
@@ -332,7 +335,11 @@ class TwoTower:
             return None
         if col not in frame:
             raise SchemaError(f"missing column {col!r} (item ids the user interacted with, most recent first).")
-        lists = [() if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in frame[col].to_numpy()]
+        return self._bags_of(frame[col].to_numpy())
+
+    def _bags_of(self, lists) -> _Bags:
+        """Item-id lists (None or NaN: empty) as bags of catalogue positions (+1), unknown ids dropped."""
+        lists = [() if v is None or (isinstance(v, float) and np.isnan(v)) else v for v in lists]
         lens = np.fromiter(map(len, lists), np.int64, len(lists))
         flat = np.array([i for v in lists for i in v])
         pos = positions(self.item_ids_, flat) if len(flat) else np.zeros(0, np.int64)
@@ -426,18 +433,22 @@ class TwoTower:
     @torch.no_grad()
     def query_vectors(self, frame: pd.DataFrame) -> np.ndarray:
         """Unit query vectors of each row (``user_id`` plus the query columns); unknown users use row 0."""
+        users = frame["user_id"].to_numpy() if "user_id" in frame else None
+        return self._queries(self.query_in_.transform(frame), users, self.bags(frame))[0].numpy()
+
+    def _queries(self, x: np.ndarray, user_ids, bags: _Bags | None) -> tuple[torch.Tensor, _Bags | None]:
+        """(unit query vectors, the recent bags) of rows given as the transformed query columns, their user ids
+        (None: all unknown) and their history bags: the one computation behind the frame and record paths."""
         net = self._net()
-        x = torch.from_numpy(self.query_in_.transform(frame))
-        users = torch.from_numpy(self.user_positions(frame["user_id"]) if "user_id" in frame
-                                 else np.zeros(len(frame), np.int64))
-        bags = self.bags(frame)
+        n = len(x)
+        users = torch.from_numpy(self.user_positions(user_ids) if user_ids is not None else np.zeros(n, np.int64))
         recent = self._recent(bags)
-        q = net.query(x, users, *self._take((bags, recent), np.arange(len(frame))))
+        q = net.query(torch.from_numpy(x), users, *self._take((bags, recent), np.arange(n)))
         steer = self._steer()
         if steer is not None and recent is not None:
-            values, offsets = recent.take(np.arange(len(frame)))
+            values, offsets = recent.take(np.arange(n))
             q = F.normalize(q + F.embedding_bag(values, steer, offsets, mode="mean"), dim=1)
-        return q.numpy()
+        return q, recent
 
     def _steer(self) -> torch.Tensor | None:
         """Row 0: zeros (unknown items), row i: ``session_weight`` times the i-th candidate vector (cached per
@@ -504,56 +515,39 @@ class TwoTower:
         """``query_vectors``, then (category term on) ``category_weight`` x the recent items' unit categories
         (zeros without history), then (popularity term on) ``popularity_weight``: its dot product with
         ``search_item_vectors`` is the model's score (times the temperature)."""
-        q = self.query_vectors(frame)
-        blocks = [q]
+        users = frame["user_id"].to_numpy() if "user_id" in frame else None
+        return self._search_vectors(self.query_in_.transform(frame), users, self.bags(frame))
+
+    def search_query_vectors_of(self, records: Sequence[Mapping]) -> np.ndarray:
+        """``search_query_vectors`` of requests given as {column: value} (``user_id``, the query columns, the
+        history list), without pandas: serving's path, for one request or a batch of concurrent ones. Row i
+        equals ``search_query_vectors`` of a frame holding the same rows."""
+        if not records:
+            raise SchemaError("no requests to encode.")
+        x = self.query_in_.transform_records(records)
+        users = [r.get("user_id", -1) for r in records] if any("user_id" in r for r in records) else None
+        col = self.config.history
+        bags = self._bags_of([r.get(col) for r in records]) if col else None
+        return self._search_vectors(x, users, bags)
+
+    @torch.inference_mode()
+    def _search_vectors(self, x: np.ndarray, user_ids, bags: _Bags | None) -> np.ndarray:
+        q, recent = self._queries(x, user_ids, bags)
+        n = len(x)
+        blocks = [q.numpy()]
         units = self._category_units()
         if units is not None:
-            recent = self._recent(self.bags(frame))
-            cats = (self._session_categories(units, recent.take(np.arange(len(frame)))).numpy() if recent is not None
-                    else np.zeros((len(frame), units.shape[1]), np.float32))
+            cats = (self._session_categories(units, recent.take(np.arange(n))).numpy() if recent is not None
+                    else np.zeros((n, units.shape[1]), np.float32))
             blocks.append(self.config.category_weight * cats)
         if self._popularity_on():
-            users = frame["user_id"] if "user_id" in frame else np.full(len(frame), -1)
+            users = user_ids if user_ids is not None else np.full(n, -1)
             blocks.append(self.popularity_weights(users)[:, None] / POPULARITY_SCALE)
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
-    @torch.inference_mode()
     def search_query_vector(self, record: Mapping) -> np.ndarray:
-        """``search_query_vectors`` of one request given as {column: value} (serving's path)."""
-        blocks = [self.query_vector(record)]
-        units = self._category_units()
-        if units is not None:
-            if self.config.history and self.config.recent:
-                items = record.get(self.config.history) or []
-                rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
-                rows = torch.from_numpy(rows[rows > 0][:self.config.recent])
-                cats = self._session_categories(units, (rows, torch.zeros(1, dtype=torch.int64)))[0].numpy()
-            else:
-                cats = np.zeros(units.shape[1], np.float32)
-            blocks.append(self.config.category_weight * cats)
-        if self._popularity_on():
-            blocks.append(self.popularity_weights(record.get("user_id", -1)) / POPULARITY_SCALE)
-        return np.concatenate(blocks).astype(np.float32)
-
-    @torch.inference_mode()
-    def query_vector(self, record: Mapping) -> np.ndarray:
-        """The unit query vector of one request given as {column: value} (``user_id``, the query columns, the
-        history list): the same vector as ``query_vectors`` of that row, without pandas (serving's path)."""
-        net = self._net()
-        x = torch.from_numpy(self.query_in_.transform_record(record))
-        users = torch.from_numpy(self.user_positions([record.get("user_id", -1)]))
-        bags = recent = None
-        if self.config.history:
-            items = record.get(self.config.history) or []
-            rows = self.item_rows(items) if len(items) else np.zeros(0, np.int64)
-            rows = torch.from_numpy(rows[rows > 0])  # ids it lacks: ignored
-            zero = torch.zeros(1, dtype=torch.int64)
-            bags, recent = (rows, zero), (rows[:self.config.recent], zero)
-        q = net.query(x, users, bags, recent)
-        steer = self._steer()
-        if steer is not None and recent is not None and len(recent[0]):
-            q = F.normalize(q + steer[recent[0]].mean(0), dim=1)
-        return q[0].numpy()
+        """``search_query_vectors_of`` one request."""
+        return self.search_query_vectors_of([record])[0]
 
     def choose_steering(self, valid: tuple, grid=(0.0, 0.25, 0.5, 1.0, 2.0),
                               category_grid=(0.0, 0.05, 0.1, 0.2, 0.4),

@@ -86,7 +86,8 @@ class Bundle:
     model: object  # TwoTower
     index: object
     features: QueryFeatures
-    read: Callable[[int], dict]  # user id -> {full feature name: value} of the stored refs and history lists
+    read: object  # online.RedisRead / FeastRead: user id(s) -> {full feature name: value} of the stored refs
+    # and history lists (``read(user)``, ``read.many(users)``)
     columns: dict[str, str]  # full feature name read -> the model's column
     stored_columns: tuple[str, ...] = ()  # the stored query features' columns: a user with any of them is known
 
@@ -258,54 +259,83 @@ class Recommender:
               bundle: Bundle | None = None) -> tuple[np.ndarray | None, list]:
         """(the query tower's vector for this request, the items it must not return); the vector is None for
         a user the store does not know who brings no history (the popularity fallback's case)."""
+        vectors, seen = self.queries([(user_id, recent_items)], bundle)
+        return vectors[0], seen[0]
+
+    def queries(self, requests: list[tuple], bundle: Bundle | None = None) -> tuple[list, list[list]]:
+        """``query`` of a batch of (user id, recent items or None) requests: one online read for all of them
+        (one pipeline of HMGETs on Redis) and one pass of the query tower."""
         b = bundle or self._current()
-        user_id = _id(user_id, self.user_kind, "user_id", text=False)
-        if recent_items is not None:
-            if not isinstance(recent_items, (list, tuple, np.ndarray)):
-                raise SchemaError(f"recent_items must be a list of item ids, got {type(recent_items).__name__}.")
-            recent_items = [_id(i, self.item_kind, "each of recent_items", text=False) for i in recent_items]
-        # one online read: the stored query features and the user's history lists
-        raw = b.read(user_id)
+        users, recents = [], []
+        for user_id, recent_items in requests:
+            users.append(_id(user_id, self.user_kind, "user_id", text=False))
+            if recent_items is not None:
+                if not isinstance(recent_items, (list, tuple, np.ndarray)):
+                    raise SchemaError(f"recent_items must be a list of item ids, got {type(recent_items).__name__}.")
+                recent_items = [_id(i, self.item_kind, "each of recent_items", text=False) for i in recent_items]
+            recents.append(recent_items)
+        rows = b.read.many(users)  # the stored query features and the users' history lists
         history_view = self.decl.history_name
-        if recent_items is not None:  # the request's own history replaces the stored one
-            history, seen = list(recent_items), list(recent_items)
-        elif history_view:
-            history = raw[f"{history_view}__recent_items"] or []
-            seen = raw[f"{history_view}__seen_items"] or []
-        else:
-            history, seen = [], []
-        feats = {b.columns.get(k) or b.features.column(k): v for k, v in raw.items()}
-        if b.features.ttl:
-            now = self.clock().timestamp()
+        now = self.clock().timestamp() if b.features.ttl else None
+        records, at, seen_lists = [], [], []
+        for i, (user_id, recent_items, raw) in enumerate(zip(users, recents, rows)):
+            if recent_items is not None:  # the request's own history replaces the stored one
+                history, seen = list(recent_items), list(recent_items)
+            elif history_view:
+                history = raw[f"{history_view}__recent_items"] or []
+                seen = raw[f"{history_view}__seen_items"] or []
+            else:
+                history, seen = [], []
+            feats = {b.columns.get(k) or b.features.column(k): v for k, v in raw.items()}
             for col, ttl in b.features.ttl.items():
                 if feats[col + TIMESTAMP_POSTFIX] + ttl < now:
                     feats[col] = None
-        known_user = any(feats.get(c) is not None for c in b.stored_columns)
-        if not known_user and not history:
-            return None, seen
-        record = feats
-        if b.features.session is not None:  # the on-demand session embedding, computed as its view computes it
-            record.update({k: v[0] for k, v in b.features.session_columns([history]).items()})
-        record[RECENT_FIELD] = history
-        record["user_id"] = user_id
-        return b.model.search_query_vector(record), list(set(seen).union(history))
+            if any(feats.get(c) is not None for c in b.stored_columns) or history:
+                feats[RECENT_FIELD] = history
+                feats["user_id"] = user_id
+                records.append(feats)
+                at.append(i)
+                seen = list(set(seen).union(history))
+            seen_lists.append(seen)
+        vectors: list = [None] * len(requests)
+        if records:
+            if b.features.session is not None:  # the on-demand session embedding, computed as its view does
+                session = b.features.session_columns([r[RECENT_FIELD] for r in records])
+                for j, r in enumerate(records):
+                    r.update({k: v[j] for k, v in session.items()})
+            for i, vector in zip(at, b.model.search_query_vectors_of(records)):
+                vectors[i] = vector
+        return vectors, seen_lists
 
     def recommend(self, user_id, k: int = 10, recent_items: list | None = None) -> Recommendation:
         """The top ``k`` items for ``user_id``: never one the user already has (recent or seen); fewer than ``k``
         when fewer remain; every score finite."""
-        b = self._current()  # this request's one version, whatever is swapped in meanwhile
-        k = _int(k, "k")
-        if not 1 <= k <= len(b.index):
-            raise SchemaError(f"k must be between 1 and the catalogue size {len(b.index)}, got {k}.")
-        query, seen = self.query(user_id, recent_items, bundle=b)
-        user_id = _id(user_id, self.user_kind, "user_id", text=False)
-        if query is None:
-            return Recommendation(user_id, self.popular[:k].tolist(), self.popular_counts[:k].tolist(),
-                                  b.version, "popularity", 0)
-        ids, scores = b.index.search(query[None, :], k, exclude=[seen])
-        ok = np.isfinite(scores[0])
-        return Recommendation(user_id, ids[0][ok].tolist(), scores[0][ok].astype(float).tolist(), b.version,
-                              "two-tower", len(seen))
+        return self.recommend_many([(user_id, k, recent_items)])[0]
+
+    def recommend_many(self, requests: list[tuple]) -> list[Recommendation]:
+        """``recommend`` of a batch of (user id, k, recent items or None) requests, computed together from one
+        version: one online read, one pass of the query tower, one index search per distinct ``k``. Each answer
+        equals the one ``recommend`` gives that request alone (the service batches concurrent requests)."""
+        b = self._current()  # this batch's one version, whatever is swapped in meanwhile
+        ks = [_int(k, "k") for _, k, _ in requests]
+        for k in ks:
+            if not 1 <= k <= len(b.index):
+                raise SchemaError(f"k must be between 1 and the catalogue size {len(b.index)}, got {k}.")
+        vectors, seen = self.queries([(u, r) for u, _, r in requests], bundle=b)
+        users = [_id(u, self.user_kind, "user_id", text=False) for u, _, _ in requests]
+        out: list = [None] * len(requests)
+        for i, v in enumerate(vectors):
+            if v is None:
+                out[i] = Recommendation(users[i], self.popular[:ks[i]].tolist(), self.popular_counts[:ks[i]].tolist(),
+                                        b.version, "popularity", 0)
+        for k in sorted({ks[i] for i, v in enumerate(vectors) if v is not None}):
+            rows = [i for i, v in enumerate(vectors) if v is not None and ks[i] == k]
+            ids, scores = b.index.search(np.stack([vectors[i] for i in rows]), k, exclude=[seen[i] for i in rows])
+            for j, i in enumerate(rows):
+                ok = np.isfinite(scores[j])
+                out[i] = Recommendation(users[i], ids[j][ok].tolist(), scores[j][ok].astype(float).tolist(),
+                                        b.version, "two-tower", len(seen[i]))
+        return out
 
     def record_feedback(self, events, idempotency_key: str | None = None) -> FeedbackResult:
         """Append interaction events to the event log and push the users' fresh lists online (all or nothing;

@@ -5,8 +5,8 @@ Tokens come from ``--tokens-file FILE`` (JSON ``{"read": [...], "write": [...]}`
 (``AUTOFEAT_READ_TOKENS``, ``AUTOFEAT_WRITE_TOKENS``: comma-separated). A write token also reads. Only their
 SHA-256 digests are kept in memory, compared in constant time. Scopes: ``GET /recommend``, ``/docs`` and
 ``/openapi.json`` need read; ``POST /feedback`` needs write; ``/healthz`` is open (load balancers probe it; it
-says ok or degraded, the live model versions, the catalogue size and the store's round trip: no ids, no
-paths). Serving without tokens takes an explicit ``--no-auth``, and says so in the log at start.
+says ok or degraded, the live model versions, the catalogue size, the store's round trip and batch counts:
+no ids, no paths). Serving without tokens takes an explicit ``--no-auth``, and says so in the log at start.
 """
 
 from __future__ import annotations

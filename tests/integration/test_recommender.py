@@ -156,6 +156,50 @@ def test_http_service(rec_repo, rec_redis):
         assert bad.status_code == 422 and "each of recent_items must be an integer" in bad.json()["detail"]
         assert requests.get(f"{url}/openapi.json", timeout=10).json()["paths"].keys() >= {
             "/recommend", "/healthz", "/feedback"}
+        # concurrent requests are answered together (batching): each answer is still the one its request gets alone
+        assert_concurrent_answers(url, recommender)
+        batching = requests.get(f"{url}/healthz", timeout=10).json()["batching"]
+        assert batching["requests"] > batching["batches"] > 0, batching
+    with serving(repo, rec_redis.url, args=("--no-auth", "--workers", "2")) as url:  # two processes, one port
+        assert_concurrent_answers(url, recommender)
+
+
+def assert_concurrent_answers(url: str, recommender: Recommender) -> None:
+    """48 requests from 12 threads at once (known users, unknown ones, a request's own history, several k) get
+    the answers each gets alone in process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(3)
+    asks = [{"user_id": int(u), "k": int(rng.choice([5, 10, 20]))} for u in rng.integers(1, 944, 40)]
+    asks += [{"user_id": 999_999, "k": 5}, {"user_id": 999_998, "k": 3, "recent_items": "50,181"},
+             {"user_id": 12, "k": 10, "recent_items": "1,2,3"}] * 2 + [{"user_id": 3, "k": 7}] * 2
+
+    def ask(params):
+        with requests.Session() as s:
+            return s.get(f"{url}/recommend", params=params, timeout=30).json()
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, asks))
+    for params, got in zip(asks, answers):
+        recent = [int(x) for x in params["recent_items"].split(",")] if "recent_items" in params else None
+        want = recommender.recommend(params["user_id"], k=params["k"], recent_items=recent)
+        assert (got["items"], got["source"]) == (want.items, want.source), params
+        np.testing.assert_allclose(got["scores"], want.scores, atol=1e-5)
+
+
+def test_a_batch_equals_each_request_alone(recommender):
+    """recommend_many (what the service runs for concurrent requests) gives each request what recommend gives it
+    alone: known and unknown users, a request's own history, different k, the same user twice."""
+    asks = [(1, 10, None), (999_999, 5, None), (7, 20, None), (999_998, 4, [50, 181]), (1, 3, [1, 2]),
+            (655, 10, None), (1, 10, None)]
+    batch = recommender.recommend_many(asks)
+    for (user, k, recent), got in zip(asks, batch):
+        want = recommender.recommend(user, k=k, recent_items=recent)
+        assert (got.items, got.source, got.history_items, got.user_id) == (
+            want.items, want.source, want.history_items, want.user_id)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    with pytest.raises(SchemaError, match="k must be between"):
+        recommender.recommend_many([(1, 10, None), (7, 0, None)])
 
 
 def test_gan_augmentation_adds_nearest_synthetic_behaviour_for_sparse_users(rec_repo):

@@ -231,6 +231,9 @@ def test_serving_row_path_equals_frame_path():
     for i, row in enumerate(probe.to_dict(orient="records")):
         row = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
         np.testing.assert_allclose(pre.transform_record(row), want[i:i + 1], atol=1e-6)
+    rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+            for r in probe.to_dict(orient="records")]
+    np.testing.assert_allclose(pre.transform_records(rows), want, atol=1e-6)  # a batch of requests: the same rows
     with pytest.raises(SchemaError, match="must be numeric"):
         pre.transform_record({"count": "3", "x": 0.0, "kind": "a"})
     with pytest.raises(SchemaError, match="NaN or infinite"):

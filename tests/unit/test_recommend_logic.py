@@ -236,6 +236,8 @@ def test_cold_popularity_weight_applies_to_users_without_a_row_only(tmp_path):
     frame = model.search_query_vectors(queries)
     for i in range(2):
         np.testing.assert_allclose(model.search_query_vector(queries.iloc[i].to_dict()), frame[i], atol=1e-5)
+    # a batch of concurrent requests (the service's path): the same rows, a known and a new user together
+    np.testing.assert_allclose(model.search_query_vectors_of(queries.to_dict(orient="records")), frame, atol=1e-5)
     again = TwoTower.load(tmp_path, model.save(tmp_path).version)
     np.testing.assert_allclose(again.score(queries), both, rtol=1e-5)
     # warm weight 0, cold weight on: the popularity block still exists for the cold user
