@@ -109,7 +109,7 @@ def create_app(recommender, tokens=None, max_body_bytes: int = MAX_BODY_BYTES, m
                         k: int = Query(10, description="how many items"),
                         recent_items: str | None = Query(None, max_length=20_000, description="comma-separated "
                                                          "item ids (optional; default: the user's stored history)"),
-                        ) -> Response:
+                        ):
         try:
             recent = None if recent_items is None else [recommender.parse_item(x.strip())
                                                         for x in recent_items.split(",") if x.strip()]
