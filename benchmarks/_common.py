@@ -112,6 +112,21 @@ def ml100k_repo(data_dir: Path = ML100K):
         shutil.rmtree(work, ignore_errors=True)
 
 
+@contextmanager
+def trained_ml100k(yaml: str, epochs: dict):
+    """ML-100K in a scratch repo (``ml100k_repo``) whose ``yaml`` points at a private Redis, small models trained
+    and materialized there: yields (redis, repo)."""
+    from feast_autofeat.recommend.pipeline import build_recommender
+    from feast_autofeat.repo import run_feast
+
+    with redis_server() as redis, ml100k_repo() as repo:
+        os.environ["REDIS_CONNECTION_STRING"] = redis.url
+        run_feast(repo, "apply", yaml=yaml, capture=True)
+        print("training small models and materializing into Redis ...", flush=True)
+        build_recommender(repo, yaml=yaml, epochs=epochs)
+        yield redis, repo
+
+
 def percentiles_ms(seconds: list[float]) -> dict:
     """p50 / p99 / mean of per-call latencies, in milliseconds."""
     ordered = sorted(seconds)

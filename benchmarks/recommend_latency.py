@@ -38,12 +38,10 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuMonitor, ml100k_repo, percentiles_ms, redis_server, save, timed_rounds  # noqa: E402
+from _common import CpuMonitor, percentiles_ms, save, timed_rounds, trained_ml100k  # noqa: E402
 
 from feast_autofeat.recommend.index import ExactIndex, HnswIndex, IvfIndex  # noqa: E402
-from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
-from feast_autofeat.recommend.recommender import HISTORY_FEATURES, Recommender  # noqa: E402
-from feast_autofeat.repo import run_feast  # noqa: E402
+from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
 from feast_autofeat.testing import free_port  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
@@ -119,11 +117,7 @@ def main() -> None:
         args.items, args.rounds, args.http_seconds = 100_000, 300, 10.0
     torch.set_num_threads(1)  # one request at a time: intra-op threads only add overhead
     result = {}
-    with redis_server() as redis, ml100k_repo() as repo:
-        os.environ["REDIS_CONNECTION_STRING"] = redis.url
-        run_feast(repo, "apply", yaml=YAML, capture=True)
-        print("training small models and materializing into Redis ...", flush=True)
-        build_recommender(repo, yaml=YAML, epochs=EPOCHS)
+    with trained_ml100k(YAML, EPOCHS) as (redis, repo):
         rec = Recommender(repo, yaml=YAML)
         # the same FeatureStore: Feast 0.67 keeps one process-wide feature-resolution cache stamped with one
         # registry's load time, so calls alternating between two stores clear it every time (~8 ms a call)
@@ -133,7 +127,7 @@ def main() -> None:
         it = iter(range(10**9))
 
         def anchor():
-            rec.store.get_online_features(features=rec._bundle.features.stored_refs + HISTORY_FEATURES,
+            rec.store.get_online_features(features=rec._bundle.features.stored_refs + rec.history_refs,
                                           entity_rows=[{"user_id": int(users[next(it) % len(users)])}],
                                           full_feature_names=True).to_dict()
 

@@ -37,11 +37,9 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuMonitor, ml100k_repo, redis_server, save  # noqa: E402
+from _common import CpuMonitor, save, trained_ml100k  # noqa: E402
 
-from feast_autofeat.recommend.pipeline import build_recommender  # noqa: E402
 from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
-from feast_autofeat.repo import run_feast  # noqa: E402
 from feast_autofeat.testing import free_port  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
@@ -173,11 +171,7 @@ def main() -> None:
     log = work / "servers.log"
     runs: dict[str, list[dict]] = {}
     try:
-        with redis_server() as redis, ml100k_repo() as repo:
-            os.environ["REDIS_CONNECTION_STRING"] = redis.url
-            run_feast(repo, "apply", yaml=YAML, capture=True)
-            print("training small models and materializing into Redis ...", flush=True)
-            build_recommender(repo, yaml=YAML, epochs=EPOCHS)
+        with trained_ml100k(YAML, EPOCHS) as (redis, repo):
             rec = Recommender(repo, yaml=YAML)
             refs = rec._bundle.features.stored_refs + rec.history_refs
             users = list(range(1, 944))
