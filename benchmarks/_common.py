@@ -95,8 +95,9 @@ ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 
 
 @contextmanager
-def ml100k_repo(data_dir: Path = ML100K):
-    """A temporary copy of feature_repo/, prepared from ML-100K and applied with the real `feast apply`."""
+def prepared_repo(dataset: str, **options):
+    """A temporary copy of feature_repo/, prepared with ``prepare(dataset, **options)`` and applied with the real
+    `feast apply`."""
     from feast_autofeat.prepare import prepare
     from feast_autofeat.repo import run_feast
 
@@ -105,11 +106,16 @@ def ml100k_repo(data_dir: Path = ML100K):
         repo = work / "feature_repo"
         ignore = shutil.ignore_patterns("data", "store", "models", "embeddings.json", "__pycache__")
         shutil.copytree(ROOT / "feature_repo", repo, ignore=ignore)
-        prepare("movielens-100k", repo, raw_dir=data_dir)
+        prepare(dataset, repo, **options)
         run_feast(repo, "apply", capture=True)
         yield repo
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def ml100k_repo(data_dir: Path = ML100K):
+    """``prepared_repo`` of ML-100K."""
+    return prepared_repo("movielens-100k", raw_dir=data_dir)
 
 
 @contextmanager

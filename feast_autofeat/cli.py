@@ -31,9 +31,9 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     own, config = {}, None
     if args.interactions is not None:  # your own log: --users / --items are files
-        for flag in ("days", "events"):
+        for flag in ("days", "events", "popularity_skew"):
             if getattr(args, flag) is not None:
-                raise AutofeatError(f"--{flag} applies to --dataset synthetic only.")
+                raise AutofeatError(f"--{flag.replace('_', '-')} applies to --dataset synthetic only.")
         own = dict(interactions=args.interactions, users=args.users, items=args.items,
                    columns=parse_columns(args.columns), split=parse_split(args.split), positive=args.positive)
     else:
@@ -41,7 +41,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                  if v]
         if extra:
             raise AutofeatError(f"{', '.join(extra)} apply to --interactions (your own log) only.")
-        given = {k: getattr(args, k) for k in ("users", "items", "days", "events") if getattr(args, k) is not None}
+        given = {k: getattr(args, k) for k in ("users", "items", "days", "events", "popularity_skew")
+                 if getattr(args, k) is not None}
         if args.dataset == "synthetic":  # unset options keep SyntheticConfig's defaults; --users / --items: counts
             for k in ("users", "items"):
                 if k in given and not str(given[k]).isdigit():
@@ -50,10 +51,12 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                     given[k] = int(given[k])
             config = SyntheticConfig(**given, seed=args.seed, start=args.start)
         elif given:
-            raise AutofeatError(f"{', '.join('--' + k for k in given)} apply to --dataset synthetic (counts) or "
-                                "--interactions (--users / --items files) only.")
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise AutofeatError(f"{flags} apply to --dataset synthetic or --interactions (--users / --items files) "
+                                "only.")
     result = prepare(args.dataset, args.repo, raw_dir=args.data_dir, config=config,
-                     progress=lambda msg: print(f"  {msg} ...", flush=True), **own)
+                     progress=lambda msg: print(f"  {msg} ...", flush=True), max_per_user=args.max_per_user,
+                     subsample_seed=args.subsample_seed, **own)
     m = result.manifest
     print(f"prepared {m.dataset} in {result.seconds:.1f}s -> {result.data_dir}")
     for name, n in m.rows.items():
@@ -344,9 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "values to split into categories, e.g. 'genres=|' (repeatable)")
     o.add_argument("--positive", metavar="EXPR", help="SQL predicate of a positive event, e.g. 'rating >= 4' "
                    "(default: the top quarter of the rating scale, else every event)")
+    s = p.add_argument_group("sparser data (any source)")
+    s.add_argument("--max-per-user", type=int, metavar="N", help="keep at most N distinct items per user, drawn at "
+                   "random with all their events and times: a sparse log from a dense one")
+    s.add_argument("--subsample-seed", type=int, default=0, help="the draw of --max-per-user")
     g = p.add_argument_group("synthetic data")
     g.add_argument("--days", type=int, help="length of the period in days (default 60)")
     g.add_argument("--events", type=int, help="number of events (default 60 per user)")
+    g.add_argument("--popularity-skew", type=float, help="spread of the items' log popularity (default 1.5; "
+                   "sparse, head-heavy catalogues: 2.5)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--start", default="2025-01-01", help="first day of the period (UTC)")
     p.set_defaults(func=_cmd_prepare)

@@ -66,11 +66,15 @@ def prepare(
     columns: dict[str, str] | None = None,
     split: dict[str, str] | None = None,
     positive: str | None = None,
+    max_per_user: int | None = None,
+    subsample_seed: int = 0,
 ) -> PrepareResult:
     """Write ``<repo>/data``: interactions, users, items, behaviour snapshots, users' recent items and
     ``manifest.json``, from a built-in ``dataset`` (``movielens-100k`` from ``raw_dir``, ``synthetic`` from
     ``config``) or from your own log (``interactions`` with its ``columns`` mapping, optional ``users`` /
-    ``items`` files, ``split`` and ``positive``; see ``datasets.logfile``).
+    ``items`` files, ``split`` and ``positive``; see ``datasets.logfile``). ``max_per_user``: keep at most that
+    many distinct items per user, drawn at random (``subsample_seed``) with all their events and times
+    (``subsample``): a sparse log from a dense one.
 
     The directory is replaced whole or not at all: on any error the previous data is untouched.
     """
@@ -95,6 +99,8 @@ def prepare(
                             "generated).")
         if dataset != synthetic.SPEC.name and config is not None:
             raise DataError(f"the synthetic options apply to --dataset {synthetic.SPEC.name} only.")
+    if max_per_user is not None and max_per_user < 1:
+        raise DataError(f"--max-per-user must be at least 1, got {max_per_user}.")
     t0 = time.perf_counter()
     if interactions is not None:
         from feast_autofeat.datasets import logfile
@@ -116,6 +122,11 @@ def prepare(
             tables = synthetic.generate(config, progress=bar.update)
         params = config.params()
     tables = {name: _normalize_timestamps(t) for name, t in tables.items()}
+    if max_per_user is not None:
+        before = tables[EVENT_LOG].num_rows
+        tables[EVENT_LOG] = subsample(tables[EVENT_LOG], max_per_user, subsample_seed)
+        params = {**params, "max_per_user": max_per_user, "subsample_seed": subsample_seed}
+        say(f"kept {tables[EVENT_LOG].num_rows:,} of {before:,} events (at most {max_per_user} items per user)")
 
     say("computing behaviour snapshots in DuckDB")
     snaps = derived_tables(tables[EVENT_LOG], tables["items"], spec)
@@ -130,6 +141,26 @@ def prepare(
                 write_parquet_atomic(table, staging / f"{name}.parquet")
         (staging / MANIFEST).write_text(manifest.to_json())
     return PrepareResult(data_dir=target, manifest=manifest, seconds=time.perf_counter() - t0)
+
+
+def subsample(log: pa.Table, max_items: int, seed: int = 0) -> pa.Table:
+    """The events of at most ``max_items`` distinct items per user, drawn uniformly at random (seeded), every
+    event of a kept (user, item) pair kept at its own time: each user's timeline thinned, not truncated, so
+    the sparse log spans the same period as the dense one."""
+    import numpy as np
+
+    users = log["user_id"].combine_chunks()
+    items = log["item_id"].combine_chunks()
+    u_codes = pc.dictionary_encode(users).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    i_codes = pc.dictionary_encode(items).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    pair = u_codes * (int(i_codes.max(initial=0)) + 1) + i_codes
+    pairs, inverse = np.unique(pair, return_inverse=True)
+    pair_user = pairs // (int(i_codes.max(initial=0)) + 1)
+    order = np.lexsort((np.random.default_rng(seed).random(len(pairs)), pair_user))
+    starts = np.searchsorted(pair_user[order], pair_user[order], side="left")
+    keep_pair = np.zeros(len(pairs), bool)
+    keep_pair[order] = np.arange(len(pairs)) - starts < max_items
+    return log.filter(pa.array(keep_pair[inverse]))
 
 
 def _manifest(spec, params: dict, tables: dict, snaps: dict, rows: dict | None = None) -> Manifest:

@@ -62,6 +62,7 @@ class SyntheticConfig:
     drift: float = 0.5  # share of a user's taste that has moved to a new direction by the last day
     candidates: int = 32
     temperature: float = 0.35
+    popularity_skew: float = 1.5  # std of the items' log popularity: larger, a heavier head (sparse logs: 2.5)
 
     def __post_init__(self) -> None:
         for name in ("users", "items", "days"):
@@ -69,6 +70,8 @@ class SyntheticConfig:
                 raise DataError(f"--{name} must be at least 1, got {getattr(self, name)}.")
         if self.events is not None and self.events < 1:
             raise DataError(f"--events must be at least 1, got {self.events}.")
+        if not 0.0 <= self.popularity_skew <= 5.0:
+            raise DataError(f"--popularity-skew must lie in [0, 5], got {self.popularity_skew}.")
         if not 0.0 <= self.drift <= 1.0:
             raise DataError(f"drift must lie in [0, 1], got {self.drift}.")
 
@@ -99,7 +102,7 @@ def generate(cfg: SyntheticConfig, progress: Callable[[int], None] | None = None
     brand_vec = rng.normal(scale=0.4, size=(n_cat, 8, k))
     item_vec = centroids[item_cat] + brand_vec[item_cat, brand_rank] + rng.normal(scale=0.6, size=(n_i, k))
     item_vec = item_vec.astype(np.float32)
-    log_pop = rng.normal(scale=1.5, size=n_i)
+    log_pop = rng.normal(scale=1.0, size=n_i) * cfg.popularity_skew
     pop_cdf = np.cumsum(np.exp(log_pop - log_pop.max()))
     pop_cdf /= pop_cdf[-1]
     cat_price = rng.uniform(2.5, 5.5, size=n_cat)

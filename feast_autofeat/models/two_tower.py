@@ -45,12 +45,15 @@ from feast_autofeat.models.base import (
     seed_everything,
 )
 from feast_autofeat.models.interactions import Histories
-from feast_autofeat.models.metrics import recall_at_k
+from feast_autofeat.models.metrics import ndcg_at_k, recall_at_k
 
 MAX_CATEGORIES = 256  # string item columns with more distinct values are not categories (ids, titles)
 # the index stores the item's centred log popularity times this (and the request its weight divided by it): the
 # same score, but a dimension on the scale of the vectors' own, so that IVF's k-means lists do not split on it
 POPULARITY_SCALE = 0.1
+# the item-item block's item rows have this mean norm (the query side carries the inverse): the same score, on a
+# scale that leaves IVF's lists to the tower vectors
+ITEM_ITEM_NORM = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,18 @@ class TwoTowerConfig:
     # first few positives are known (an inner protocol C cut, ``choose_cold_popularity``); None: the same as
     # popularity_weight
     cold_popularity_weight: float | None = None
+    # the score plus this times an item-item score of the user's history: EASE (Steck 2019) fitted on the
+    # training positives, B = sum over the history of its rows, which a linear item-item model gets right where
+    # users are sparse and the towers have little to learn from. Served as more index dimensions: B factored
+    # to rank ``item_item_rank`` (exact when the covered items are fewer), [.., weight x sum of the history's
+    # query factors] against [.., item factors]; covers the ``item_item_max_items`` most popular training items
+    # (the rest score 0 on it), so a 1M catalogue costs rank dimensions, not an items x items matrix. The L2 and
+    # the weight are chosen on validation (``choose_item_item``; weight 0: off, no dimensions); False: never
+    item_item: bool = True
+    item_item_weight: float = 0.0
+    item_item_l2: float = 0.0
+    item_item_rank: int = 128
+    item_item_max_items: int = 4096
     user_ids: bool = True  # a user-id embedding in the query tower (row 0: unknown users)
     item_ids: bool = True
     dim: int = 64  # output vector size of both towers
@@ -273,6 +288,13 @@ class _Bags:
                      self.values[_ranges(self.indptr[:-1], lens)])
 
 
+def _restrict(h: Histories, local: np.ndarray, n: int) -> Histories:
+    """``h`` over the items with ``local`` >= 0, renumbered to those places (``n`` of them)."""
+    users = np.repeat(np.arange(h.n_users), h.lengths)
+    cols = local[h.indices]
+    return Histories.from_pairs(users[cols >= 0], cols[cols >= 0], h.n_users, n)
+
+
 def _categories(items: pd.DataFrame, columns) -> torch.Tensor:
     """The items' categories as a 0/1 matrix in catalogue order: item columns holding only 0 and 1 (multi-hot
     such as genres) and one-hot string columns of at most ``MAX_CATEGORIES`` distinct values; none (0 columns)
@@ -372,6 +394,7 @@ class TwoTower:
         self.item_in_ = _Inputs(cfg.item_columns, cfg.item_vectors, cfg.fill).fit(items)
         self.item_x_ = torch.from_numpy(self.item_in_.transform(items))
         self.item_cats_, self._units_ = _categories(items, cfg.item_columns), None
+        self.item_item_q_ = self.item_item_c_ = None  # the item-item term: ``fit_item_item``
         xq = torch.from_numpy(self.query_in_.transform(train))
         uid = torch.from_numpy(self.user_positions(train.user_id))
         ipos = torch.from_numpy(self.item_positions(train.item_id))
@@ -478,6 +501,86 @@ class TwoTower:
         values, offsets = recent
         return F.normalize(F.embedding_bag(values, units, offsets, mode="mean"), dim=1)
 
+    # ---- item-item term: one more block of the search vectors
+    def fit_item_item(self, train: Histories, l2: float) -> TwoTower:
+        """Fit the item-item term on ``train`` (users x this catalogue's positions): EASE with ``l2`` over the
+        ``item_item_max_items`` most frequent items, factored to ``item_item_rank`` (exact below it). Sets
+        ``item_item_l2``; the weight stays as configured (``choose_item_item`` picks both)."""
+        from feast_autofeat.models.ease import EASE
+
+        cfg = self.config
+        if train.n_items != len(self.item_ids_):
+            raise SchemaError(f"item-item histories cover {train.n_items} items; the catalogue has "
+                              f"{len(self.item_ids_)}.")
+        covered, local = self._item_item_cover(train)
+        b = torch.from_numpy(EASE(l2).fit(_restrict(train, local, len(covered))).B_).double()
+        if len(covered) <= cfg.item_item_rank:  # exact: the history's rows of B against the unit items
+            q, c = b, torch.eye(len(covered), dtype=torch.float64)
+        else:
+            if len(covered) <= 2048:
+                u, sv, v = torch.linalg.svd(b, full_matrices=False)
+                v = v.T
+            else:
+                u, sv, v = torch.svd_lowrank(b, q=cfg.item_item_rank + 16, niter=6)
+            root = sv[:cfg.item_item_rank].sqrt()
+            q, c = u[:, :cfg.item_item_rank] * root, v[:, :cfg.item_item_rank] * root
+        norms = c.norm(dim=1)
+        scale = ITEM_ITEM_NORM / float(norms[norms > 0].mean()) if bool((norms > 0).any()) else 1.0
+        rows = torch.from_numpy(covered + 1)
+        self.item_item_q_ = torch.zeros(len(self.item_ids_) + 1, q.shape[1])
+        self.item_item_c_ = torch.zeros(len(self.item_ids_) + 1, q.shape[1])
+        self.item_item_q_[rows] = (q / scale).float()
+        self.item_item_c_[rows] = (c * scale).float()
+        self.config = replace(cfg, item_item_l2=float(l2))
+        self.metrics_["item_item_items"] = int(len(covered))
+        return self
+
+    def _item_item_cover(self, train: Histories) -> tuple[np.ndarray, np.ndarray]:
+        """(catalogue positions the term covers: the ``item_item_max_items`` most frequent in ``train``, each
+        position's place among them or -1)."""
+        counts = train.item_counts()
+        covered = np.flatnonzero(counts > 0)
+        if len(covered) > self.config.item_item_max_items:
+            covered = np.sort(np.argsort(-counts, kind="stable")[:self.config.item_item_max_items])
+        local = np.full(len(self.item_ids_), -1, np.int64)
+        local[covered] = np.arange(len(covered))
+        return covered, local
+
+    def choose_item_item(self, train: Histories, valid: tuple, l2_grid=(10.0, 30.0, 100.0, 300.0, 1000.0),
+                         grid=(0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)) -> dict:
+        """Set ``item_item_l2`` to the L2 whose EASE alone (the validation users' known items' rows of B) has the
+        best validation Recall@20 (ties: the larger), fit the term with it on ``train``, then set
+        ``item_item_weight`` (``grid`` in units of the temperature: 1 adds the EASE score itself to the logits) to
+        the best NDCG@100 of the whole model (ties: the smaller; 0: off): a metric of the whole top of the ranking,
+        where Recall@20 of one or two targets per user flips with a few users. Returns {"l2": {l2: recall@20},
+        "weight": {weight: ndcg@100}}."""
+        from feast_autofeat.models.ease import EASE
+
+        if not self.config.item_item or not self.config.history:
+            return {}
+        _, targets, known = valid
+        with_targets = targets.lengths > 0
+        covered, local = self._item_item_cover(train)
+        h, k = _restrict(train, local, len(covered)), _restrict(known, local, len(covered))
+        l2s = {}
+        for l2 in l2_grid:
+            scores = np.zeros((known.n_users, len(self.item_ids_)), np.float32)
+            scores[:, covered] = EASE(l2).fit(h).score(k)
+            l2s[float(l2)] = float(np.mean(recall_at_k(scores, targets, 20, exclude=known)[with_targets]))
+        self.fit_item_item(train, max(l2s, key=lambda v: (l2s[v], v)))
+        weights = {}
+        vq = valid[0]
+        for f in grid:  # NDCG@100: with a handful of targets per user, Recall@20 is too coarse to place a weight
+            self.config = replace(self.config, item_item_weight=round(self.config.temperature * f, 6))
+            ndcg = ndcg_at_k(self.score(vq), targets, 100, exclude=known)[with_targets]
+            weights[self.config.item_item_weight] = float(np.mean(ndcg))
+        self.config = replace(self.config, item_item_weight=max(weights, key=lambda w: (weights[w], -w)))
+        return {"l2": l2s, "weight": weights}
+
+    def _item_item_on(self) -> bool:
+        return bool(self.config.item_item and self.config.item_item_weight and self.config.history
+                    and getattr(self, "item_item_q_", None) is not None)
+
     def log_popularity(self) -> np.ndarray:
         """Row 0: items the model does not know, row i: the i-th item; log of its add-one smoothed share of the
         training rows, centred on the catalogue's mean (a constant per request: the ranking is the same)."""
@@ -509,6 +612,8 @@ class TwoTower:
             blocks.append(units[torch.from_numpy(rows)].numpy())
         if self._popularity_on():
             blocks.append(POPULARITY_SCALE * self.log_popularity()[rows][:, None])
+        if self._item_item_on():
+            blocks.append(self.item_item_c_[torch.from_numpy(rows)].numpy())
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def search_query_vectors(self, frame: pd.DataFrame) -> np.ndarray:
@@ -543,6 +648,13 @@ class TwoTower:
         if self._popularity_on():
             users = user_ids if user_ids is not None else np.full(n, -1)
             blocks.append(self.popularity_weights(users)[:, None] / POPULARITY_SCALE)
+        if self._item_item_on():
+            if bags is None:
+                blocks.append(np.zeros((n, self.item_item_q_.shape[1]), np.float32))
+            else:
+                values, offsets = bags.take(np.arange(n))
+                blocks.append(self.config.item_item_weight
+                              * F.embedding_bag(values, self.item_item_q_, offsets, mode="sum").numpy())
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def search_query_vector(self, record: Mapping) -> np.ndarray:
@@ -624,6 +736,8 @@ class TwoTower:
                   "metrics": self.metrics_, **(extra or {})}
         tensors = {**pack_ids("user_ids", self.user_ids_), **pack_ids("item_ids", self.item_ids_),
                    "item_x": self.item_x_, "item_categories": self.item_cats_, "item_counts": self.item_counts_,
+                   **({"item_item_query": self.item_item_q_, "item_item_items": self.item_item_c_}
+                      if self._item_item_on() else {}),
                    **self.query_in_.tensors("query"),
                    **self.item_in_.tensors("item")}
         return save_model(root, self.name, self._net(), config, tensors)
@@ -641,6 +755,11 @@ class TwoTower:
         none = torch.zeros((len(model.item_ids_), 0), dtype=torch.uint8)  # versions saved before categories
         model.item_cats_ = art.tensors.get("item_categories", none)
         model.item_counts_ = art.tensors.get("item_counts", torch.zeros(len(model.item_ids_), dtype=torch.int64))
+        model.item_item_q_ = art.tensors.get("item_item_query")  # versions saved before the term, or with it off
+        model.item_item_c_ = art.tensors.get("item_item_items")
+        if cfg.item_item and cfg.item_item_weight and cfg.history and model.item_item_q_ is None:
+            raise SchemaError(f"two-tower version {art.version} sets item_item_weight but holds no item-item "
+                              "factors; retrain it.")
         model.query_in_ = _Inputs.restore(cfg.query_columns, cfg.query_vectors, cfg.fill,
                                           art.config["query_inputs"], art.tensors, "query")
         model.item_in_ = _Inputs.restore(cfg.item_columns, cfg.item_vectors, cfg.fill,

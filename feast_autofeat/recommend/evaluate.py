@@ -21,9 +21,10 @@ each user's known items excluded; Recall@K divided by min(K, targets); standard 
 Models: popularity, EASE, Mult-VAE (when the repo declares a session embedding), and the two-tower as ids only,
 ids + history, without learned features, with every learned group (``two-tower learned``), without each one in
 turn, and as ``train`` ships it (``two-tower``: learned groups gated on the inner validation, whose report the row
-carries). Every two-tower row also carries ``paired``: its per-user difference from each baseline on the same
-users, with the standard error of those differences (much smaller than either model's own, as the users'
-difficulty cancels).
+carries), then that same model with its item-item term off (``- item-item term``, when validation turned it on).
+Every two-tower row also carries ``paired``: its per-user difference from each baseline on the same users, with
+the standard error of those differences (much smaller than either model's own, as the users' difficulty
+cancels).
 
 Every protocol retrains the learned embeddings on its own training events only, deploys them as the live
 versions (in the workspace), backfills daily snapshots, and builds training sets through the declaration's
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 METRICS = (("recall@10", recall_at_k, 10), ("recall@20", recall_at_k, 20), ("ndcg@10", ndcg_at_k, 10),
            ("hitrate@10", hit_rate_at_k, 10))
 SHIPPED = "two-tower"  # the configuration ``train`` ships by default (learned groups gated)
+WITHOUT_ITEM_ITEM = "  - item-item term"  # the shipped model scored with its item-item weight at 0 (when not 0)
 BASELINES = ("popularity", "EASE", "Mult-VAE")
 PAIRED = ("ndcg@10", "recall@20")  # the metrics of the targets, compared user by user with each baseline
 PROTOCOLS = ("P", "C", "T")
@@ -273,11 +275,19 @@ def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, se
         else:
             model = data.fit(config, gate=gate, progress=progress)
         if quick and name == SHIPPED:
-            shared = {"epochs": model.metrics_["tuned_epochs"],
+            shared = {"epochs": model.metrics_["tuned_epochs"], "item_item_l2": model.config.item_item_l2,
                       **{f"{k}_weight": getattr(model.config, f"{k}_weight")
-                         for k in ("session", "category", "popularity", "cold_popularity")}}
+                         for k in ("session", "category", "popularity", "cold_popularity", "item_item")}}
         record(name, model.score(qframe), t, **{k: v for k, v in model.metrics_.items() if k != "train_seconds"})
-    order = (*[n for n in table if n not in rows], *rows)  # baselines, then the rows in their declared order
+        if name == SHIPPED and model.config.item_item_weight:  # the same model, its item-item term off
+            t, weight = time.perf_counter(), model.config.item_item_weight
+            model.config = replace(model.config, item_item_weight=0.0)
+            record(WITHOUT_ITEM_ITEM, model.score(qframe), t, item_item_weight=weight)
+            model.config = replace(model.config, item_item_weight=weight)
+    derived = {SHIPPED: WITHOUT_ITEM_ITEM}
+    # baselines, then the rows in their declared order, each followed by what was derived from it
+    order = (*[n for n in table if n in BASELINES],
+             *[x for n in rows for x in (n, derived.get(n)) if x in table])
     table, per_user = {n: table[n] for n in order}, {n: per_user[n] for n in order}
     for name, comparisons in paired(per_user).items():
         table[name]["paired"] = comparisons

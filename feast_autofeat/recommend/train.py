@@ -29,6 +29,7 @@ import pandas as pd
 
 from feast_autofeat.errors import AutofeatError, DataError
 from feast_autofeat.feast.offline import ITEM, TS, USER
+from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import recall_at_k
 from feast_autofeat.models.two_tower import TwoTower, TwoTowerConfig
 from feast_autofeat.recommend.data import (
@@ -196,6 +197,8 @@ class TrainingSet:
                              popularity_weight=max(config.popularity_weight, config.min_popularity_weight))
             frame, report = self._augmented(self.frame, config)
             model = TwoTower(config).fit(frame, self.items, progress=progress)
+            if config.item_item and config.item_item_weight and config.item_item_l2:  # a tuned fit's choice, as is
+                model.fit_item_item(self._histories(self.events), config.item_item_l2)
             model.metrics_["gan_augmentation"] = report
             return model
         inner_rows = self.frame.iloc[_row_positions(self.events, self.inner.history)]
@@ -207,20 +210,32 @@ class TrainingSet:
         # the session and category terms need a history; the popularity term applies to every variant alike
         steering = {} if config.history and config.recent else {"grid": (), "category_grid": ()}
         grids = tuned.choose_steering(self.valid, **steering)
+        item_item = tuned.choose_item_item(self._histories(self.inner.history), self.valid)
+        if item_item:
+            grids["item_item"] = item_item["weight"]
+            if tuned.config.item_item_weight:  # popularity again, beside the item-item scores it overlaps
+                grids["popularity"] = tuned.choose_steering(self.valid, grid=(), category_grid=())["popularity"]
         if self.cold_valid is not None:
             grids["cold_popularity"] = tuned.choose_cold_popularity(self.cold_valid)
         chosen = {f"{k}_weight": getattr(tuned.config, f"{k}_weight")
-                  for k in ("session", "category", "popularity", "cold_popularity")}
+                  for k in ("session", "category", "popularity", "cold_popularity", "item_item")}
         frame, augment = self._augmented(self.frame, config)
         model = TwoTower(config, epochs=best).fit(frame, self.items, progress=progress)
         model.config = replace(model.config, **chosen)
+        if model.config.item_item_weight:
+            model.fit_item_item(self._histories(self.events), tuned.config.item_item_l2)
         model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": grids["popularity"][
             chosen["popularity_weight"]], **chosen, **{f"{k}_weight_grid": v for k, v in grids.items()},
-            "gan_augmentation": augment,
+            "gan_augmentation": augment, "item_item_l2": tuned.config.item_item_l2,
+            "item_item_l2_grid": item_item.get("l2"),
             "inner_cold_users": 0 if self.cold_valid is None else int((self.cold_valid[1].lengths > 0).sum())})
         if report is not None:
             model.metrics_["gate"] = report
         return model
+
+    def _histories(self, events: pd.DataFrame) -> Histories:
+        """Users x catalogue positions of ``events`` (the item-item term's training data)."""
+        return histories(events, np.unique(events[USER]), self.items[ITEM].to_numpy())
 
     def _tune(self, config: TwoTowerConfig, inner_rows: pd.DataFrame, progress: bool) -> TwoTower:
         rows, _ = self._augmented(inner_rows, config)

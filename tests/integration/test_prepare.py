@@ -225,8 +225,30 @@ def test_own_log_bad_input_is_named_and_changes_nothing(tmp_path, capsys, case, 
      "either --dataset or --interactions"),
     ([], "say what to prepare"),
     (["--dataset", "movielens-100k", "--users", "5"], "--users apply to --dataset synthetic"),
+    (["--dataset", "movielens-100k", "--popularity-skew", "2"], "--popularity-skew apply to --dataset synthetic"),
+    (["--dataset", "synthetic", "--max-per-user", "0"], "--max-per-user must be at least 1, got 0"),
 ])
 def test_prepare_flags_that_do_not_apply_are_errors(tmp_path, capsys, args, match):
     assert main(["prepare", "--repo", str(tmp_path / "repo")] + args) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+def test_prepare_max_per_user_thins_any_source_and_records_it(tmp_path, capsys):
+    """The CLI's --max-per-user on a generated log: at most N items per user in the written interactions, the
+    draw recorded in the manifest, the derived tables computed from the thinned log."""
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "repo"
+    assert main(["prepare", "--repo", str(repo), "--dataset", "synthetic", "--users", "80", "--items", "200",
+                 "--events", "6000", "--popularity-skew", "2.5", "--max-per-user", "4",
+                 "--subsample-seed", "3"]) == 0
+    assert "at most 4 items per user" in capsys.readouterr().out
+    log = pq.read_table(repo / "data" / "interactions").to_pandas()
+    assert log.groupby("user_id").item_id.nunique().max() == 4
+    manifest = json.loads((repo / "data" / "manifest.json").read_text())
+    assert manifest["params"]["max_per_user"] == 4 and manifest["params"]["subsample_seed"] == 3
+    assert manifest["params"]["popularity_skew"] == 2.5
+    assert manifest["rows"]["interactions"] == len(log)
+    recent = pq.read_table(repo / "data" / "user_recent_items.parquet").to_pandas()
+    assert recent.user_id.nunique() == log.user_id.nunique()

@@ -258,6 +258,63 @@ def test_cold_popularity_weight_applies_to_users_without_a_row_only(tmp_path):
         model.choose_cold_popularity((vq.assign(user_id=np.arange(1, 31)), targets, known))
 
 
+@pytest.mark.parametrize("rank", [128, 12])
+def test_item_item_term_adds_the_ease_score_of_the_history(rank, tmp_path):
+    """item_item_weight adds weight / temperature x the EASE score of the request's history (EASE fitted here
+    on its own, independently): exactly where the covered items are fewer than the rank, approximately at a
+    lower rank; every serving path agrees, items outside the covered ones score 0 on it, a saved version keeps
+    the factors, and choose_item_item picks from its grids."""
+    from dataclasses import replace
+
+    from feast_autofeat.models.ease import EASE
+
+    train, items, _, _ = planted()
+    model = TwoTower(TwoTowerConfig(query_columns=("taste",), item_columns=("kind",), user_ids=False, epochs=3,
+                                    seed=0, history="recent_items", item_item_rank=rank,
+                                    item_item_max_items=50)).fit(train, items)
+    ids = items.item_id.to_numpy()
+    users = np.unique(train.user_id)
+    h = histories(train, users, ids)
+    counts = h.item_counts()
+    covered = np.sort(np.argsort(-counts, kind="stable")[:50])
+    sub = histories(train[train.item_id.isin(ids[covered])], users, ids[covered])
+    b = EASE(30.0).fit(sub).B_
+    queries = pd.DataFrame({"user_id": [10_001, 10_002], "taste": [0.0, 2.0],
+                            "recent_items": [[int(ids[covered[0]]), int(ids[covered[3]])], [int(ids[covered[7]])]]})
+    base = model.score(queries)
+    model.fit_item_item(h, 30.0)
+    assert model.config.item_item_l2 == 30.0
+    model.config = replace(model.config, item_item_weight=0.2)
+    want = np.zeros_like(base)
+    want[0, covered] = b[[0, 3]].sum(0)
+    want[1, covered] = b[7]
+    got = (model.score(queries) - base) * model.config.temperature / 0.2
+    if rank >= 50:
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    else:  # rank 12 of a 50 x 50 B: most of it
+        assert np.linalg.norm(got - want) < 0.5 * np.linalg.norm(want)
+        assert np.corrcoef(got[0, covered], want[0, covered])[0, 1] > 0.8
+    outside = np.setdiff1d(np.arange(len(ids)), covered)
+    np.testing.assert_allclose(got[:, outside], 0.0, atol=1e-6)
+    frame = model.search_query_vectors(queries)
+    assert frame.shape[1] == 64 + min(rank, 50)
+    np.testing.assert_allclose(model.search_query_vectors_of(queries.to_dict(orient="records")), frame, atol=1e-5)
+    again = TwoTower.load(tmp_path, model.save(tmp_path).version)
+    np.testing.assert_allclose(again.score(queries), model.score(queries), rtol=1e-5, atol=1e-5)
+    model.config = replace(model.config, item_item_weight=0.0)  # off: no dimensions
+    assert model.search_query_vectors(queries).shape[1] == 64
+
+    last = train.groupby("user_id").tail(2)
+    before = train.drop(last.index)
+    targets, known = histories(last, users, ids), histories(before, users, ids)
+    vq = pd.DataFrame({"user_id": users, "taste": before.groupby("user_id").taste.first().to_numpy(),
+                       "recent_items": before.groupby("user_id").item_id.agg(list).to_numpy()})
+    grids = model.choose_item_item(h, (vq, targets, known), l2_grid=(10.0, 100.0), grid=(0.0, 1.0, 4.0))
+    assert set(grids["l2"]) == {10.0, 100.0} and model.config.item_item_l2 in grids["l2"]
+    assert model.config.item_item_weight in grids["weight"]
+    assert max(grids["weight"].values()) == grids["weight"][model.config.item_item_weight]
+
+
 def test_two_tower_ids_only_and_validation_early_stopping():
     train, items, _, _ = planted(seed=1)
     cut = per_user_cut(train.assign(event_timestamp=pd.Timestamp("2024-01-01", tz="UTC")

@@ -90,3 +90,43 @@ def test_bad_parameters_are_refused():
         SyntheticConfig(users=0)
     with pytest.raises(DataError, match="--events"):
         SyntheticConfig(events=-5)
+    with pytest.raises(DataError, match="--popularity-skew"):
+        SyntheticConfig(popularity_skew=-1.0)
+
+
+def _top_share(cfg: SyntheticConfig) -> float:
+    counts = np.sort(generate(cfg)["interactions"]["item_id"].to_pandas().value_counts().to_numpy())[::-1]
+    return counts[: cfg.items // 20].sum() / counts.sum()
+
+
+def test_popularity_skew_sets_the_head():
+    """A larger --popularity-skew puts more of the events on the top 5% of items; the default is unchanged."""
+    base = dict(users=500, items=1000, events=20_000, seed=1)
+    flat, default, heavy = (_top_share(SyntheticConfig(**base, popularity_skew=s)) for s in (0.5, 1.5, 2.5))
+    assert flat + 0.1 < default < heavy - 0.1, (flat, default, heavy)
+    assert SyntheticConfig().popularity_skew == 1.5
+
+
+def test_subsample_keeps_at_most_n_items_per_user_with_all_their_events():
+    """prepare --max-per-user: counted independently with pandas: every user keeps min(N, their distinct items)
+    items, every event of a kept (user, item) pair survives at its own time, nothing else does; the draw
+    depends on the seed only."""
+    from feast_autofeat.prepare import subsample
+
+    log = generate(SyntheticConfig(users=200, items=300, events=20_000, seed=2))["interactions"]
+    df = log.to_pandas()
+    out = subsample(log, 5, seed=0).to_pandas()
+    distinct = df.groupby("user_id").item_id.nunique()
+    kept = out.groupby("user_id").item_id.nunique().reindex(distinct.index, fill_value=0)
+    pd.testing.assert_series_equal(kept, np.minimum(distinct, 5), check_names=False)
+    pairs = out[["user_id", "item_id"]].drop_duplicates()
+    want = df.merge(pairs, on=["user_id", "item_id"])
+    assert len(out) == len(want)  # every event of a kept pair, no other
+    key = ["user_id", "item_id", "event_timestamp", "event_type"]
+    pd.testing.assert_frame_equal(out.sort_values(key, ignore_index=True)[key],
+                                  want.sort_values(key, ignore_index=True)[key])
+    assert subsample(log, 5, seed=0).equals(subsample(log, 5, seed=0))
+    assert not subsample(log, 5, seed=1).equals(subsample(log, 5, seed=0))
+    assert subsample(log, 10_000).num_rows == log.num_rows
+    one = subsample(log, 1).to_pandas()
+    assert (one.groupby("user_id").item_id.nunique() == 1).all() and one.user_id.nunique() == df.user_id.nunique()
