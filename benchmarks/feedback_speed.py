@@ -137,7 +137,8 @@ def main() -> None:
                 model.config = replace(model.config, category_weight=weight)
                 b = rec._current()
                 ids, vectors = rec._item_vectors(view_name("item_two_tower", b.version))
-                rec.swap(replace(b, index=build_index(ids, model.search_item_vectors(vectors, ids))))
+                rec.swap(replace(b, index=build_index(ids, model.search_item_vectors(vectors, ids),
+                                                               tail=model.item_item_dims())))
             shares = []
             for n, user in enumerate(users[:args.users] if run == "as_trained" else users[args.users:]):
                 before = rec.recommend(user, k=10).items

@@ -577,6 +577,11 @@ class TwoTower:
         self.config = replace(self.config, item_item_weight=max(weights, key=lambda w: (weights[w], -w)))
         return {"l2": l2s, "weight": weights}
 
+    def item_item_dims(self) -> int:
+        """How many of the search vectors' last dimensions are the item-item block (0: the term is off); only the
+        covered items have it (``build_index``'s ``tail``)."""
+        return int(self.item_item_q_.shape[1]) if self._item_item_on() else 0
+
     def _item_item_on(self) -> bool:
         return bool(self.config.item_item and self.config.item_item_weight and self.config.history
                     and getattr(self, "item_item_q_", None) is not None)

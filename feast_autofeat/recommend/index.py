@@ -8,6 +8,11 @@ blocks and a log-popularity dimension are appended to the unit item vector), so 
 - ``hnsw``: usearch HNSW, for explicit use only: on a synthetic 1M-item catalogue its recall@100 for
   two-tower-like queries measured 0.5-0.8, against >= 0.98 for ``ivf`` at similar latency.
 - ``auto``: ``exact`` up to ``EXACT_MAX_ITEMS`` items, ``ivf`` above.
+
+A model whose search vectors end in a block that only some items have (the two-tower's item-item term: its
+``item_item_max_items`` most frequent items) is served by ``SplitIndex``: those items, exactly, over every
+dimension; the rest of the catalogue by the index above over the dimensions before the block. The block's cost is
+bounded by the items that have it, whatever the catalogue's size.
 """
 
 from __future__ import annotations
@@ -223,17 +228,57 @@ class IvfIndex:
         return out_ids, out_scores
 
 
-def build_index(ids: np.ndarray, vectors: np.ndarray, kind: str = "auto"):
-    """``exact``, ``ivf``, ``hnsw`` or ``auto`` (exact up to ``EXACT_MAX_ITEMS`` items, ivf above)."""
+class SplitIndex:
+    """Items whose vectors' last ``tail`` dimensions are not all zero (``side``: scored exactly over every
+    dimension), and the others (``main``: any index, over the dimensions before the tail, where their vectors
+    hold zeros): the same top-K as one index over all of them where ``main`` is exact, at the cost of ``main``
+    plus one product over the side items."""
+
+    def __init__(self, main, side: ExactIndex, tail: int):
+        self.main, self.side, self.tail = main, side, int(tail)
+        self.kind = f"{main.kind} + exact over {len(side):,} item-item items"
+
+    def __len__(self) -> int:
+        return len(self.main) + len(self.side)
+
+    def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, scores), each (queries x k), best first: the best of both parts' top k."""
+        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        k = int(k)
+        if k < 1:
+            raise AutofeatError(f"k must be at least 1, got {k}.")
+        side_ids, side_scores = self.side.search(queries, min(k, len(self.side)), exclude)
+        main_ids, main_scores = self.main.search(queries[:, :-self.tail], min(k, len(self.main)), exclude)
+        ids = np.concatenate([side_ids, main_ids], axis=1)
+        scores = np.concatenate([side_scores, main_scores], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ids, scores = np.take_along_axis(ids, top, axis=1), np.take_along_axis(scores, top, axis=1)
+        if ids.shape[1] < k:  # a catalogue smaller than k
+            pad = k - ids.shape[1]
+            ids = np.concatenate([ids, missing_ids(ids, (len(ids), pad))], axis=1)
+            scores = np.concatenate([scores, np.full((len(ids), pad), -np.inf, np.float32)], axis=1)
+        return ids, scores
+
+
+def build_index(ids: np.ndarray, vectors: np.ndarray, kind: str = "auto", tail: int = 0):
+    """``exact``, ``ivf``, ``hnsw`` or ``auto`` (exact up to ``EXACT_MAX_ITEMS`` items, ivf above). ``tail``: the
+    vectors' last dimensions are a block only some items have (zeros for the others): a ``SplitIndex`` of those
+    items (exact) and the rest (``kind``, without the block)."""
     if len(ids) == 0:
         raise AutofeatError("no item vectors to index: materialize the two-tower's item view first "
                             "(`feast materialize` after `feast-autofeat deploy <two-tower name>`).")
+    if kind not in KINDS:
+        raise AutofeatError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}.")
+    ids = np.asarray(ids)
+    if tail:
+        side = np.any(vectors[:, -tail:] != 0, axis=1)
+        if side.any() and not side.all():
+            return SplitIndex(build_index(ids[~side], vectors[~side, :-tail], kind),
+                              ExactIndex(ids[side], vectors[side]), tail)
     if kind == "auto":
         kind = "exact" if len(ids) <= EXACT_MAX_ITEMS else "ivf"
     if kind == "exact":
         return ExactIndex(ids, vectors)
     if kind == "ivf":
         return IvfIndex(ids, vectors)
-    if kind == "hnsw":
-        return HnswIndex(ids, vectors)
-    raise AutofeatError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}.")
+    return HnswIndex(ids, vectors)

@@ -179,8 +179,9 @@ class Recommender:
         columns = {n: features.column(n) for n in names + [n + TIMESTAMP_POSTFIX for n in names]}
         # the index holds the model's search vectors: the materialized candidate vectors (plus category blocks)
         stored = tuple(features.column(r.replace(":", "__", 1)) for r in features.stored_refs)
-        return Bundle(version, model, build_index(ids, model.search_item_vectors(vectors, ids), self.index_kind),
-                      features, read, columns, stored)
+        index = build_index(ids, model.search_item_vectors(vectors, ids), self.index_kind,
+                            tail=model.item_item_dims())
+        return Bundle(version, model, index, features, read, columns, stored)
 
     def swap(self, bundle: Bundle) -> None:
         self._bundle = bundle  # one reference assignment: a request holds either the old bundle or the new one

@@ -186,3 +186,49 @@ def test_build_index_kinds(monkeypatch, catalogue):
         build_index(ids, vecs, "annoy")
     with pytest.raises(AutofeatError, match="materialize"):
         build_index(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), "ivf")
+
+
+def _with_tail(catalogue, covered: int = 700, tail: int = 12):
+    """The catalogue's first 8,000 items plus a tail block (the item-item term's) that only the first ``covered``
+    hold (zeros for the rest), and queries with a tail of their own."""
+    ids, vecs, queries = catalogue
+    rng = np.random.default_rng(5)
+    block = np.zeros((8000, tail), np.float32)
+    block[:covered] = rng.normal(0, 0.5, (covered, tail))
+    q = np.concatenate([queries["mixture"][:20], rng.normal(0, 1.0, (20, tail)).astype(np.float32)], axis=1)
+    return ids[:8000], np.concatenate([vecs[:8000], block], axis=1), q
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_split_index_equals_one_index_over_every_dimension(catalogue, kind):
+    """The item-item block's items scored exactly, the rest over the dimensions before it: brute force's top K
+    over all dimensions (ivf probing every list), exclusions included, ids and scores."""
+    ids, vecs, q = _with_tail(catalogue)
+    split = build_index(ids, vecs, kind, tail=12)
+    assert len(split) == 8000 and len(split.side) == 700 and len(split.main) == 7300
+    assert split.kind == f"{kind} + exact over 700 item-item items"
+    assert split.main.vectors.shape[1] == D  # the block is not searched for the items without it
+    if kind == "ivf":
+        split.main.nprobe = split.main.nlist
+    exact = ExactIndex(ids, vecs)
+    want_ids, want_scores = exact.search(q, 100)
+    got_ids, got_scores = split.search(q, 100)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-5)
+    # the block decides: some of the top 100 are side items that would not be there without it
+    assert np.isin(got_ids, ids[:700]).any() and not np.isin(got_ids, ids[:700]).all()
+    exclude = [set(want_ids[i, ::3].tolist()) for i in range(len(q))]
+    np.testing.assert_array_equal(split.search(q, 100, exclude)[0], exact.search(q, 100, exclude)[0])
+
+
+def test_split_index_pads_and_keeps_string_ids(catalogue):
+    ids, vecs, q = _with_tail(catalogue, covered=3)
+    names = np.array([f"item-{i}" for i in range(20)])
+    split = build_index(names, vecs[:20], "exact", tail=12)  # 3 side items, 17 main items of longer names
+    got, scores = split.search(q[:2], 25)
+    assert got.shape == (2, 25) and sorted(got[0, :20].tolist()) == sorted(names.tolist())
+    assert np.all(got[:, 20:] == "") and np.all(scores[:, 20:] == -np.inf)
+    np.testing.assert_array_equal(got[:, :20], ExactIndex(names, vecs[:20]).search(q[:2], 20)[0])
+    # every item or no item holds the block: one plain index over every dimension
+    assert build_index(ids[:3], vecs[:3], "exact", tail=12).kind == "exact"
+    assert build_index(ids[5000:], vecs[5000:], "exact", tail=12).vectors.shape[1] == D + 12

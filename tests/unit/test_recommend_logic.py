@@ -301,7 +301,17 @@ def test_item_item_term_adds_the_ease_score_of_the_history(rank, tmp_path):
     np.testing.assert_allclose(model.search_query_vectors_of(queries.to_dict(orient="records")), frame, atol=1e-5)
     again = TwoTower.load(tmp_path, model.save(tmp_path).version)
     np.testing.assert_allclose(again.score(queries), model.score(queries), rtol=1e-5, atol=1e-5)
+    # served as evaluated: the split index (covered items exact over every dimension, the rest without the
+    # block) returns the model's own top 20
+    assert model.item_item_dims() == min(rank, 50)
+    catalogue = model.item_ids_
+    index = build_index(catalogue, model.search_item_vectors(model.item_vectors(), catalogue), "exact",
+                        tail=model.item_item_dims())
+    assert len(index.side) == 50 and len(index) == len(catalogue) > 50
+    top = catalogue[np.argsort(-model.score(queries), axis=1, kind="stable")[:, :20]]
+    np.testing.assert_array_equal(index.search(frame, 20)[0], top)
     model.config = replace(model.config, item_item_weight=0.0)  # off: no dimensions
+    assert model.item_item_dims() == 0
     assert model.search_query_vectors(queries).shape[1] == 64
 
     last = train.groupby("user_id").tail(2)
