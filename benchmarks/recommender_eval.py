@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import shutil
 import sys
 import time
@@ -63,23 +64,27 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="`evaluate --quick`: few epochs, one shared tuning")
     ap.add_argument("--data-dir", type=Path, default=ML100K)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", nargs="+", metavar="ROW", help="only these two-tower rows beside the baselines, "
+                    "e.g. 'two-tower ids' two-tower (saved as recommender_eval_rows.json)")
     args = ap.parse_args()
     args.c_runs = args.c_runs or (1 if args.quick else 3)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("feast").setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    name = "evaluate_quick_ml100k" if args.quick else "recommender_eval"
+    name = "evaluate_quick_ml100k" if args.quick else "recommender_eval" + ("_rows" if args.rows else "")
     with ml100k_repo(args.data_dir) as repo:
         result = evaluate_repo(repo, protocols=args.protocols, quick=args.quick, seed=args.seed,
-                               c_runs=args.c_runs, out=repo / "reports" / "evaluation.json",
+                               c_runs=args.c_runs, out=repo / "reports" / "evaluation.json", rows=args.rows,
                                say=lambda m: print(m, flush=True))
         shutil.copy(result["png"], RESULTS / f"{name}.png")
     protocols = result["protocols"]
     checks = targets(protocols)
     path = save(name, {"dataset": "MovieLens 100K, ratings >= 4 as positives", "seed": args.seed,
                        "quick": args.quick, "command": "python benchmarks/recommender_eval.py"
-                       + (" --quick" if args.quick else ""), "protocols": protocols, "targets": checks,
+                       + (" --quick" if args.quick else "")
+                       + (" --rows " + " ".join(shlex.quote(r) for r in args.rows) if args.rows else ""),
+                       "rows": args.rows, "protocols": protocols, "targets": checks,
                        "seconds": time.perf_counter() - t0})
     print(table_text(protocols))
     print()

@@ -401,10 +401,11 @@ def table_text(result: dict, shown=("recall@20", "ndcg@10", "hitrate@10")) -> st
 
 def evaluate_repo(repo, yaml: str | None = None, protocols=("P", "C", "T"), quick: bool = False, seed: int = 0,
                   c_runs: int = 1, out: str | Path | None = None, name: str | None = None,
-                  progress: bool = False, say=lambda _m: None) -> dict:
+                  progress: bool = False, say=lambda _m: None, rows=None) -> dict:
     """``feast-autofeat evaluate``: the protocols on the repo's data for its two-tower, in a scratch copy. Saves
     the JSON (``out``, default ``<repo>/reports/evaluation-<time>.json``) and a PNG beside it; returns the
-    result with ``json`` and ``png`` paths."""
+    result with ``json`` and ``png`` paths. ``rows``: only these two-tower rows (``variants``' names; default
+    all), beside the baselines."""
     from feast_autofeat.recommend.data import positive_events
     from feast_autofeat.repo import Repo
 
@@ -424,7 +425,11 @@ def evaluate_repo(repo, yaml: str | None = None, protocols=("P", "C", "T"), quic
         decl = project.two_tower(decl.name)
         events = positive_events(project.store, decl)
         epochs = QUICK["epochs"] if quick else {}
-        rows = variants(decl, quick=quick)
+        every = variants(decl, quick=quick)
+        unknown = sorted(set(rows or ()) - set(every))
+        if unknown:
+            raise AutofeatError(f"unknown row(s) {unknown}: {decl.name}'s are {list(every)}.")
+        rows = {k: v for k, v in every.items() if rows is None or k in rows}
         result = {}
         for p in protocols:
             say(f"protocol {p} ...")

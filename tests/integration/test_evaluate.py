@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from feast_autofeat.cli import main as cli
+from feast_autofeat.errors import AutofeatError
+from feast_autofeat.recommend.evaluate import evaluate_repo
 from feast_autofeat.repo import run_feast
 
 pytestmark = pytest.mark.integration
@@ -73,3 +75,7 @@ def test_evaluate_quick_json_png_and_an_untouched_repo(fresh_repo, tmp_path, cap
     p = result["protocols"]["P"]["models"]["popularity"]
     assert p["users"] == len(low)
     assert np.mean(low) - 1e-9 <= p["recall@20"] <= np.mean(high) + 1e-9, (np.mean(low), p["recall@20"], np.mean(high))
+    # a row the declaration does not have is named, with the ones it has, before any training
+    with pytest.raises(AutofeatError, match=r"unknown row\(s\) \['two-tower nope'\]: .*'two-tower ids'"):
+        evaluate_repo(repo, protocols=["P"], quick=True, rows=["two-tower nope"])
+    assert _fingerprint(repo) == before

@@ -202,6 +202,42 @@ def test_a_batch_equals_each_request_alone(recommender):
         recommender.recommend_many([(1, 10, None), (7, 0, None)])
 
 
+def test_item_item_term_is_served_as_the_model_scores_it(rec_repo, recommender):
+    """The two-tower's item-item term fitted on the store's positives and switched on: serving's split index
+    (the covered items exact over every dimension, the rest without the block) returns the model's own full
+    scoring of each request's query vector, ids and scores; the term changes what some users get."""
+    import copy
+    from dataclasses import replace
+
+    from feast_autofeat.feast.deployments import view_name
+    from feast_autofeat.recommend.data import histories, positive_events
+    from feast_autofeat.recommend.index import build_index
+
+    repo, version = rec_repo
+    b = recommender._current()
+    model = copy.copy(b.model)
+    model.metrics_ = dict(model.metrics_)
+    events = positive_events(recommender.store, recommender.decl)
+    model.fit_item_item(histories(events, np.unique(events.user_id), model.item_ids_), 100.0)
+    model.config = replace(model.config, item_item_weight=2.0 * model.config.temperature)
+    ids, vectors = recommender._item_vectors(view_name(recommender.name, version))
+    items = model.search_item_vectors(vectors, ids)
+    on = Recommender(repo, yaml=REDIS_YAML, store=recommender.store, clock=recommender.clock)
+    on.swap(replace(b, model=model, index=build_index(ids, items, tail=model.item_item_dims())))
+    assert on.index.kind.startswith("exact + exact over") and 0 < len(on.index.side) < len(ids)
+    changed = 0
+    for user in [1, 7, 50, 405, 655, 888]:
+        got = on.recommend(user, k=10)
+        vector, seen = on.query(user)
+        scores = items @ vector
+        scores[np.isin(ids, list(seen))] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:10]
+        assert got.items == ids[top].tolist() and got.source == "two-tower"
+        np.testing.assert_allclose(got.scores, scores[top], atol=1e-4)
+        changed += got.items != recommender.recommend(user, k=10).items
+    assert changed >= 3
+
+
 def test_gan_augmentation_adds_nearest_synthetic_behaviour_for_sparse_users(rec_repo):
     """GAN augmentation on a real training set: only sparse users' rows are copied; a copy keeps its row's
     user, item, time, history and profile, takes its behaviour from the GAN sample nearest to the row (checked
@@ -287,3 +323,8 @@ def test_gate_keeps_a_learned_embedding_only_where_it_earns(rec_repo):
     diff = mean_se(_per_user_recall(full, data.valid) - _per_user_recall(ablated, data.valid))
     assert abs(diff["mean"] - gate["user_dae"]["gain_recall@20"]) < 1e-9
     assert abs(diff["se"] - gate["user_dae"]["se"]) < 1e-9
+    # the item-item term's L2 and weight: the best of their grids on the same validation, in the version
+    l2s, weights = model.metrics_["item_item_l2_grid"], model.metrics_["item_item_weight_grid"]
+    assert len(l2s) == 5 and len(weights) == 9
+    assert model.config.item_item_l2 == max(l2s, key=lambda v: (l2s[v], v))
+    assert model.config.item_item_weight == max(weights, key=lambda w: (weights[w], -w))
