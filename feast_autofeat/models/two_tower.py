@@ -90,8 +90,8 @@ class TwoTowerConfig:
     # popularity_weight
     cold_popularity_weight: float | None = None
     # the score plus this times an item-item score of the user's history: EASE (Steck 2019) fitted on the
-    # training positives, B = sum over the history of its rows, which a linear item-item model gets right where
-    # users are sparse and the towers have little to learn from. Served as more index dimensions: B factored
+    # training positives, B = sum over the newest ``item_item_recent`` history items of their rows, which a
+    # linear item-item model gets right where users are sparse and the towers have little to learn from. Served as more index dimensions: B factored
     # to rank ``item_item_rank`` (exact when the covered items are fewer), [.., weight x sum of the history's
     # query factors] against [.., item factors]; covers the ``item_item_max_items`` most popular training items
     # (the rest score 0 on it), so a 1M catalogue costs rank dimensions, not an items x items matrix. The L2 and
@@ -101,6 +101,9 @@ class TwoTowerConfig:
     item_item_l2: float = 0.0
     item_item_rank: int = 128
     item_item_max_items: int = 4096
+    # the newest this many history items are summed (0: all): a sum over a long history anchors the ranking, so
+    # a few fresh likes would barely move it (what feedback promises); sparse users hold fewer anyway
+    item_item_recent: int = 10
     user_ids: bool = True  # a user-id embedding in the query tower (row 0: unknown users)
     item_ids: bool = True
     dim: int = 64  # output vector size of both towers
@@ -657,7 +660,8 @@ class TwoTower:
             if bags is None:
                 blocks.append(np.zeros((n, self.item_item_q_.shape[1]), np.float32))
             else:
-                values, offsets = bags.take(np.arange(n))
+                recent_n = self.config.item_item_recent
+                values, offsets = (bags.head(recent_n) if recent_n > 0 else bags).take(np.arange(n))
                 blocks.append(self.config.item_item_weight
                               * F.embedding_bag(values, self.item_item_q_, offsets, mode="sum").numpy())
         return np.concatenate(blocks, axis=1).astype(np.float32)

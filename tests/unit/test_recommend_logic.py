@@ -263,7 +263,8 @@ def test_item_item_term_adds_the_ease_score_of_the_history(rank, tmp_path):
     """item_item_weight adds weight / temperature x the EASE score of the request's history (EASE fitted here
     on its own, independently): exactly where the covered items are fewer than the rank, approximately at a
     lower rank; every serving path agrees, items outside the covered ones score 0 on it, a saved version keeps
-    the factors, and choose_item_item picks from its grids."""
+    the factors, and choose_item_item picks from its grids. Only the newest ``item_item_recent`` (10) history
+    items are summed."""
     from dataclasses import replace
 
     from feast_autofeat.models.ease import EASE
@@ -279,8 +280,10 @@ def test_item_item_term_adds_the_ease_score_of_the_history(rank, tmp_path):
     covered = np.sort(np.argsort(-counts, kind="stable")[:50])
     sub = histories(train[train.item_id.isin(ids[covered])], users, ids[covered])
     b = EASE(30.0).fit(sub).B_
-    queries = pd.DataFrame({"user_id": [10_001, 10_002], "taste": [0.0, 2.0],
-                            "recent_items": [[int(ids[covered[0]]), int(ids[covered[3]])], [int(ids[covered[7]])]]})
+    long = [int(i) for i in ids[covered[10:22]]]  # 12 items, newest first: the term reads the first 10
+    queries = pd.DataFrame({"user_id": [10_001, 10_002, 10_003], "taste": [0.0, 2.0, 1.0],
+                            "recent_items": [[int(ids[covered[0]]), int(ids[covered[3]])], [int(ids[covered[7]])],
+                                             long]})
     base = model.score(queries)
     model.fit_item_item(h, 30.0)
     assert model.config.item_item_l2 == 30.0
@@ -288,6 +291,7 @@ def test_item_item_term_adds_the_ease_score_of_the_history(rank, tmp_path):
     want = np.zeros_like(base)
     want[0, covered] = b[[0, 3]].sum(0)
     want[1, covered] = b[7]
+    want[2, covered] = b[10:20].sum(0)
     got = (model.score(queries) - base) * model.config.temperature / 0.2
     if rank >= 50:
         np.testing.assert_allclose(got, want, atol=1e-4)
