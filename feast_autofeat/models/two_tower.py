@@ -54,6 +54,8 @@ POPULARITY_SCALE = 0.1
 # the item-item block's item rows have this mean norm (the query side carries the inverse): the same score, on a
 # scale that leaves IVF's lists to the tower vectors
 ITEM_ITEM_NORM = 0.5
+# the weights (``<name>_weight``) chosen on validation after fitting, recorded in the version
+STEERING = ("session", "category", "popularity", "cold_popularity", "item_item", "cold_item_item")
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,9 @@ class TwoTowerConfig:
     cold_popularity_weight: float | None = None
     # the score plus this times an item-item score of the user's history: EASE (Steck 2019) fitted on the
     # training positives, B = sum over the newest ``item_item_recent`` history items of their rows, which a
-    # linear item-item model gets right where users are sparse and the towers have little to learn from. Served as more index dimensions: B factored
-    # to rank ``item_item_rank`` (exact when the covered items are fewer), [.., weight x sum of the history's
+    # linear item-item model gets right where users are sparse and the towers have little to learn from. Served
+    # as more index dimensions: B factored to rank ``item_item_rank`` (exact when the covered items are fewer),
+    # [.., weight x sum of the history's
     # query factors] against [.., item factors]; covers the ``item_item_max_items`` most popular training items
     # (the rest score 0 on it), so a 1M catalogue costs rank dimensions, not an items x items matrix. The L2 and
     # the weight are chosen on validation (``choose_item_item``; weight 0: off, no dimensions); False: never
@@ -104,6 +107,10 @@ class TwoTowerConfig:
     # the newest this many history items are summed (0: all): a sum over a long history anchors the ranking, so
     # a few fresh likes would barely move it (what feedback promises); sparse users hold fewer anyway
     item_item_recent: int = 10
+    # the item-item weight for a user the model has no user-id row for (like cold_popularity_weight): a new user's
+    # handful of items may call for more or less of it than a known user's history. Chosen on the inner protocol
+    # C cut (``choose_cold_item_item``); None: the same as item_item_weight
+    cold_item_item_weight: float | None = None
     user_ids: bool = True  # a user-id embedding in the query tower (row 0: unknown users)
     item_ids: bool = True
     dim: int = 64  # output vector size of both towers
@@ -580,13 +587,41 @@ class TwoTower:
         self.config = replace(self.config, item_item_weight=max(weights, key=lambda w: (weights[w], -w)))
         return {"l2": l2s, "weight": weights}
 
+    def choose_cold_item_item(self, cold_valid: tuple, grid=(0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)) -> dict:
+        """Set ``cold_item_item_weight`` (``grid`` in units of the temperature) to the best NDCG@100 (ties: the
+        smaller) on ``cold_valid``: (query frame, targets, known items) of users the model has no row for, with the
+        term fitted (``choose_item_item``). Returns {weight: ndcg@100}; {} where the term has no fit."""
+        if not self.config.item_item or not self.config.history or getattr(self, "item_item_q_", None) is None:
+            return {}
+        vq, targets, known = cold_valid
+        if (self.user_positions(vq["user_id"]) > 0).any():
+            raise AutofeatError("the cold-user validation set holds users the model was trained on.")
+        with_targets = targets.lengths > 0
+        scores = {}
+        for w in sorted({round(self.config.temperature * f, 6) for f in grid}):
+            self.config = replace(self.config, cold_item_item_weight=float(w))
+            scores[float(w)] = float(np.mean(ndcg_at_k(self.score(vq), targets, 100, exclude=known)[with_targets]))
+        self.config = replace(self.config, cold_item_item_weight=max(scores, key=lambda w: (scores[w], -w)))
+        return scores
+
+    def item_item_weights(self, user_ids) -> np.ndarray:
+        """Each query's item-item weight: ``cold_item_item_weight`` (when set) for users without a user-id row,
+        ``item_item_weight`` for the rest."""
+        cfg = self.config
+        users = np.atleast_1d(np.asarray(user_ids))
+        if cfg.cold_item_item_weight is None or cfg.cold_item_item_weight == cfg.item_item_weight:
+            return np.full(len(users), cfg.item_item_weight, np.float32)
+        return np.where(self.user_positions(users) == 0, cfg.cold_item_item_weight,
+                        cfg.item_item_weight).astype(np.float32)
+
     def item_item_dims(self) -> int:
         """How many of the search vectors' last dimensions are the item-item block (0: the term is off); only the
         covered items have it (``build_index``'s ``tail``)."""
         return int(self.item_item_q_.shape[1]) if self._item_item_on() else 0
 
     def _item_item_on(self) -> bool:
-        return bool(self.config.item_item and self.config.item_item_weight and self.config.history
+        cfg = self.config
+        return bool(cfg.item_item and (cfg.item_item_weight or cfg.cold_item_item_weight) and cfg.history
                     and getattr(self, "item_item_q_", None) is not None)
 
     def log_popularity(self) -> np.ndarray:
@@ -662,7 +697,8 @@ class TwoTower:
             else:
                 recent_n = self.config.item_item_recent
                 values, offsets = (bags.head(recent_n) if recent_n > 0 else bags).take(np.arange(n))
-                blocks.append(self.config.item_item_weight
+                weights = self.item_item_weights(user_ids if user_ids is not None else np.full(n, -1))
+                blocks.append(weights[:, None]
                               * F.embedding_bag(values, self.item_item_q_, offsets, mode="sum").numpy())
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
@@ -766,8 +802,9 @@ class TwoTower:
         model.item_counts_ = art.tensors.get("item_counts", torch.zeros(len(model.item_ids_), dtype=torch.int64))
         model.item_item_q_ = art.tensors.get("item_item_query")  # versions saved before the term, or with it off
         model.item_item_c_ = art.tensors.get("item_item_items")
-        if cfg.item_item and cfg.item_item_weight and cfg.history and model.item_item_q_ is None:
-            raise SchemaError(f"two-tower version {art.version} sets item_item_weight but holds no item-item "
+        if cfg.item_item and (cfg.item_item_weight or cfg.cold_item_item_weight) and cfg.history \
+                and model.item_item_q_ is None:
+            raise SchemaError(f"two-tower version {art.version} sets an item-item weight but holds no item-item "
                               "factors; retrain it.")
         model.query_in_ = _Inputs.restore(cfg.query_columns, cfg.query_vectors, cfg.fill,
                                           art.config["query_inputs"], art.tensors, "query")

@@ -52,6 +52,7 @@ from feast_autofeat.evaluation import per_user as metric_values
 from feast_autofeat.feast.offline import TS, USER
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
+from feast_autofeat.models.two_tower import STEERING
 from feast_autofeat.recommend.data import Cut, cold_users_cut, histories, per_user_cut
 from feast_autofeat.recommend.train import TrainingSet, validation
 
@@ -276,14 +277,14 @@ def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, se
             model = data.fit(config, gate=gate, progress=progress)
         if quick and name == SHIPPED:
             shared = {"epochs": model.metrics_["tuned_epochs"], "item_item_l2": model.config.item_item_l2,
-                      **{f"{k}_weight": getattr(model.config, f"{k}_weight")
-                         for k in ("session", "category", "popularity", "cold_popularity", "item_item")}}
+                      **{f"{k}_weight": getattr(model.config, f"{k}_weight") for k in STEERING}}
         record(name, model.score(qframe), t, **{k: v for k, v in model.metrics_.items() if k != "train_seconds"})
-        if name == SHIPPED and model.config.item_item_weight:  # the same model, its item-item term off
-            t, weight = time.perf_counter(), model.config.item_item_weight
-            model.config = replace(model.config, item_item_weight=0.0)
-            record(WITHOUT_ITEM_ITEM, model.score(qframe), t, item_item_weight=weight)
-            model.config = replace(model.config, item_item_weight=weight)
+        if name == SHIPPED and model.item_item_dims():  # the same model, its item-item term off
+            t, on = time.perf_counter(), model.config
+            model.config = replace(on, item_item_weight=0.0, cold_item_item_weight=None)
+            record(WITHOUT_ITEM_ITEM, model.score(qframe), t, item_item_weight=on.item_item_weight,
+                   cold_item_item_weight=on.cold_item_item_weight)
+            model.config = on
     derived = {SHIPPED: WITHOUT_ITEM_ITEM}
     # baselines, then the rows in their declared order, each followed by what was derived from it
     order = (*[n for n in table if n in BASELINES],

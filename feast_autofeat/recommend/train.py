@@ -31,7 +31,7 @@ from feast_autofeat.errors import AutofeatError, DataError
 from feast_autofeat.feast.offline import ITEM, TS, USER
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import recall_at_k
-from feast_autofeat.models.two_tower import TwoTower, TwoTowerConfig
+from feast_autofeat.models.two_tower import STEERING, TwoTower, TwoTowerConfig
 from feast_autofeat.recommend.data import (
     RECENT_FIELD,
     Cut,
@@ -197,7 +197,8 @@ class TrainingSet:
                              popularity_weight=max(config.popularity_weight, config.min_popularity_weight))
             frame, report = self._augmented(self.frame, config)
             model = TwoTower(config).fit(frame, self.items, progress=progress)
-            if config.item_item and config.item_item_weight and config.item_item_l2:  # a tuned fit's choice, as is
+            if config.item_item and (config.item_item_weight or config.cold_item_item_weight) \
+                    and config.item_item_l2:  # a tuned fit's choice, as is
                 model.fit_item_item(self._histories(self.events), config.item_item_l2)
             model.metrics_["gan_augmentation"] = report
             return model
@@ -217,12 +218,13 @@ class TrainingSet:
                 grids["popularity"] = tuned.choose_steering(self.valid, grid=(), category_grid=())["popularity"]
         if self.cold_valid is not None:
             grids["cold_popularity"] = tuned.choose_cold_popularity(self.cold_valid)
-        chosen = {f"{k}_weight": getattr(tuned.config, f"{k}_weight")
-                  for k in ("session", "category", "popularity", "cold_popularity", "item_item")}
+            if item_item:
+                grids["cold_item_item"] = tuned.choose_cold_item_item(self.cold_valid)
+        chosen = {f"{k}_weight": getattr(tuned.config, f"{k}_weight") for k in STEERING}
         frame, augment = self._augmented(self.frame, config)
         model = TwoTower(config, epochs=best).fit(frame, self.items, progress=progress)
         model.config = replace(model.config, **chosen)
-        if model.config.item_item_weight:
+        if model.config.item_item_weight or model.config.cold_item_item_weight:
             model.fit_item_item(self._histories(self.events), tuned.config.item_item_l2)
         model.metrics_.update({"tuned_epochs": best, "inner_valid_recall@20": grids["popularity"][
             chosen["popularity_weight"]], **chosen, **{f"{k}_weight_grid": v for k, v in grids.items()},

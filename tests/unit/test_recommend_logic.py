@@ -329,6 +329,54 @@ def test_item_item_term_adds_the_ease_score_of_the_history(rank, tmp_path):
     assert max(grids["weight"].values()) == grids["weight"][model.config.item_item_weight]
 
 
+def test_cold_item_item_weight_applies_to_users_without_a_row_only(tmp_path):
+    """cold_item_item_weight replaces item_item_weight for users the model has no user-id row for, on every
+    serving path; known users keep theirs; with the warm weight at 0 the block stays for new users only.
+    choose_cold_item_item picks the grid's best NDCG@100 on new users and refuses known users."""
+    from dataclasses import replace
+
+    train, items, _, _ = planted()
+    model = TwoTower(TwoTowerConfig(query_columns=("taste",), item_columns=("kind",), epochs=3, seed=0,
+                                    history="recent_items")).fit(train, items)
+    ids = items.item_id.to_numpy()
+    users = np.unique(train.user_id)
+    model.fit_item_item(histories(train, users, ids), 30.0)
+    recent = [int(i) for i in ids[:4]]
+    queries = pd.DataFrame({"user_id": [int(users[0]), 10_001], "taste": [1.0, 1.0], "recent_items": [recent] * 2})
+    model.config = replace(model.config, item_item_weight=0.0)
+    base = model.score(queries)
+    model.config = replace(model.config, item_item_weight=0.2)
+    warm = model.score(queries) - base
+    assert np.abs(warm).max() > 1e-3
+    np.testing.assert_allclose(warm[1], warm[0], atol=1e-5)  # one history, one weight
+    model.config = replace(model.config, cold_item_item_weight=0.6)
+    both = model.score(queries) - base
+    np.testing.assert_allclose(both[0], warm[0], atol=1e-5)  # a known user: unchanged
+    np.testing.assert_allclose(both[1], 3 * warm[1], atol=1e-4)  # a new user: 0.6 / 0.2 of it
+    frame = model.search_query_vectors(queries)
+    np.testing.assert_allclose(model.search_query_vectors_of(queries.to_dict(orient="records")), frame, atol=1e-5)
+    again = TwoTower.load(tmp_path, model.save(tmp_path).version)
+    np.testing.assert_allclose(again.score(queries) - base, both, rtol=1e-4, atol=1e-5)
+    model.config = replace(model.config, item_item_weight=0.0)  # warm off, cold on: the block for new users
+    assert model.item_item_dims() > 0
+    np.testing.assert_allclose(model.score(queries)[0], base[0], atol=1e-5)
+
+    new = np.arange(20_001, 20_031)
+    last = train.groupby("user_id").tail(3)
+    firsts = train.drop(last.index)
+    pick = users[:30]
+    targets = histories(last[last.user_id.isin(pick)].assign(user_id=lambda f: f.user_id.map(dict(zip(pick, new)))),
+                        new, ids)
+    known = histories(firsts[firsts.user_id.isin(pick)].assign(
+        user_id=lambda f: f.user_id.map(dict(zip(pick, new)))), new, ids)
+    vq = pd.DataFrame({"user_id": new, "taste": 1.0,
+                       "recent_items": [firsts[firsts.user_id == u].item_id.tolist()[::-1] for u in pick]})
+    grid = model.choose_cold_item_item((vq, targets, known), grid=(0.0, 1.0, 8.0))
+    assert len(grid) == 3 and model.config.cold_item_item_weight == max(grid, key=lambda w: (grid[w], -w))
+    with pytest.raises(AutofeatError, match="trained on"):
+        model.choose_cold_item_item((vq.assign(user_id=pick), targets, known))
+
+
 def test_two_tower_ids_only_and_validation_early_stopping():
     train, items, _, _ = planted(seed=1)
     cut = per_user_cut(train.assign(event_timestamp=pd.Timestamp("2024-01-01", tz="UTC")
