@@ -125,10 +125,10 @@ def item_item_variants(rec: Recommender) -> tuple[Recommender, Recommender, np.n
     b = rec._current()
     ids, vectors = rec._item_vectors(view_name(rec.name, b.version))
     off, on = copy.copy(b.model), copy.copy(b.model)
-    off.config = replace(off.config, item_item_weight=0.0)
+    off.config = replace(off.config, item_item_weight=0.0, cold_item_item_weight=None)
     events = positive_events(rec.store, rec.decl)
     on.fit_item_item(histories(events, np.unique(events["user_id"]), on.item_ids_), 300.0)
-    on.config = replace(on.config, item_item_weight=4.0 * on.config.temperature)
+    on.config = replace(on.config, item_item_weight=4.0 * on.config.temperature, cold_item_item_weight=None)
     out = []
     for model in (off, on):
         variant = Recommender(rec.repo, store=rec.store)
@@ -205,6 +205,8 @@ def main() -> None:
         # ---- the item-item term off and on (what serving pays for it), ML-100K
         off, on, block = item_item_variants(rec)
         tail = on.model.item_item_dims()
+        if off.model.item_item_dims() or not tail:
+            raise SystemExit("the item-item variants are not off and on; see item_item_variants.")
 
         def recommend_with(variant):
             return lambda: variant.recommend(int(users[next(it) % len(users)]), k=10)

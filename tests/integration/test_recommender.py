@@ -328,3 +328,7 @@ def test_gate_keeps_a_learned_embedding_only_where_it_earns(rec_repo):
     assert len(l2s) == 5 and len(weights) == 9
     assert model.config.item_item_l2 == max(l2s, key=lambda v: (l2s[v], v))
     assert model.config.item_item_weight == max(weights, key=lambda w: (weights[w], -w))
+    # new users' own weight: the best of its grid on the inner cut of held-out users
+    assert data.cold_valid is not None and model.metrics_["inner_cold_users"] > 0
+    cold = model.metrics_["cold_item_item_weight_grid"]
+    assert len(cold) == 9 and model.config.cold_item_item_weight == max(cold, key=lambda w: (cold[w], -w))
