@@ -95,10 +95,10 @@ class TwoTowerConfig:
     # training positives, B = sum over the newest ``item_item_recent`` history items of their rows, which a
     # linear item-item model gets right where users are sparse and the towers have little to learn from. Served
     # as more index dimensions: B factored to rank ``item_item_rank`` (exact when the covered items are fewer),
-    # [.., weight x sum of the history's
-    # query factors] against [.., item factors]; covers the ``item_item_max_items`` most popular training items
-    # (the rest score 0 on it), so a 1M catalogue costs rank dimensions, not an items x items matrix. The L2 and
-    # the weight are chosen on validation (``choose_item_item``; weight 0: off, no dimensions); False: never
+    # [.., weight x sum of the history's query factors] against [.., item factors]; covers the
+    # ``item_item_max_items`` most popular training items (the rest score 0 on it), so a 1M catalogue costs rank
+    # dimensions, not an items x items matrix. The L2 and the weight are chosen on validation
+    # (``choose_item_item``; weight 0: off, no dimensions); False: never
     item_item: bool = True
     item_item_weight: float = 0.0
     item_item_l2: float = 0.0
