@@ -3,6 +3,7 @@
 The public API, for a feature repo's Python files and for training code::
 
     from feast_autofeat import embedding_view, session_embedding_view, request_embedding_view
+    from feast_autofeat import text_embedding_view, query_embedding_view
     from feast_autofeat import interactions, history_view, two_tower
     from feast_autofeat import train
 
@@ -17,6 +18,8 @@ _LAZY = dict(
     embedding_view="feast_autofeat.feast.embeddings",
     session_embedding_view="feast_autofeat.feast.embeddings",
     request_embedding_view="feast_autofeat.feast.embeddings",
+    text_embedding_view="feast_autofeat.feast.embeddings",
+    query_embedding_view="feast_autofeat.feast.embeddings",
     interactions="feast_autofeat.feast.interactions",
     history_view="feast_autofeat.feast.interactions",
     two_tower="feast_autofeat.feast.interactions",

@@ -7,8 +7,11 @@ Layout of one version::
         model.json            architecture, input schema, preprocessing state, training window, seed, metrics
         checksums.json        sha256 of the two files above
 
-``version`` is the first 16 hex digits of sha256(checksums.json), so it covers both files: any edit, truncation
-or swap of either file changes it. Loading recomputes every hash and names the file that does not match.
+A version may carry other files too (a text encoder's tokenizer and weights, in their own format, kept
+verbatim): ``checksums.json`` lists every file of the version, and a file in the directory that it does not list
+is refused. ``version`` is the first 16 hex digits of sha256(checksums.json), so it covers every file: any
+edit, truncation or swap of one changes it. Loading recomputes every hash and names the file that does not
+match.
 Versions are written to a staging directory and renamed into place, so a crash never leaves half a version.
 """
 
@@ -59,17 +62,36 @@ def _canonical_json(obj: dict) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=1, allow_nan=False) + "\n").encode()
 
 
-def save_version(root: str | os.PathLike, name: str, tensors: dict[str, torch.Tensor], config: dict) -> Artifact:
+def _check_relpath(rel: str) -> str:
+    """A file name inside a version: relative, no '..', no hidden parts (checksums name only such files)."""
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or any(p in ("", ".", "..") or p.startswith(".") for p in parts) \
+            or "\\" in rel:
+        raise ArtifactError(f"{rel!r} cannot be a file of a model version (a relative path without '..' or "
+                            "hidden parts).")
+    return Path(*parts).as_posix()
+
+
+def save_version(root: str | os.PathLike, name: str, tensors: dict[str, torch.Tensor] | None, config: dict,
+                 files: dict[str, bytes] | None = None) -> Artifact:
     """Write a new version of model ``name`` under ``root``; return it. An intact identical version is reused,
-    a damaged one rewritten."""
+    a damaged one rewritten. ``tensors=None``: no ``weights.safetensors``; ``files``: other files of the version,
+    {relative path: bytes}, stored verbatim and covered by the checksums like the rest."""
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ArtifactError(f"model name {name!r} must use letters, digits, '-' and '_' only.")
-    weights = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     try:
         config_bytes = _canonical_json(config)
     except ValueError as exc:
         raise ArtifactError(f"model {name}: its JSON holds a NaN or infinite value ({exc}).") from exc
-    checksums = _canonical_json({WEIGHTS: _sha256(weights), CONFIG: _sha256(config_bytes)})
+    blobs = {CONFIG: config_bytes}
+    if tensors is not None:
+        blobs[WEIGHTS] = st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    for rel, data in (files or {}).items():
+        rel = _check_relpath(rel)
+        if rel in (WEIGHTS, CONFIG, CHECKSUMS):
+            raise ArtifactError(f"{rel} is written by save_version itself; name the extra file otherwise.")
+        blobs[rel] = data
+    checksums = _canonical_json({k: _sha256(v) for k, v in blobs.items()})
     version = _sha256(checksums)[:16]
     parent = Path(root) / name
     target = parent / version
@@ -82,7 +104,8 @@ def save_version(root: str | os.PathLike, name: str, tensors: dict[str, torch.Te
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging-", dir=parent))
         try:
-            for fname, data in ((WEIGHTS, weights), (CONFIG, config_bytes), (CHECKSUMS, checksums)):
+            for fname, data in (*blobs.items(), (CHECKSUMS, checksums)):
+                (staging / fname).parent.mkdir(parents=True, exist_ok=True)
                 with open(staging / fname, "wb") as f:
                     f.write(data)
                     f.flush()
@@ -120,17 +143,29 @@ def load_version(root: str | os.PathLike, name: str, version: str | None = None)
         raise ArtifactError(f"{path / CHECKSUMS} does not match version {version}: the version was edited; "
                             "refusing to load it.")
     expected = json.loads(checksums)
+    if not isinstance(expected, dict) or CONFIG not in expected:
+        raise ArtifactError(f"{path / CHECKSUMS} lists no {CONFIG}; refusing to load this version.")
+    listed = {_check_relpath(k) for k in expected}
+    extra = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                   if p.is_file() and p.name != CHECKSUMS and p.relative_to(path).as_posix() not in listed)
+    if extra:
+        raise ArtifactError(f"{path / extra[0]} is not a file of version {version} (its checksums do not list "
+                            "it): something was added to the version; remove it or restore the whole version.")
     blobs = {}
-    for fname, what in ((WEIGHTS, "weights"), (CONFIG, "configuration")):
+    for fname in expected:
+        what = {WEIGHTS: "weights", CONFIG: "configuration"}.get(fname, fname)
         data = _read(path / fname, what)
-        if _sha256(data) != expected.get(fname):
+        if _sha256(data) != expected[fname]:
             raise ArtifactError(f"{path / fname} does not match its recorded sha256 (edited, truncated or "
                                 "replaced); refusing to load this version.")
-        blobs[fname] = data
-    try:
-        tensors = st_load(blobs[WEIGHTS])
-    except SafetensorError as exc:  # pragma: no cover - hash verified above, so only a writer bug gets here
-        raise ArtifactError(f"{path / WEIGHTS} is not a valid safetensors file ({exc}).") from exc
+        if fname in (WEIGHTS, CONFIG):  # other files are read by their own loaders, after this check
+            blobs[fname] = data
+    tensors = {}
+    if WEIGHTS in blobs:
+        try:
+            tensors = st_load(blobs[WEIGHTS])
+        except SafetensorError as exc:  # pragma: no cover - hash verified above, so only a writer bug gets here
+            raise ArtifactError(f"{path / WEIGHTS} is not a valid safetensors file ({exc}).") from exc
     return Artifact(name=name, version=version, path=path, tensors=tensors, config=json.loads(blobs[CONFIG]))
 
 

@@ -49,7 +49,9 @@ class TrainResult:
 
     def summary(self) -> str:
         lines = [f"trained {self.name} ({self.model}) -> version {self.version} in {self.seconds:.1f}s",
-                 f"  saved to    {self.path}", f"  as of       {self.as_of} (no data after it was read)"]
+                 f"  saved to    {self.path}"]
+        if self.as_of:
+            lines.append(f"  as of       {self.as_of} (no data after it was read)")
         lines += [f"  {k:<11} {v:,}" if isinstance(v, int) else f"  {k:<11} {v}" for k, v in self.rows.items()]
         for k, v in self.metrics.items():
             if isinstance(v, float):
@@ -93,6 +95,13 @@ def _train(repo: Repo, decl, as_of, entity_df, max_rows, seed, root, progress, e
 
         return train_two_tower(repo, decl, as_of=as_of, root=root, seed=seed, progress=progress, events=events,
                                **overrides)
+    if decl.model == "text":
+        given = [f for f, v in (("--entity-df", entity_df), ("--max-rows", max_rows), ("--as-of", as_of),
+                                ("--init-from", init_from)) if v is not None] + [f"--{k}" for k in overrides]
+        if given:
+            raise AutofeatError(f"{', '.join(given)} do(es) not apply to {name}: a text encoder is pretrained, "
+                                "training copies it into the model root as a verified version.")
+        return _save_text(repo, decl, root)
     if "gan_augment" in overrides:
         raise AutofeatError(f"--gan-augment applies to a two-tower only, not to {name} ({decl.model}).")
     t0 = time.perf_counter()
@@ -315,6 +324,35 @@ def _fit_tabular(repo: Repo, decl, as_of, entity_df, max_rows: int, seed: int, p
     rows_info = {"train_rows": len(train_df), "valid_rows": len(valid_df), "features": train_df.shape[1]}
     extra = {"feature_refs": inputs.refs, "join_key": inputs.key, "key_kind": inputs.key_kind, "notes": notes}
     return fitted, rows_info, extra, used
+
+
+# ---- text: a pretrained encoder saved as a version, with the declared text columns
+def _save_text(repo: Repo, decl, root: Path) -> TrainResult:
+    from feast_autofeat.models.text import default_encoder_dir, save_text_version
+
+    t0 = time.perf_counter()
+    if decl.encoder:
+        directory = Path(decl.encoder)
+        directory = directory if directory.is_absolute() else decl.repo_dir / directory
+    else:
+        directory = default_encoder_dir()
+    config = {"declaration": decl.name, "feast_project": repo.store.project, "feature_refs": [],
+              "text": {"columns": [], "separator": decl.separator}}
+    if decl.kind == "embedding":
+        inputs = resolve_inputs(repo.store, decl)
+        types = {f"{v.name}:{f.name}": f.dtype.to_value_type().name for v in inputs.views for f in v.features}
+        other = [r for r in inputs.refs if types.get(r) != "STRING"]
+        if other:
+            raise AutofeatError(f"{decl.name}: {', '.join(other[:5])} are not strings; a text view reads string "
+                                "features only. Select them, e.g. inputs=[view[['title', 'description']]].")
+        config.update(feature_refs=inputs.refs, join_key=inputs.key, key_kind=inputs.key_kind,
+                      text={"columns": inputs.columns, "separator": decl.separator})
+    art = save_text_version(root, directory, config)
+    arch = art.config["architecture"]
+    return TrainResult(name=decl.name, model=decl.model, version=art.version, path=art.path, as_of="",
+                       rows={"text columns": len(config["text"]["columns"]), "files": arch["files"]},
+                       metrics={"dim": arch["dim"], "encoder": arch["base_model"]}, seconds=time.perf_counter() - t0,
+                       notes=["pretrained: nothing was read from the store"])
 
 
 # ---- history models: the declared interaction log's positives

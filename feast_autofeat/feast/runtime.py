@@ -21,7 +21,8 @@ from feast_autofeat.errors import AutofeatError
 from feast_autofeat.feast.embeddings import model_dim
 from feast_autofeat.models.base import SchemaError
 
-FEATURE_MODELS = ("dae", "gan", "two_tower")  # models whose inputs are feature rows (two_tower: item rows)
+FEATURE_MODELS = ("dae", "gan", "two_tower", "text")  # models whose inputs are feature rows (two_tower: item
+# rows; text: text columns)
 SESSION_MODELS = ("multvae",)  # models whose inputs are item-id histories
 
 _lock = threading.Lock()
@@ -114,6 +115,23 @@ class CandidateEncoder(FeatureEncoder):
 
 
 @dataclass
+class TextFeatureEncoder(FeatureEncoder):
+    """A text version over the text columns it was declared with: each row's columns joined, then encoded."""
+
+    text: object = None  # models.text.TextEncoder
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.text.columns)
+
+    def encode_frame(self, df: pd.DataFrame, batch_size: int | None = None) -> np.ndarray:
+        return self.text.encode_frame(df, batch_size)
+
+    def encode_record(self, record: Mapping) -> np.ndarray:
+        return self.text.encode_record(record)
+
+
+@dataclass
 class SessionEncoder:
     """The Mult-VAE's encoder (posterior mean) in numpy: folding a short history in costs microseconds, with as
     few numpy calls as possible (request-time cost is dominated by per-call overhead and cold caches)."""
@@ -200,6 +218,13 @@ def _load(root: str, model: str, version: str, device: str):
             _w1=net.enc.weight.detach().numpy().T.copy(), _b1=net.enc.bias.detach().numpy().copy(),
             _w2=net.mu_logvar.weight.detach().numpy()[:dim].T.copy(),
             _b2=net.mu_logvar.bias.detach().numpy()[:dim].copy())
+    elif model == "text":
+        from feast_autofeat.models.text import load_text_encoder
+
+        text, config = load_text_encoder(root, version, device=str(dev))
+        return TextFeatureEncoder(model=model, version=version, dim=text.dim,
+                                  feature_refs=list(config.get("feature_refs") or []), as_of=None, _pre=None,
+                                  _forward=None, device=dev, text=text)
     elif model == "two_tower":
         from feast_autofeat.artifacts import load_version
         from feast_autofeat.models.two_tower import TwoTower
@@ -267,6 +292,23 @@ def session_embeddings(histories: list, *, root: str, model: str, version: str, 
     except SchemaError as exc:
         raise SchemaError(f"{output}: {exc}") from None
     return {output: vecs.tolist(), f"{output}_known_items": known.tolist()}
+
+
+def query_embeddings(queries: list, *, root: str, model: str, version: str, output: str, field: str) -> dict:
+    """Encode each request's query string with a text version (the one the searched text view is deployed
+    with). Empty, blank, over-long or non-string queries: ``SchemaError`` naming ``field``."""
+    from feast_autofeat.models.text import TextError, check_query
+
+    enc = load_encoder(root, model, version)
+    if not isinstance(enc, TextFeatureEncoder):
+        raise AutofeatError(f"model {model} does not encode text.")
+    if not isinstance(queries, (list, tuple)):
+        raise SchemaError(f"{field}: expected a list of query strings, got {type(queries).__name__}.")
+    try:
+        texts = [check_query(q, field) for q in queries]
+    except TextError as exc:
+        raise SchemaError(str(exc)) from None
+    return {output: enc.text.encode_texts(texts).tolist()}
 
 
 def feature_embeddings(inputs: dict, *, root: str, model: str, version: str, output: str) -> dict:
