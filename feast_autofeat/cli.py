@@ -150,7 +150,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from feast_autofeat.artifacts import load_version
 
     repo = _repo(args)
-    decl = repo.declaration(args.name)
+    decl = _own_versions(repo.declaration(args.name), "deploy")
     root = args.model_root.resolve() if args.model_root else decl.root
     version = args.version
     if version in (None, "latest"):
@@ -166,9 +166,17 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return _finish_deploy(args, repo, deployments, entry, args.name)
 
 
+def _own_versions(decl, command: str):
+    """``decl``, when it has versions of its own to ``command`` (a query view that follows a text view has not)."""
+    if decl.follows:
+        raise AutofeatError(f"{decl.name} serves the versions of {decl.follows}: `feast-autofeat {command} "
+                            f"{decl.follows}` moves both.")
+    return decl
+
+
 def _cmd_promote(args: argparse.Namespace) -> int:
     repo = _repo(args)
-    repo.declaration(args.name)
+    _own_versions(repo.declaration(args.name), "promote")
     deployments = repo.deployments()
     entry = deployments.promote(args.name, args.version)
     return _finish_deploy(args, repo, deployments, entry, args.name)
@@ -176,7 +184,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
     repo = _repo(args)
-    decl = repo.declaration(args.name)
+    decl = _own_versions(repo.declaration(args.name), "rollback")
     if decl.kind == "two_tower":  # the recommender: its previous version with the encoders it was trained on
         from feast_autofeat.recommend.refresh import rollback
 
@@ -223,9 +231,11 @@ def _cmd_embeddings(args: argparse.Namespace) -> int:
     if not declared:
         print(f"{repo.path} declares no embeddings (see the guide \"Add learned embeddings to your own Feast repo\")")
     for name, decl in sorted(declared.items()):
-        entry = deployments.get(name)
-        print(f"{name}  ({decl.kind}, model {decl.model})" + ("" if entry else "  not deployed: "
-              f"`feast-autofeat train {name}` then `feast-autofeat deploy {name}`"))
+        owner = decl.follows or name
+        entry = deployments.get(owner)
+        print(f"{name}  ({decl.kind}, model {decl.model})" + (f"  follows {owner}" if decl.follows else "")
+              + ("" if entry else f"  not deployed: `feast-autofeat train {owner}` then `feast-autofeat deploy "
+                 f"{owner}`"))
         for v in entry.versions if entry else []:
             print(f"  {'*' if v == entry.live else ' '} {name}__{v}")
     stale = sorted(set(deployments.entries) - set(declared))

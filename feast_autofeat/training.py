@@ -95,6 +95,9 @@ def _train(repo: Repo, decl, as_of, entity_df, max_rows, seed, root, progress, e
 
         return train_two_tower(repo, decl, as_of=as_of, root=root, seed=seed, progress=progress, events=events,
                                **overrides)
+    if decl.follows:
+        raise AutofeatError(f"{name} serves the versions of {decl.follows}: train that one "
+                            f"(`feast-autofeat train {decl.follows}`).")
     if decl.model == "text":
         given = [f for f, v in (("--entity-df", entity_df), ("--max-rows", max_rows), ("--as-of", as_of),
                                 ("--init-from", init_from)) if v is not None] + [f"--{k}" for k in overrides]

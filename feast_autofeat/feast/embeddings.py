@@ -251,12 +251,17 @@ class Declaration:
         self.live: FeatureService | None = None
         self._caller = caller
 
+    @property
+    def follows(self) -> str | None:
+        """The declaration whose deployed versions this one serves (None: its own, in ``embeddings.json``)."""
+        return None
+
     # subclasses call this at the end of __init__, once their own fields are set
     def _finish(self, depth: int) -> None:
-        entry = Deployments(self.repo_dir).get(self.name)
+        entry = Deployments(self.repo_dir).get(self.follows or self.name)
         if entry is not None and entry.model != self.model:
-            raise DeploymentError(f"{self.name} is declared with model {self.model}, but {LOCK_FILE} deploys "
-                                  f"model {entry.model}; fix one of them.")
+            raise DeploymentError(f"{self.follows or self.name} is declared with model {self.model}, but "
+                                  f"{LOCK_FILE} deploys model {entry.model}; fix one of them.")
         for version in entry.versions if entry else []:
             config = load_version(self.root, self.model, version).config  # verifies the content hash
             self.check_version(version, config)
@@ -276,9 +281,10 @@ class Declaration:
         del self._caller
         rel = self.repo_dir
         if not self.views:
+            owner = self.follows or self.name
             warnings.warn(f"{self.name} ({self.model}) has no deployed version, so `feast apply` registers no view "
-                          f"for it. Train and deploy one: `feast-autofeat train {self.name} --repo {rel}`, then "
-                          f"`feast-autofeat deploy {self.name} --repo {rel}`.", NotDeployedWarning,
+                          f"for it. Train and deploy one: `feast-autofeat train {owner} --repo {rel}`, then "
+                          f"`feast-autofeat deploy {owner} --repo {rel}`.", NotDeployedWarning,
                           stacklevel=depth + 2)
         elif self.stored:
             config = _active_repo_config()
@@ -468,13 +474,25 @@ class QueryEmbedding(Declaration):
     kind = "query"
     models = TEXT_MODELS
 
-    def __init__(self, name: str, *, field: str = "query", encoder=None, repo=None, root=None,
-                 description: str = "", depth: int = 1):
+    def __init__(self, name: str, *, text_view: TextEmbeddingView | None = None, field: str = "query",
+                 encoder=None, repo=None, root=None, description: str = "", depth: int = 1):
+        if text_view is not None and not isinstance(text_view, TextEmbeddingView):
+            raise DeploymentError(f"{name}: text_view must be a text_embedding_view(...), got "
+                                  f"{type(text_view).__name__}.")
+        if text_view is not None and (encoder is not None or root is not None):
+            raise DeploymentError(f"{name}: a query view that follows {text_view.name} uses its encoder and model "
+                                  "root; leave encoder and root unset.")
         super().__init__(name, "text", repo=repo, root=root, description=description, params=None, tags=None,
                          depth=depth + 1)
-        self.field, self.encoder, self.separator = field, str(encoder) if encoder is not None else None, ". "
-        self.inputs = None
+        self.text_view, self.field = text_view, field
+        self.encoder, self.separator, self.inputs = str(encoder) if encoder is not None else None, ". ", None
+        if text_view is not None:
+            self.root = text_view.root
         self._finish(depth + 1)
+
+    @property
+    def follows(self) -> str | None:
+        return self.text_view.name if self.text_view is not None else None
 
     @property
     def refs(self) -> list[str]:
@@ -492,14 +510,16 @@ class QueryEmbedding(Declaration):
             tags=self._base_tags(version))
 
 
-def query_embedding_view(name: str, *, field: str = "query", encoder=None, repo=None, root=None,
-                         description: str = "") -> QueryEmbedding:
+def query_embedding_view(name: str, *, text_view: TextEmbeddingView | None = None, field: str = "query",
+                         encoder=None, repo=None, root=None, description: str = "") -> QueryEmbedding:
     """Declare an on-demand embedding of the request's query string (request field ``field``) by a text encoder
-    version: deploy the version of the text view it searches (``feast-autofeat deploy NAME --version V``) so
-    queries and items share one vector space. An empty, blank or over-long query (more than 1,000 characters)
-    is an error naming the field. Output: ``<name>``."""
-    return QueryEmbedding(name, field=field, encoder=encoder, repo=repo, root=root, description=description,
-                          depth=1)
+    version. With ``text_view`` (a ``text_embedding_view``) it serves exactly that view's deployed versions and
+    its live one, so queries and items always share one vector space: ``deploy``, ``promote`` and ``rollback``
+    of the text view move both. Without, it has versions of its own (``train`` / ``deploy NAME``; ``encoder`` as
+    in ``text_embedding_view``). An empty, blank or over-long query (more than 1,000 characters) is an error
+    naming the field. Output: ``<name>``."""
+    return QueryEmbedding(name, text_view=text_view, field=field, encoder=encoder, repo=repo, root=root,
+                          description=description, depth=1)
 
 
 _SESSION_UDF = '''def {fn}(inputs):

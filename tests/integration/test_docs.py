@@ -135,6 +135,14 @@ def check_refresh(outputs: list[str], cwd: Path, redis_port: int) -> None:
     assert len(versions(outputs[2])) == 3 and live(outputs[2]) == quickstart, outputs[2][-3000:]  # rolled back
 
 
+def check_text(outputs: list[str], cwd: Path, redis_port: int) -> None:
+    text = "\n".join(outputs)
+    assert "trained item_text (text) -> version" in text and "applied: feature service item_text" in text, text[-3000:]
+    titles = literal_lines(outputs[-1])[-1]
+    # the query's vector ranks the films by their titles' vectors: the Star Trek films first
+    assert len(titles) == 5 and sum("Star Trek" in t for t in titles) >= 3, titles
+
+
 def check_python_api(outputs: list[str], cwd: Path, redis_port: int) -> None:
     assert outputs == [""]  # the imports the page promises exist, quietly
 
@@ -151,6 +159,7 @@ RUN_HERE = {
     "docs/how-to/redis.md": check_redis,
     "docs/how-to/refresh-rollback.md": check_refresh,
     "docs/how-to/scale-out.md": check_yaml_only,
+    "docs/how-to/text.md": check_text,
     "docs/reference/python-api.md": check_python_api,
 }
 

