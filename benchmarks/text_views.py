@@ -138,6 +138,7 @@ def main() -> None:
         if cli(["deploy", "product_text", "--repo", str(repo)]) != 0:  # the query view follows it
             raise SystemExit("feast-autofeat deploy product_text failed")
         setup_s = time.perf_counter() - t
+        os.chdir(repo)  # relative source paths resolve against the working directory, as under Feast's CLI
         store = FeatureStore(repo_path=str(repo))
         root = str((repo / "models").resolve())
         text_view = f"product_text__{version}"
@@ -198,6 +199,7 @@ def main() -> None:
 
     import shutil
 
+    os.chdir(Path(__file__).resolve().parents[1])
     shutil.rmtree(work, ignore_errors=True)
     med = {k: float(np.median(v)) for k, v in rates.items()}
     figures = {k: percentiles_ms(s) for k, s in times.items()}
