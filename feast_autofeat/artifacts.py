@@ -125,6 +125,18 @@ def _read(path: Path, what: str) -> bytes:
                             "the whole version directory.") from None
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing: the {path.name} of this model version is gone; retrain or restore "
+                            "the whole version directory.") from None
+    return h.hexdigest()
+
+
 def load_version(root: str | os.PathLike, name: str, version: str | None = None) -> Artifact:
     """Load and verify a version (``None``: the newest by modification time). Never unpickles anything."""
     parent = Path(root) / name
@@ -153,13 +165,14 @@ def load_version(root: str | os.PathLike, name: str, version: str | None = None)
                             "it): something was added to the version; remove it or restore the whole version.")
     blobs = {}
     for fname in expected:
-        what = {WEIGHTS: "weights", CONFIG: "configuration"}.get(fname, fname)
-        data = _read(path / fname, what)
-        if _sha256(data) != expected[fname]:
+        if fname in (WEIGHTS, CONFIG):
+            blobs[fname] = _read(path / fname, "weights" if fname == WEIGHTS else "configuration")
+            digest = _sha256(blobs[fname])
+        else:  # read by their own loaders after this check: hashed in chunks, not held in memory
+            digest = _file_sha256(path / fname)
+        if digest != expected[fname]:
             raise ArtifactError(f"{path / fname} does not match its recorded sha256 (edited, truncated or "
                                 "replaced); refusing to load this version.")
-        if fname in (WEIGHTS, CONFIG):  # other files are read by their own loaders, after this check
-            blobs[fname] = data
     tensors = {}
     if WEIGHTS in blobs:
         try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,9 +107,6 @@ def save_text_version(root, directory, config: dict) -> Artifact:
                         files={f"{ENCODER_DIR}/{k}": v for k, v in files.items()})
 
 
-_lock = threading.Lock()
-
-
 def compose_texts(df: pd.DataFrame, columns: list[str], separator: str) -> list[str]:
     """Each row's non-empty ``columns`` (stripped) joined by ``separator``; a row with none gives ""."""
     out = None
@@ -190,8 +186,8 @@ def load_text_encoder(root, version: str, device: str = "cpu") -> tuple[TextEnco
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise TextError(f"text views need sentence-transformers: `{EXTRA}`.") from None
-    with _lock:
-        model = SentenceTransformer(str(directory), device=device, local_files_only=True, trust_remote_code=False)
+    # (runtime.load_encoder serializes and caches loads per process)
+    model = SentenceTransformer(str(directory), device=device, local_files_only=True, trust_remote_code=False)
     arch = config.get("architecture") or {}
     text = config.get("text") or {}
     modules = arch.get("modules") or []
