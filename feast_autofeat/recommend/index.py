@@ -2,9 +2,15 @@
 blocks and a log-popularity dimension are appended to the unit item vector), so the score is the plain dot product.
 
 - ``exact``: brute force (one matrix product); exact, and the fastest on small catalogues.
-- ``ivf``: inverted file, flat (numpy): k-means lists, exact scoring inside the lists nearest the query. Robust for
+- ``ivf``: inverted file, flat: k-means lists, exact scoring inside the lists nearest the query. Robust for
   queries that lie off the item manifold (the two-tower's query vectors), where a graph walk stalls in one
-  region; the default above ``EXACT_MAX_ITEMS`` items.
+  region; the default above ``EXACT_MAX_ITEMS`` items. The training is ours (numpy L2 k-means, seeded), the scan
+  is faiss's (faiss-cpu ``IndexIVFFlat`` over exactly our centroids and lists): the same recall per nprobe, and
+  on 1M items (84 dims, 2,000 lists, off-manifold queries, batch of one) recall@100 0.965 at nprobe 4 in 0.14 ms
+  p50 against 0.40 ms for our numpy scan (0.35x; p99 0.42x), 0.982 at nprobe 8 in 0.16 against 0.47 ms (0.34x;
+  p99 0.43x). faiss's own inner-product training needs 24 lists for 0.95 (its lists are not neighbourhoods),
+  slower than either. ``python benchmarks/ann_index.py --items 1000000 --queries 500 --rounds 5``
+  (benchmarks/results/ann_index.json).
 - ``hnsw``: usearch HNSW, for explicit use only: on a synthetic 1M-item catalogue its recall@100 for
   two-tower-like queries measured 0.5-0.8, against >= 0.98 for ``ivf`` at similar latency.
 - ``auto``: ``exact`` up to ``EXACT_MAX_ITEMS`` items, ``ivf`` above.
@@ -122,9 +128,12 @@ def default_nprobe(nlist: int) -> int:
 
 
 class IvfIndex:
-    """Inverted file, flat (numpy): ``nlist`` k-means lists; a query scores exactly every item of the ``nprobe``
-    lists whose centroids have the highest inner product with it, then keeps the best k. Unlike a graph walk it
-    has no local minimum to stall in, so it holds its recall for queries off the item manifold.
+    """Inverted file, flat: ``nlist`` k-means lists; a query scores exactly every item of the ``nprobe`` lists
+    whose centroids have the highest inner product with it, then keeps the best k. Unlike a graph walk it has no
+    local minimum to stall in, so it holds its recall for queries off the item manifold. The training and the
+    choice of lists are ours (numpy); the scan of those lists is faiss's (``IndexIVFFlat``, inner product, over
+    our centroids and lists: faiss ids are our row numbers): about 3x faster than our numpy scan was on 1M items
+    (module docstring).
 
     Defaults: ``default_nlist`` and ``default_nprobe`` (about 3% of the items scanned, at least 8 lists).
     ``nprobe`` is a plain attribute: set it after build to trade latency for recall (``nprobe = nlist`` is exact).
@@ -134,7 +143,15 @@ class IvfIndex:
     ``64 * nlist`` items, then every item is assigned to its nearest centroid, in chunks. The centroids are the
     lists' means, so a query's inner product with one is the mean score of that list's items: the order in which
     lists are probed (MIPS). Deterministic for a seed. Rows are stored grouped by list, each list contiguous:
-    ``ids[i]`` and ``vectors[i]`` are one item, but not in the order given (so no second copy of the vectors).
+    ``ids[i]`` and ``vectors[i]`` are one item, but not in the order given.
+
+    Memory: faiss keeps its own copy of the vectors in its lists (float32, plus an int64 row number per item), so
+    the vectors are held twice (``vectors`` and faiss's lists: 2 x 336 MB for 1M items of 84 dims); faiss's public
+    API has no way to scan a caller's array in place.
+
+    Threads: faiss's OpenMP settings are left as they are (``OMP_NUM_THREADS`` / ``faiss.omp_set_num_threads``);
+    they only matter to the build (faiss's add). The scan goes through ``search_preassigned`` (the lists are ours
+    to choose), which faiss runs on the calling thread, every query of a batch included, as the numpy scan did.
     """
 
     kind = "ivf"
@@ -145,6 +162,9 @@ class IvfIndex:
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, nlist: int | None = None, nprobe: int | None = None,
                  seed: int = 0, iters: int = 8):
+        import faiss
+        from faiss.contrib.ivf_tools import add_preassigned
+
         ids = np.asarray(ids)
         vectors = np.asarray(vectors, np.float32)
         n = len(ids)
@@ -164,16 +184,26 @@ class IvfIndex:
             firsts = (np.cumsum(counts) - counts)[full]
             sums = np.add.reduceat(sample[np.argsort(assign, kind="stable")], firsts, axis=0)
             centroids[full] = sums / counts[full, None].astype(np.float32)
+        del sample
         assign = self._nearest(vectors, centroids)
         order = np.argsort(assign, kind="stable")
         self.ids = ids[order]
         self.vectors = np.ascontiguousarray(vectors[order])
         self.centroids = np.ascontiguousarray(centroids)
-        self.starts = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=nlist))]).astype(np.int64)
+        self._sizes = np.bincount(assign, minlength=nlist).astype(np.int64)  # items per list
+        self.starts = np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64)
         self.nlist = nlist
         self.nprobe = default_nprobe(nlist) if nprobe is None else int(nprobe)
         self._by_id = np.argsort(self.ids, kind="stable")  # id -> row, by binary search (no 1M-entry dict)
         self._sorted_ids = self.ids[self._by_id]
+        # faiss's scan over the same lists: our centroids (probing is ours anyway), rows in storage order
+        d = self.vectors.shape[1]
+        quantizer = faiss.IndexFlatIP(d)
+        quantizer.add(self.centroids)
+        self._faiss = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        self._faiss.is_trained = True
+        rows = np.arange(n, dtype=np.int64)  # a local, not a temporary: add_preassigned drops its own reference
+        add_preassigned(self._faiss, self.vectors, np.repeat(np.arange(nlist, dtype=np.int64), self._sizes), rows)
 
     @classmethod
     def _nearest(cls, x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -193,39 +223,61 @@ class IvfIndex:
     def search(self, queries: np.ndarray, k: int, exclude: list | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores), each (queries x k), best first; ``exclude[i]``: item ids never returned for query i.
         Padded with ``missing_ids`` / -inf where fewer than k items remain."""
-        queries = np.atleast_2d(np.asarray(queries, np.float32))
+        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
         k = int(k)
         if k < 1:
             raise AutofeatError(f"k must be at least 1, got {k}.")
-        out_ids = missing_ids(self.ids, (len(queries), k))
-        out_scores = np.full((len(queries), k), -np.inf, np.float32)
-        sizes = np.diff(self.starts)
+        nq = len(queries)
         nprobe = min(max(1, int(self.nprobe)), self.nlist)
         centroid_scores = queries @ self.centroids.T
-        for row, q in enumerate(queries):  # per query, not per item: a handful of rows per request
-            drop = _rows(self, exclude[row]) if exclude else np.zeros(0, np.int64)
-            ranked = np.argsort(-centroid_scores[row], kind="stable")
-            # probe nprobe lists, or more where those hold fewer items than k plus the excluded
-            m = max(nprobe, int(np.searchsorted(np.cumsum(sizes[ranked]), k + len(drop))) + 1)
-            probe = np.sort(ranked[:m])  # in storage order
-            first, last = self.starts[probe], self.starts[probe + 1]
-            offset = np.concatenate([[0], np.cumsum(last - first)])
-            scores = np.empty(offset[-1], np.float32)
-            for a, b, o in zip(first.tolist(), last.tolist(), offset[:-1].tolist()):  # <= m list slices
-                np.dot(self.vectors[a:b], q, out=scores[o:o + b - a])
-            if len(drop):  # excluded rows that lie in a probed list
-                lists = np.searchsorted(self.starts, drop, side="right") - 1
-                slot = np.minimum(np.searchsorted(probe, lists), len(probe) - 1)
-                hit = probe[slot] == lists
-                scores[offset[slot[hit]] + drop[hit] - first[slot[hit]]] = -np.inf
-            kk = min(k, len(scores))
-            top = np.argpartition(-scores, kk - 1)[:kk] if kk < len(scores) else np.arange(len(scores))
-            top = top[np.argsort(-scores[top], kind="stable")]
-            top = top[scores[top] > -np.inf]
-            slot = np.searchsorted(offset, top, side="right") - 1
-            out_ids[row, : len(top)] = self.ids[first[slot] + top - offset[slot]]
-            out_scores[row, : len(top)] = scores[top]
+        if nprobe < self.nlist:  # the nprobe best lists, in no particular order (faiss's heap does not care)
+            probes = np.argpartition(-centroid_scores, nprobe - 1, axis=1)[:, :nprobe]
+        else:
+            probes = np.broadcast_to(np.arange(self.nlist), (nq, self.nlist))
+        drops = [_rows(self, exclude[row]) for row in range(nq)] if exclude else None
+        need = k + np.array([0] * nq if drops is None else [len(drop) for drop in drops], np.int64)
+        short = self._sizes[probes].sum(axis=1) < need  # those lists hold fewer items than k plus the excluded
+        if drops is None and not short.any():  # the common case: one faiss call for every query
+            return self._scan(queries, centroid_scores, probes, k)
+        out_ids = missing_ids(self.ids, (nq, k))
+        out_scores = np.full((nq, k), -np.inf, np.float32)
+        plain = ~short & (need == k)  # nprobe lists, nothing excluded: one faiss call for them all
+        if plain.any():
+            out_ids[plain], out_scores[plain] = self._scan(queries[plain], centroid_scores[plain], probes[plain], k)
+        for row in np.flatnonzero(~plain).tolist():  # the others one by one
+            probe = probes[row]
+            if short[row]:  # probe more lists, best first, until they hold k plus the excluded
+                ranked = np.argsort(-centroid_scores[row], kind="stable")
+                probe = ranked[:max(nprobe, int(np.searchsorted(np.cumsum(self._sizes[ranked]), need[row])) + 1)]
+            found = self._scan(queries[row:row + 1], centroid_scores[row:row + 1], probe[None, :], k,
+                               () if drops is None else drops[row])
+            out_ids[row], out_scores[row] = found[0][0], found[1][0]
         return out_ids, out_scores
+
+    def _scan(self, queries: np.ndarray, centroid_scores: np.ndarray, lists: np.ndarray, k: int,
+              drop=()) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's scan of the lists ``lists[i]`` for query i (``centroid_scores``: every centroid's score): (ids,
+        scores), each (queries x k), best first, ``missing_ids`` / -inf where fewer items remain; ``drop``: rows
+        never returned (one query)."""
+        import faiss
+
+        n, m = lists.shape
+        lists = np.ascontiguousarray(lists, np.int64)
+        coarse = np.ascontiguousarray(centroid_scores[np.arange(n)[:, None], lists])
+        params = faiss.SearchParametersIVF(nprobe=m)
+        if len(drop):
+            excluded = faiss.IDSelectorBatch(drop)  # a local: outlives the call, as the Not refers to it
+            params.sel = faiss.IDSelectorNot(excluded)
+        scores = np.empty((n, k), np.float32)
+        labels = np.empty((n, k), np.int64)
+        self._faiss.search_preassigned_c(n, faiss.swig_ptr(queries), k, faiss.swig_ptr(lists),
+                                         faiss.swig_ptr(coarse), faiss.swig_ptr(scores), faiss.swig_ptr(labels),
+                                         False, params)
+        found = labels >= 0  # faiss's row numbers; -1 where fewer than k items remain
+        if found.all():
+            return self.ids[labels], scores
+        return (np.where(found, self.ids[np.where(found, labels, 0)], missing_ids(self.ids, labels.shape)),
+                np.where(found, scores, -np.inf))
 
 
 class SplitIndex:

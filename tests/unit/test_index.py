@@ -68,7 +68,8 @@ def test_defaults_and_layout(catalogue, ivf):
 
 def test_probing_every_list_equals_brute_force(catalogue, ivf, exact):
     """Every list probed: brute force's top 100, up to the order of float32 near-ties (the two sum the dot
-    products in different orders)."""
+    products in different orders), including a tie of the 100th with the 101st, which brute force's top 100 does
+    not show."""
     ids, vecs, queries = catalogue
     ivf.nprobe = ivf.nlist
     try:
@@ -85,6 +86,7 @@ def test_probing_every_list_equals_brute_force(catalogue, ivf, exact):
             near_tie = np.zeros_like(differ)
             near_tie[:, 1:] |= gaps < 1e-5
             near_tie[:, :-1] |= gaps < 1e-5
+            near_tie[:, -1] |= np.abs(got_scores[:, -1] - want_scores[:, -1]) < 1e-5
             assert not (differ & ~near_tie).any()
     finally:
         ivf.nprobe = default_nprobe(ivf.nlist)
@@ -156,6 +158,64 @@ def test_pads_when_fewer_than_k_remain_and_probes_more_when_needed():
     assert got.shape == (1, 2500) and sorted(got[0, :2000].tolist()) == ids.tolist() and np.all(got[0, 2000:] == -1)
     with pytest.raises(AutofeatError, match="nlist"):
         IvfIndex(ids[:10], vecs[:10], nlist=11)
+
+
+def _numpy_scan(ivf: IvfIndex, q: np.ndarray, k: int, excluded: set = frozenset()):
+    """The reference for ``IvfIndex.search``, from its centroids, lists and vectors alone, in plain numpy: the
+    lists ranked by their centroid's inner product with ``q``, the first nprobe probed (more while those hold fewer
+    items than k plus the excluded), every item in them scored, the excluded dropped, the best k (padded).
+    Returns (ids, scores, lists probed)."""
+    sizes = np.diff(ivf.starts)
+    ranked = np.argsort(-(ivf.centroids @ q), kind="stable")
+    need = k + sum(i in excluded for i in ivf.ids.tolist())
+    m = min(max(1, ivf.nprobe), ivf.nlist)
+    while m < ivf.nlist and sizes[ranked[:m]].sum() < need:
+        m += 1
+    rows = np.concatenate([np.arange(ivf.starts[c], ivf.starts[c + 1]) for c in ranked[:m]])
+    rows = np.array([r for r in rows.tolist() if ivf.ids[r].item() not in excluded], np.int64)
+    scores = ivf.vectors[rows] @ q
+    order = np.argsort(-scores, kind="stable")[:k + 1]
+    assert np.all(np.diff(scores[order]) < 0)  # no ties, up to the (k+1)th: one right answer
+    order = order[:k]
+    pad = k - len(order)
+    return (np.concatenate([ivf.ids[rows[order]], index_mod.missing_ids(ivf.ids, (pad,))]),
+            np.concatenate([scores[order], np.full(pad, -np.inf, np.float32)]), m)
+
+
+@pytest.mark.parametrize("string_ids", [False, True])
+def test_search_equals_a_numpy_scan_of_the_probed_lists(string_ids):
+    """faiss's scan returns, row for row (ids and scores), what a numpy scan of the same probed lists returns:
+    without exclusions, with exclusions in and out of the probed lists, with more lists probed than nprobe, and
+    padded. Integer-valued vectors and queries, so every inner product is exact in float32 whatever the order of
+    summation (|score| < 2^24)."""
+    rng = np.random.default_rng(4)
+    n, d, k = 2000, 16, 30
+    vecs = rng.integers(-1000, 1001, (n, d)).astype(np.float32)
+    ids = np.array([f"item-{i}" for i in range(n)]) if string_ids else np.arange(n, dtype=np.int64) * 3 + 1
+    ivf = IvfIndex(ids, vecs, nlist=40, nprobe=3)
+    q = rng.integers(-1000, 1001, (6, d)).astype(np.float32)
+    unknown = {"no-such-item"} if string_ids else {-5, 10**12}
+    top = [_numpy_scan(ivf, x, k)[0] for x in q]
+    keep = set(rng.choice(ids, 10, replace=False).tolist())
+    exclude = [set(), set(top[1][::2].tolist()) | unknown,  # every other of its best, and unknown ids
+               set(rng.choice(ids, 400, replace=False).tolist()),  # 400 anywhere: more lists probed
+               set(ids.tolist()) - keep,  # all but 10: every list probed, then padding
+               set(), {top[5][0]}]
+    got_ids, got_scores = ivf.search(q, k)
+    for row, x in enumerate(q):
+        want_ids, want_scores, m = _numpy_scan(ivf, x, k)
+        np.testing.assert_array_equal(got_ids[row], want_ids)
+        np.testing.assert_array_equal(got_scores[row], want_scores)
+    got_ids, got_scores = ivf.search(q, k, exclude)
+    probed = []
+    for row, x in enumerate(q):
+        want_ids, want_scores, m = _numpy_scan(ivf, x, k, exclude[row])
+        np.testing.assert_array_equal(got_ids[row], want_ids)
+        np.testing.assert_array_equal(got_scores[row], want_scores)
+        probed.append(m)
+    assert probed[0] == probed[4] == 3 and probed[2] > 3 and probed[3] == ivf.nlist
+    assert set(got_ids[3, :10].tolist()) == keep and np.all(got_scores[3, 10:] == -np.inf)
+    assert np.all(got_ids[3, 10:] == ("" if string_ids else -1))
 
 
 def test_deterministic_under_seed(catalogue):
