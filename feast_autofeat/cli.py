@@ -15,6 +15,7 @@ from pathlib import Path
 from feast_autofeat import __version__
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.recommend.batching import MAX_BATCH
+from feast_autofeat.recommend.search import SEARCH_WEIGHT
 from feast_autofeat.recommend.security import MAX_BODY_BYTES, MAX_EVENTS
 
 
@@ -253,6 +254,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                         ("--max-batch", args.max_batch)):
         if value <= 0:
             raise AutofeatError(f"{flag} must be positive, got {value}.")
+    if not 0 <= args.search_weight < float("inf"):
+        raise AutofeatError(f"--search-weight must be a finite number >= 0, got {args.search_weight}.")
     tokens = load_tokens(args.tokens_file, args.no_auth)  # before the repo: a missing token fails at once
     repo = _repo(args)
     os.chdir(repo.path)  # as `feast serve`: relative source paths resolve against the repo
@@ -260,7 +263,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {repo.path} on http://{args.host}:{args.port} (docs: /docs; {auth})", flush=True)
     serve(repo.path, host=args.host, port=args.port, index=args.index, yaml=args.feature_store_yaml, name=args.name,
           tokens=tokens, max_body_bytes=args.max_body_bytes, max_events=args.max_events,
-          store_timeout=args.store_timeout, workers=args.workers, max_batch=args.max_batch)
+          store_timeout=args.store_timeout, workers=args.workers, max_batch=args.max_batch,
+          search_view=args.search_view, search_weight=args.search_weight)
     return 0
 
 
@@ -470,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     repo_options(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
-    sv = sub.add_parser("serve", help="serve recommendations over HTTP (GET /recommend, /healthz; docs at /docs)")
+    sv = sub.add_parser("serve", help="serve recommendations and search over HTTP (GET /recommend, /search, "
+                        "/healthz; docs at /docs)")
     repo_options(sv)
     sv.add_argument("--name", help="the two-tower (default: the repo's only one)")
     sv.add_argument("--host", default="127.0.0.1")
@@ -490,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "models (default 1; one per core serves the most)")
     sv.add_argument("--max-batch", type=int, default=MAX_BATCH, help="concurrent /recommend requests answered "
                     f"together (default {MAX_BATCH}; 1: one at a time)")
+    sv.add_argument("--search-view", help="the text view of the items that GET /search queries (default: the "
+                    "repo's only one; none: no search)")
+    sv.add_argument("--search-weight", type=float, default=SEARCH_WEIGHT, help="the user's two-tower term against "
+                    f"the text term in /search, both standardized (default {SEARCH_WEIGHT}; 0: text only)")
     sv.set_defaults(func=_cmd_serve)
 
     q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, train and "

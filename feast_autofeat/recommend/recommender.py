@@ -36,6 +36,7 @@ import numpy as np
 from feast.online_response import TIMESTAMP_POSTFIX
 
 from feast_autofeat.errors import AutofeatError
+from feast_autofeat.feast.deployments import Deployments
 from feast_autofeat.feast.writer import bound_store_waits
 from feast_autofeat.ids import IdError, parse_id
 from feast_autofeat.models.base import SchemaError
@@ -43,6 +44,17 @@ from feast_autofeat.recommend.data import RECENT_FIELD, QueryFeatures, query_fea
 from feast_autofeat.recommend.feedback import FeedbackLog, FeedbackResult
 from feast_autofeat.recommend.index import build_index
 from feast_autofeat.recommend.online import online_reader
+from feast_autofeat.recommend.search import (
+    CANDIDATES,
+    SEARCH_WEIGHT,
+    SearchResult,
+    SearchUnavailable,
+    TextSide,
+    fuse,
+    item_text_view,
+    load_text_side,
+    user_scores,
+)
 
 log = logging.getLogger(__name__)
 HISTORY_LISTS = ("recent_items", "seen_items")  # what serving reads of the history view
@@ -90,6 +102,8 @@ class Bundle:
     # and history lists (``read(user)``, ``read.many(users)``)
     columns: dict[str, str]  # full feature name read -> the model's column
     stored_columns: tuple[str, ...] = ()  # the stored query features' columns: a user with any of them is known
+    item_ids: np.ndarray | None = None  # the materialized items, sorted, and their search vectors (what the index
+    search_vectors: np.ndarray | None = None  # holds): ``search`` scores its text candidates with them
 
 
 class Recommender:
@@ -105,12 +119,15 @@ class Recommender:
     def __init__(self, repo, version: str | None = None, index: str = "auto", store=None,
                  yaml: str | None = None, root=None, clock: Callable[[], datetime] | None = None,
                  check_every: float = 1.0, online_read: str = "auto", name: str | None = None,
-                 store_timeout: float | None = None):
+                 store_timeout: float | None = None, search_view: str | None = None,
+                 search_weight: float = SEARCH_WEIGHT):
         """``repo``: a path or ``Repo``; ``name``: the two-tower declaration (default: the repo's only one).
         ``clock``: the request time for TTLs (default: now, UTC); replaying history passes its own.
         ``online_read``: ``auto`` (one HMGET of Feast's layout on Redis, else ``get_online_features``),
         ``redis`` or ``feast`` (``recommend.online``). ``store_timeout``: seconds any Redis call may take before
-        it fails, without retries (``writer.bound_store_waits``; default: redis-py's, none)."""
+        it fails, without retries (``writer.bound_store_waits``; default: redis-py's, none).
+        ``search_view``: the text view of the items that ``search`` queries (default: the repo's only one; none
+        declared: no search); ``search_weight``: the two-tower term's weight in search (``recommend.search``)."""
         from feast_autofeat.repo import Repo
 
         self.project = Repo(repo.path if isinstance(repo, Repo) else repo, yaml, store=store)
@@ -133,6 +150,8 @@ class Recommender:
                                 "it (`feast materialize`).")
         self.store = self.project.store
         bound_store_waits(self.store, store_timeout)
+        self.search_weight = float(search_weight)
+        self.text_decl = item_text_view(self.project, self.decl, search_view)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._bundle = self.load(version)
         self.popular, self.popular_counts = self._popular()
@@ -141,6 +160,15 @@ class Recommender:
         self._next_check = time.monotonic() + check_every
         self._loading: str | None = None
         self._failed: dict[str, float] = {}  # version -> when loading it failed (retried after a minute)
+        self._text: TextSide | None = None
+        self._text_loading = False
+        if self.text_decl is not None:  # loaded and verified now: a damaged text version stops start-up
+            text_version = Deployments(self.repo).live(self.text_decl.name)
+            if text_version is None:
+                log.warning("search is off: %s has no live version (`feast-autofeat deploy %s`, then "
+                            "`feast materialize`)", self.text_decl.name, self.text_decl.name)
+            else:
+                self._text = self.load_text(text_version)
 
     # ---- versions
     @property
@@ -156,9 +184,14 @@ class Recommender:
         return self._bundle.index
 
     def _live(self) -> str | None:
-        from feast_autofeat.feast.deployments import Deployments
-
         return Deployments(self.repo).live(self.name)
+
+    def load_text(self, version: str) -> TextSide:
+        """Load (and verify) a version of the search text view and index its materialized item vectors."""
+        side = load_text_side(self.store, self.text_decl.root, self.text_decl.name, version,
+                              self.decl.interactions.item_key, self.index_kind)
+        log.info("search: %s %s over %d items", self.text_decl.name, version, len(side.index))
+        return side
 
     def load(self, version: str) -> Bundle:
         """Load a two-tower version, its item vectors (the view's offline snapshots) and index, and its pinned
@@ -179,9 +212,10 @@ class Recommender:
         columns = {n: features.column(n) for n in names + [n + TIMESTAMP_POSTFIX for n in names]}
         # the index holds the model's search vectors: the materialized candidate vectors (plus category blocks)
         stored = tuple(features.column(r.replace(":", "__", 1)) for r in features.stored_refs)
-        index = build_index(ids, model.search_item_vectors(vectors, ids), self.index_kind,
-                            tail=model.item_item_dims())
-        return Bundle(version, model, index, features, read, columns, stored)
+        search_vectors = model.search_item_vectors(vectors, ids)
+        index = build_index(ids, search_vectors, self.index_kind, tail=model.item_item_dims())
+        kept = (ids, search_vectors) if self.text_decl is not None else (None, None)  # only search reads them
+        return Bundle(version, model, index, features, read, columns, stored, *kept)
 
     def swap(self, bundle: Bundle) -> None:
         self._bundle = bundle  # one reference assignment: a request holds either the old bundle or the new one
@@ -192,6 +226,9 @@ class Recommender:
         live = self._live()
         if live and live != self._bundle.version:
             self.swap(self.load(live))
+        text = Deployments(self.repo).live(self.text_decl.name) if self.text_decl is not None else None
+        if text and (self._text is None or text != self._text.version):
+            self._text = self.load_text(text)
         return self._bundle.version
 
     def _current(self) -> Bundle:
@@ -206,7 +243,30 @@ class Recommender:
                     and time.monotonic() - self._failed.get(live, -1e9) > 60):
                 self._loading = live
                 threading.Thread(target=self._load_in_background, args=(live,), daemon=True).start()
+            self._check_text()
         return self._bundle
+
+    def _check_text(self) -> None:
+        """The search text view's live version moved (deploy/promote/rollback): load it in the background."""
+        if self.text_decl is None or self._text_loading:
+            return
+        try:
+            live = Deployments(self.repo).live(self.text_decl.name)
+        except Exception:
+            return
+        if (live and (self._text is None or live != self._text.version)
+                and time.monotonic() - self._failed.get(live, -1e9) > 60):
+            self._text_loading = True
+            threading.Thread(target=self._load_text_in_background, args=(live,), daemon=True).start()
+
+    def _load_text_in_background(self, version: str) -> None:
+        try:
+            self._text = self.load_text(version)
+        except Exception:
+            log.exception("could not load %s %s for search", self.text_decl.name, version)
+            self._failed[version] = time.monotonic()
+        finally:
+            self._text_loading = False
 
     def _load_in_background(self, version: str) -> None:
         try:
@@ -337,6 +397,47 @@ class Recommender:
                 out[i] = Recommendation(users[i], ids[j][ok].tolist(), scores[j][ok].astype(float).tolist(),
                                         b.version, "two-tower", len(seen[i]))
         return out
+
+    def search(self, q, user_id=None, k: int = 10, weight: float | None = None,
+               exclude_seen: bool = False) -> SearchResult:
+        """The top ``k`` items for the text query ``q``, personalized for ``user_id`` (``recommend.search``):
+        text retrieval, then ``z(text) + weight * z(two-tower)`` over the candidates. No user, or one the store
+        does not know: text alone. ``exclude_seen``: leave out the user's recent and seen items (search finds
+        them by default: people search for what they already have)."""
+        from feast_autofeat.models.text import TextError, check_query
+
+        try:
+            q = check_query(q, "q")
+        except TextError as exc:
+            raise SchemaError(str(exc)) from None
+        b, side = self._current(), self._text
+        if side is None:
+            raise SearchUnavailable(
+                "search is not available: " + (f"{self.text_decl.name} has no live, materialized version "
+                                               f"(`feast-autofeat train/deploy {self.text_decl.name}`, then "
+                                               "`feast materialize`)." if self.text_decl is not None else
+                                               "the repo declares no text_embedding_view of the items."))
+        k = _int(k, "k")
+        if not 1 <= k <= len(side.index):
+            raise SchemaError(f"k must be between 1 and the number of items with text {len(side.index)}, got {k}.")
+        weight = self.search_weight if weight is None else float(weight)
+        if not np.isfinite(weight) or weight < 0:
+            raise SchemaError(f"weight must be a finite number >= 0, got {weight}.")
+        vector, seen = self.query(user_id, bundle=b) if user_id is not None else (None, [])
+        exclude = [seen] if exclude_seen and seen else None
+        qv = side.encoder.encode_texts([q])
+        ids, text = side.index.search(qv, min(max(CANDIDATES, k), len(side.index)), exclude=exclude)
+        ok = np.isfinite(text[0])
+        ids, text = ids[0][ok], text[0][ok]
+        if vector is None:
+            fused = fuse(text, None, 0.0)
+        else:
+            scores, known = user_scores(b.item_ids, b.search_vectors, ids, vector)
+            fused = fuse(text, scores, weight, known)
+        top = np.argsort(-fused, kind="stable")[:k]
+        personal = vector is not None and weight > 0
+        return SearchResult(user_id, ids[top].tolist(), fused[top].astype(float).tolist(),
+                            "personalized" if personal else "text", b.version if personal else None, side.version)
 
     def record_feedback(self, events, idempotency_key: str | None = None) -> FeedbackResult:
         """Append interaction events to the event log and push the users' fresh lists online (all or nothing;

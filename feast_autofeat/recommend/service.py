@@ -6,6 +6,10 @@ repo's own (``user_id=A2SUAM1J3GNN3B`` for a String key); the response carries t
 -> how many were recorded; the whole batch or nothing (``recommend.feedback``); the next ``/recommend`` for
 those users reflects them. An ``Idempotency-Key`` header makes a retried batch count once; exact duplicate events
 inside one batch are recorded once.
+``GET /search?q=star+trek[&user_id=1][&k=10]`` -> items, scores, source (``personalized``, or ``text`` with no
+user or an unknown one), the two-tower and text versions (``recommend.search``); an empty, blank, over-long (over
+1,000 characters) or invalid UTF-8 ``q`` answers 422 naming it; served when the repo declares a text view of the
+items (none: no such path), 503 while that view has no live, materialized version.
 ``GET /healthz`` -> status, live model version, catalogue size, online-store round trip, batches served.
 Concurrent ``/recommend`` requests are answered together (``batching``: one online read, one pass of the query
 tower, one index search per batch; each answer the one its request gets alone), computed off the event loop,
@@ -27,10 +31,12 @@ import os
 import sys
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.requests import Request  # at module level: the endpoints' annotations resolve here
 
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import SchemaError
 from feast_autofeat.recommend.batching import MAX_BATCH, MAX_WAITING, Batcher, Busy
+from feast_autofeat.recommend.search import SEARCH_WEIGHT, SearchUnavailable
 from feast_autofeat.recommend.security import MAX_BODY_BYTES, MAX_EVENTS, Guard
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,20 @@ class Feedback(BaseModel):
 
 HEALTH_TIMEOUT_S = 1.0  # /healthz answers within this, whatever the online store does
 REQUEST_TIMEOUT_S = 5.0  # a /recommend waits at most this for its answer
+
+
+def check_utf8(raw_query: bytes, field: str) -> None:
+    """A query-string parameter whose percent-encoded bytes are not UTF-8 is a ``SchemaError`` naming it (the
+    framework would silently turn them into replacement characters)."""
+    from urllib.parse import unquote_to_bytes
+
+    for pair in raw_query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if unquote_to_bytes(key.replace(b"+", b" ")) == field.encode():
+            try:
+                unquote_to_bytes(value.replace(b"+", b" ")).decode("utf-8")
+            except UnicodeDecodeError:
+                raise SchemaError(f"{field} is not valid UTF-8.") from None
 
 
 def _json(value) -> bytes:
@@ -133,6 +153,29 @@ def create_app(recommender, tokens=None, max_body_bytes: int = MAX_BODY_BYTES, m
         except Exception as exc:  # the online store (Redis) going away or timing out: the client may retry
             raise unavailable("recommend", exc) from None
 
+    def search(request: Request,
+               q: str = Query(..., max_length=4000, description="the query text (at most 1,000 characters)"),
+               user_id: str | None = Query(None, max_length=256, description="the user to personalize for "
+                                           "(optional; unknown or absent: text only)"),
+               k: int = Query(10, description="how many items")):
+        try:
+            check_utf8(request.scope.get("query_string", b""), "q")
+            user = None if user_id is None else recommender.parse_user(user_id)
+            return Response(_json(recommender.search(q, user_id=user, k=k).to_dict()), media_type="application/json")
+        except SchemaError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except SearchUnavailable as exc:
+            log.error("search: %s", exc)
+            raise HTTPException(503, "search is not available; the server log has the reason") from None
+        except AutofeatError as exc:
+            log.error("search failed: %s", exc)
+            raise HTTPException(500, "search failed; the server log has the reason") from None
+        except Exception as exc:  # the online store (Redis) going away or timing out: the client may retry
+            raise unavailable("search", exc) from None
+
+    if getattr(recommender, "text_decl", None) is not None:  # the repo declares a text view of the items
+        app.get("/search")(search)
+
     @app.post("/feedback")
     def feedback(body: Feedback, idempotency_key: str | None = Header(
             None, max_length=128, description="the batch's own key (a UUID): a batch sent again under the same "
@@ -182,7 +225,8 @@ def _build(options: dict, tokens):
     # within 1 ms instead of Python's 5 (on 2 cores, 16 connections: p99 from about 60 ms to under 50)
     sys.setswitchinterval(0.001)
     rec = Recommender(options["repo"], index=options["index"], yaml=options["yaml"], name=options["name"],
-                      store_timeout=options["store_timeout"])
+                      store_timeout=options["store_timeout"], search_view=options.get("search_view"),
+                      search_weight=options.get("search_weight", SEARCH_WEIGHT))
     app = create_app(rec, tokens=tokens, max_body_bytes=options["max_body_bytes"],
                      max_events=options["max_events"], max_batch=options["max_batch"])
     # the models, index, registry and Feast's imports (~350k objects) are loaded for good: freezing them keeps
@@ -207,7 +251,8 @@ def worker_app():
 def serve(repo, host: str = "127.0.0.1", port: int = 8000, index: str = "auto", yaml: str | None = None,
           name: str | None = None, tokens=None, max_body_bytes: int = MAX_BODY_BYTES,
           max_events: int = MAX_EVENTS, store_timeout: float = 0.5, workers: int = 1,
-          max_batch: int = MAX_BATCH) -> None:
+          max_batch: int = MAX_BATCH, search_view: str | None = None,
+          search_weight: float = SEARCH_WEIGHT) -> None:
     """Serve until stopped. ``workers`` > 1: that many processes share the port (uvicorn's supervisor), each
     with its own models; the parent loads and verifies everything once first, so a damaged model stops
     ``serve`` at start, named, whatever the number of workers."""
@@ -217,7 +262,8 @@ def serve(repo, host: str = "127.0.0.1", port: int = 8000, index: str = "auto", 
         log.warning("serving WITHOUT authentication (--no-auth): anyone who reaches %s:%d can read and write",
                     host, port)
     options = {"repo": str(repo), "index": index, "yaml": yaml, "name": name, "store_timeout": store_timeout,
-               "max_body_bytes": max_body_bytes, "max_events": max_events, "max_batch": max_batch}
+               "max_body_bytes": max_body_bytes, "max_events": max_events, "max_batch": max_batch,
+               "search_view": search_view, "search_weight": search_weight}
     app = _build(options, tokens)
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_keep_alive=5)

@@ -82,20 +82,28 @@ def check_embeddings(outputs: list[str], cwd: Path, redis_port: int) -> None:
 
 def check_recommender(outputs: list[str], cwd: Path, redis_port: int) -> None:
     # over HTTP with the tokens: a recommendation, the purchase of its first item recorded, then not offered again
-    http, recorded, after = [v for v in literal_lines(outputs[-2]) if isinstance(v, dict)]
+    http, recorded, after = [v for v in literal_lines(outputs[-4]) if isinstance(v, dict)]
     assert len(http["items"]) == 5 and http["source"] == "two-tower" and http["model_version"], http
     assert (recorded["events"], recorded["positives"]) == (1, 1) and "part" not in recorded, recorded
     assert len(after["items"]) == 5 and http["items"][0] not in after["items"], (http, after)
     recs = [{"items": [int(i) for i in items.split(",")], "model_version": version, "source": source}
             for items, version, source in re.findall(
                 r"Recommendation\(user_id=42, items=\[([^\]]*)\].*?model_version='(\w+)', source='([\w-]+)'",
-                outputs[-1])]
+                outputs[-3])]
     first, session = recs
     assert len(first["items"]) == 10 and len(session["items"]) == 10
     assert first["model_version"] == http["model_version"] == session["model_version"]
     assert first["source"] == session["source"] == "two-tower"
     assert not {7, 9} & set(session["items"]), session  # a session's items are never recommended back
     assert first["items"] != session["items"]  # the session steers the query
+    # search: the text view of category and brand finds shoes; the user's taste reorders within the query's items
+    text, personal = [v for v in literal_lines(outputs[-1]) if isinstance(v, dict)]
+    items = pd.read_parquet(bundled(cwd) / "data" / "items.parquet").drop_duplicates("item_id", keep="last")
+    category = dict(zip(items.item_id, items.category))
+    assert text["source"] == "text" and text["user_id"] is None and text["text_version"], text
+    assert [category[i] for i in text["items"]] == ["shoes"] * 5, text
+    assert personal["source"] == "personalized" and personal["model_version"] == first["model_version"], personal
+    assert sum(category[i] == "shoes" for i in personal["items"]) >= 3, personal
 
 
 def check_own_data(outputs: list[str], cwd: Path, redis_port: int) -> None:
