@@ -9,7 +9,7 @@ query, and personalized search (``Recommender.search``'s ranking) at its default
 
     python benchmarks/search_eval.py [--quick] [--weights 1 0.5 2 4] [--data-dir ../shared/data/ml-100k]
 
-Saves benchmarks/results/search_eval.json (``--quick``: search_eval_quick.json, fewer epochs).
+Saves benchmarks/results/search_eval_ml100k.json (``--quick``: search_eval_quick_ml100k.json, fewer epochs).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main() -> None:
               "seed": args.seed, "two_tower_epochs": model.metrics_.get("tuned_epochs"), **table,
               "target_personalized_beats_each_baseline": wins, "bm25s": bm25s.__version__,
               "personalized": head, "seconds": time.perf_counter() - t0}
-    path = save("search_eval_quick" if args.quick else "search_eval", result)
+    path = save("search_eval_quick_ml100k" if args.quick else "search_eval_ml100k", result)
     print(f"\nbeats each baseline (both metrics): {wins}\nsaved {path}")
 
 
