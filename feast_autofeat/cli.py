@@ -15,7 +15,6 @@ from pathlib import Path
 from feast_autofeat import __version__
 from feast_autofeat.errors import AutofeatError
 from feast_autofeat.recommend.batching import MAX_BATCH
-from feast_autofeat.recommend.search import SEARCH_WEIGHT
 from feast_autofeat.recommend.security import MAX_BODY_BYTES, MAX_EVENTS
 
 
@@ -497,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
                     f"together (default {MAX_BATCH}; 1: one at a time)")
     sv.add_argument("--search-view", help="the text view of the items that GET /search queries (default: the "
                     "repo's only one; none: no search)")
-    sv.add_argument("--search-weight", type=float, default=SEARCH_WEIGHT, help="the user's two-tower term against "
-                    f"the text term in /search, both standardized (default {SEARCH_WEIGHT}; 0: text only)")
+    sv.add_argument("--search-weight", type=float, default=1.0, help="the user's two-tower term against the "
+                    "text term in /search, both standardized (default 1, recommend.search.SEARCH_WEIGHT; 0: text "
+                    "only)")
     sv.set_defaults(func=_cmd_serve)
 
     q = sub.add_parser("quickstart", help="prepare synthetic data, feast apply, feast materialize, train and "

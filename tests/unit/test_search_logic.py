@@ -95,3 +95,22 @@ def test_search_table_ranks_each_row_as_defined():
     assert rows["two-tower (no query)"]["personalized minus this"]["ndcg@10"]["mean"] == pytest.approx(
         1 - (1 / np.log2(4) + 1 / np.log2(3)) / 2)
     assert table["test_users"] == 2 and table["queries"] == 2
+
+
+def test_the_cli_default_weight_is_the_librarys():
+    from feast_autofeat.cli import build_parser
+    from feast_autofeat.recommend.search import SEARCH_WEIGHT
+
+    args = build_parser().parse_args(["serve", "--no-auth"])
+    assert args.search_weight == SEARCH_WEIGHT
+
+
+def test_the_cli_starts_without_torch():
+    """Every `feast-autofeat` call imports the CLI first: importing torch there (2 s) cost the test suite about
+    25 minutes of subprocesses once."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, feast_autofeat.cli; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr[-2000:]
