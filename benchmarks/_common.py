@@ -143,6 +143,38 @@ def percentiles_ms(seconds: list[float]) -> dict:
 
 
 @contextmanager
+def served(repo: Path, yaml: str, token: str):
+    """`feast-autofeat serve` on ``repo`` in a subprocess, as in production (``token`` is its read token):
+    yields its base URL once ``/healthz`` answers; stopped on exit."""
+    import subprocess
+    import sys
+
+    import requests
+
+    from feast_autofeat.testing import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f", yaml,
+                             "--port", str(port)], env={**os.environ, "AUTOFEAT_READ_TOKENS": token},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                requests.get(f"{url}/healthz", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("feast-autofeat serve did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
 def redis_server():
     """A private redis-server on a free loopback port (no persistence), with ``url`` (host:port) and ``pid``."""
     from feast_autofeat.testing import redis_server as private_redis

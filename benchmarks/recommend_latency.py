@@ -35,8 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -48,13 +46,12 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuMonitor, percentiles_ms, save, timed_rounds, trained_ml100k  # noqa: E402
+from _common import CpuMonitor, percentiles_ms, save, served, timed_rounds, trained_ml100k  # noqa: E402
 
 from feast_autofeat.feast.deployments import view_name  # noqa: E402
 from feast_autofeat.recommend.data import histories, positive_events  # noqa: E402
 from feast_autofeat.recommend.index import ExactIndex, HnswIndex, IvfIndex, build_index  # noqa: E402
 from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
-from feast_autofeat.testing import free_port  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
 # latency does not depend on how well the models fit: a few epochs, the production architecture
@@ -68,22 +65,8 @@ def ms(stats: dict) -> dict:
 def http_load(repo: Path, users: np.ndarray, seconds: float, concurrency: int = 8) -> dict:
     import secrets
 
-    port = free_port()
     token = secrets.token_urlsafe(32)  # served as in production: every request carries a checked bearer token
-    proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f", YAML,
-                             "--port", str(port)], env={**os.environ, "AUTOFEAT_READ_TOKENS": token},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                requests.get(f"{url}/healthz", timeout=2).raise_for_status()
-                break
-            except requests.RequestException:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("feast-autofeat serve did not start") from None
-                time.sleep(0.5)
+    with served(repo, YAML, token) as url:
         lat: list[list[float]] = [[] for _ in range(concurrency)]
         errors = [0] * concurrency
         stop = time.perf_counter() + seconds
@@ -113,9 +96,6 @@ def http_load(repo: Path, users: np.ndarray, seconds: float, concurrency: int = 
         flat = [x for row in lat for x in row]
         return {"seconds": wall, "concurrency": concurrency, "requests": len(flat), "errors": sum(errors),
                 "throughput_rps": len(flat) / wall, **percentiles_ms(flat)}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def item_item_variants(rec: Recommender) -> tuple[Recommender, Recommender, np.ndarray]:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,12 +23,11 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuMonitor, percentiles_ms, save, timed_rounds, trained_ml100k  # noqa: E402
+from _common import CpuMonitor, percentiles_ms, save, served, timed_rounds, trained_ml100k  # noqa: E402
 
 from feast_autofeat.cli import main as cli  # noqa: E402
 from feast_autofeat.recommend.recommender import Recommender  # noqa: E402
 from feast_autofeat.repo import run_feast  # noqa: E402
-from feast_autofeat.testing import free_port  # noqa: E402
 
 YAML = "feature_store.redis.yaml"
 EPOCHS = {"dae": 3, "gan": 3, "multvae": 5, "two_tower": 3}
@@ -45,21 +42,9 @@ movie_search = query_embedding_view("movie_search", text_view=item_text)
 
 
 def http_latency(repo: Path, users: np.ndarray, n: int) -> dict:
-    port, token = free_port(), secrets.token_urlsafe(32)
-    proc = subprocess.Popen([sys.executable, "-m", "feast_autofeat.cli", "serve", "--repo", str(repo), "-f", YAML,
-                             "--port", str(port)], env={**os.environ, "AUTOFEAT_READ_TOKENS": token},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                requests.get(f"{url}/healthz", timeout=2)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise SystemExit("serve did not start") from None
-                time.sleep(0.5)
+    token = secrets.token_urlsafe(32)
+    headers = {"Authorization": f"Bearer {token}"}
+    with served(repo, YAML, token) as url:
         session = requests.Session()
         calls = {
             "recommend": lambda i: session.get(f"{url}/recommend", params={"user_id": int(users[i]), "k": 10},
@@ -80,9 +65,6 @@ def http_latency(repo: Path, users: np.ndarray, n: int) -> dict:
                 runs[name].append(time.perf_counter() - t)
                 assert r.status_code == 200, r.text
         return {name: percentiles_ms(r) for name, r in runs.items()}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ def personalized_scores(text: np.ndarray, user: np.ndarray, excluded: np.ndarray
     n = min(candidates, int(np.isfinite(masked).sum()))
     top = np.argpartition(-masked, n - 1)[:n]
     out = np.full(len(text), -np.inf)
-    out[top] = fuse(text[top], user[top], weight) if weight > 0 else fuse(text[top], None, 0.0)
+    out[top] = fuse(text[top], user[top], weight)
     return out
 
 
