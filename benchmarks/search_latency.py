@@ -105,6 +105,7 @@ def main() -> None:
         cpu = monitor.report()
         http = http_latency(repo, users, args.http_requests)
     result = {"items": len(rec.index), "text_version": version, "rounds": args.rounds,
+              "query_backend": rec._text.encoder.query_backend,
               "in_process": in_process, "http": http, "cpu": cpu,
               "ratios": {"in_process_search_over_recommend_p99": in_process["search_personalized"]["p99_ms"]
                          / in_process["recommend"]["p99_ms"],

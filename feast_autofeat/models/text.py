@@ -10,14 +10,20 @@ the package is upgraded.
 Loading never touches the network: the Hugging Face offline switches are set, files are read from the version
 directory only, and no remote code runs (``trust_remote_code=False``). A directory with pickled weights
 (``*.bin``, ``*.pt``, ...) or a module type outside sentence-transformers' own plain modules is refused.
+
+A request's query (one string) runs through onnxruntime when it is installed: the transformer and its pooling are
+exported in memory from the verified weights and checked against torch before use; otherwise through torch.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import threading
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +39,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 PLAIN_MODULES = ("Transformer", "Pooling", "Normalize", "Dense")  # sentence-transformers' own, no custom code
 SKIPPED = {"README.md", ".gitattributes", "data_config.json"}  # documentation, not the model
 MAX_QUERY_CHARS = 1000  # a query longer than this is refused (the encoder reads at most 256 tokens anyway)
+# one string at a time (a request's query) runs through onnxruntime when it is installed: the transformer and its
+# pooling exported in memory from the verified weights, checked against torch on these probes before use
+QUERY_PROBES = ("trail running shoe", "war", "a longer query about romantic comedies from the nineties, 1994-1999")
+QUERY_TOLERANCE = 1e-5  # max |onnxruntime - torch| over the probes' vector entries; above it, torch answers
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                "HF_DATASETS_OFFLINE": "1"}
 
@@ -135,6 +145,9 @@ class TextEncoder:
     max_seq_length: int
     simple: bool  # Transformer + mean Pooling (+ Normalize): the one-query fast path computes it directly
     normalized: bool = True
+    _query_session: object = field(default=None, repr=False)  # onnxruntime, built on the first single string
+    query_backend: str = ""  # "onnxruntime", or "torch (why)"; empty until ``warm`` or the first query
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def compose(self, df: pd.DataFrame) -> list[str]:
         """Each row's text: its non-empty text columns, stripped, joined by the separator (none: "")."""
@@ -149,17 +162,32 @@ class TextEncoder:
                                   show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
+    def warm(self) -> str:
+        """Build the one-string path now, not on the first request (serving calls it at start); returns which
+        backend answers single strings."""
+        if not self.query_backend:
+            with self._lock:
+                if not self.query_backend:
+                    self._query_session, self.query_backend = _query_session(self)
+        return self.query_backend
+
     def _encode_one(self, text: str) -> np.ndarray:
         """One string without sentence-transformers' batching machinery (a request's query): the same
-        tokenizer, forward and mean pooling, equal to ``encode`` to float precision (tested)."""
+        tokenizer, forward and mean pooling, equal to ``encode`` to float precision (tested); through
+        onnxruntime when it is installed (about 3x faster on 2 cores), else torch."""
+        self.warm()
+        f = self._tokenizer([text], return_tensors="np", truncation=True, max_length=self.max_seq_length)
+        if self._query_session is not None:
+            feeds = {i.name: np.asarray(f[i.name], np.int64) for i in self._query_session.get_inputs()}
+            return np.ascontiguousarray(self._query_session.run(None, feeds)[0], dtype=np.float32)
+        return self._torch_one(f)
+
+    def _torch_one(self, f) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            f = self._tokenizer([text], return_tensors="pt", truncation=True, max_length=self.max_seq_length)
-            out = self._transformer(input_ids=f["input_ids"], attention_mask=f["attention_mask"],
-                                    **({"token_type_ids": f["token_type_ids"]} if "token_type_ids" in f else {}))
-            h = out.last_hidden_state[0]
-            v = h.mean(dim=0)  # one unpadded sequence: every token counts
+            out = self._transformer(**{k: torch.from_numpy(np.asarray(f[k], np.int64)) for k in _inputs(f)})
+            v = out.last_hidden_state[0].mean(dim=0)  # one unpadded sequence: every token counts
             if self.normalized:
                 v = torch.nn.functional.normalize(v, dim=0)
         return v.numpy()[None, :].astype(np.float32)
@@ -200,6 +228,67 @@ def load_text_encoder(root, version: str, device: str = "cpu") -> tuple[TextEnco
                       max_seq_length=int(getattr(model, "max_seq_length", None) or arch.get("max_seq_length", 256)),
                       simple=bool(simple), normalized=bool(arch.get("normalized", True)))
     return enc, config
+
+
+def _inputs(encoding) -> list[str]:
+    return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding]
+
+
+def _query_session(enc: TextEncoder) -> tuple[object, str]:
+    """(onnxruntime session, "onnxruntime") for ``enc``'s transformer and pooling, exported in memory from the
+    loaded (verified) weights; (None, "torch (why)") when onnxruntime is missing, the model is not on the CPU,
+    the export fails, or the session's vectors differ from torch's on the probes."""
+    if not enc.simple:
+        return None, "sentence-transformers (not a plain mean-pooling encoder)"
+    if os.environ.get("AUTOFEAT_QUERY_BACKEND", "").strip().lower() == "torch":
+        return None, "torch (AUTOFEAT_QUERY_BACKEND=torch)"
+    try:
+        import onnx  # noqa: F401 - torch's exporter writes through it
+        import onnxruntime as ort
+    except ImportError:
+        return None, f"torch (onnxruntime is not installed: {EXTRA})"
+    import torch
+
+    if next(enc._transformer.parameters()).device.type != "cpu":
+        return None, "torch (the encoder is not on the CPU)"
+    probe = enc._tokenizer([QUERY_PROBES[0]], return_tensors="np")
+    names = _inputs(probe)
+
+    class Pooled(torch.nn.Module):  # the transformer, masked mean pooling, normalization: the one-string path
+        def __init__(self):
+            super().__init__()
+            self.transformer = enc._transformer
+
+        def forward(self, *tensors):
+            kw = dict(zip(names, tensors))
+            h = self.transformer(**kw).last_hidden_state
+            mask = kw["attention_mask"].unsqueeze(-1).to(h.dtype)
+            v = (h * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(v, dim=-1) if enc.normalized else v
+
+    try:
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            example = tuple(torch.from_numpy(np.asarray(probe[n], np.int64)) for n in names)
+            axes = {n: {0: "batch", 1: "tokens"} for n in names}
+            torch.onnx.export(Pooled().eval(), example, buf, input_names=names, output_names=["embedding"],
+                              opset_version=17, dynamo=False, dynamic_axes=axes)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # an architecture the exporter cannot take: torch answers, as before
+        return None, f"torch (ONNX export failed: {type(exc).__name__})"
+    finally:
+        enc._transformer.eval()  # whatever the exporter did with the modules' flags: inference mode, always
+    for text in QUERY_PROBES:
+        f = enc._tokenizer([text], return_tensors="np", truncation=True, max_length=enc.max_seq_length)
+        got = session.run(None, {n: np.asarray(f[n], np.int64) for n in names})[0]
+        diff = float(np.abs(got - enc._torch_one(f)).max())
+        if not diff <= QUERY_TOLERANCE:
+            return None, f"torch (onnxruntime differed from torch by {diff:.1e})"
+    return session, "onnxruntime"
 
 
 def _mean_pooling(model) -> bool:

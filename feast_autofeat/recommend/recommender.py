@@ -190,7 +190,8 @@ class Recommender:
         """Load (and verify) a version of the search text view and index its materialized item vectors."""
         side = load_text_side(self.store, self.text_decl.root, self.text_decl.name, version,
                               self.decl.interactions.item_key, self.index_kind)
-        log.info("search: %s %s over %d items", self.text_decl.name, version, len(side.index))
+        log.info("search: %s %s over %d items; queries encoded by %s", self.text_decl.name, version,
+                 len(side.index), side.encoder.query_backend)
         return side
 
     def load(self, version: str) -> Bundle:

