@@ -82,7 +82,7 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
 
     rec = Recommender(repo)
     items = pd.read_parquet(result.data_dir / "items.parquet").set_index("item_id")
-    label = [c for c in ("category", "brand", "title") if c in items.columns]
+    label = [c for c in ("title", "category") if c in items.columns]
     for user in top[:3] + [10**9]:
         r = rec.recommend(user, k=5)
         shown = ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)

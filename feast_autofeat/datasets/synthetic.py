@@ -7,7 +7,10 @@ Behaviour is driven by hidden structure that learned features should be able to 
 - user activity is long-tailed too, users sign up over time, and each user's taste drifts linearly
   towards a second direction over the period (preference drift);
 - each interaction walks a browse -> click -> cart -> purchase funnel whose depth grows with the
-  user-item affinity and shrinks with price.
+  user-item affinity and shrinks with price;
+- each item has a title and a description (``item_texts``) drawn from its category, its brand and its hidden
+  factors: a noun of its category chosen by where the item lies within the category, and adjectives named after
+  its strongest factors, so text carries part of the taste structure (for search and cold items).
 
 Items are drawn per interaction by sampling-importance-resampling: candidates from the popularity
 distribution, one of them picked with probability proportional to exp(affinity / temperature). Everything
@@ -17,6 +20,7 @@ is vectorized in chunks with per-chunk seeds, so the output depends only on the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -34,6 +38,29 @@ CATEGORIES = (
 COUNTRIES = ("us", "gb", "de", "fr", "in", "br", "jp", "ca")
 CHANNELS = ("organic", "search_ads", "social", "referral")
 GENDERS = ("F", "M", "X")
+NOUNS = {  # per category: which one an item gets depends on its hidden factors
+    "electronics": ("headphones", "speaker", "camera", "charger", "smartwatch", "projector"),
+    "computers": ("laptop", "monitor", "keyboard", "mouse", "router", "tablet"),
+    "phones": ("smartphone", "phone case", "screen protector", "power bank", "earbuds", "phone stand"),
+    "home": ("lamp", "cushion", "rug", "curtain", "bookshelf", "mirror"),
+    "kitchen": ("frying pan", "knife set", "blender", "kettle", "saucepan", "coffee maker"),
+    "garden": ("garden hose", "pruning shears", "flower pot", "lawn mower", "bird feeder", "planter"),
+    "fashion": ("jacket", "dress", "scarf", "sweater", "jeans", "handbag"),
+    "shoes": ("running shoe", "boot", "sneaker", "sandal", "loafer", "slipper"),
+    "beauty": ("moisturizer", "shampoo", "lipstick", "perfume", "face serum", "hair dryer"),
+    "sports": ("yoga mat", "dumbbell set", "tennis racket", "bicycle helmet", "football", "water bottle"),
+    "toys": ("puzzle", "building blocks", "doll", "toy car", "board game", "plush bear"),
+    "books": ("novel", "cookbook", "biography", "travel guide", "comic book", "poetry collection"),
+}
+ADJECTIVES = (  # factor j's positive and negative direction (factors beyond 16 reuse them, j % 16)
+    ("premium", "budget"), ("compact", "oversized"), ("classic", "modern"), ("lightweight", "heavy-duty"),
+    ("eco-friendly", "high-performance"), ("vintage", "futuristic"), ("minimalist", "colorful"),
+    ("wireless", "handcrafted"), ("waterproof", "soft"), ("professional", "beginner"), ("portable", "sturdy"),
+    ("quiet", "powerful"), ("luxury", "everyday"), ("smart", "simple"), ("travel", "family"),
+    ("organic", "industrial"),
+)
+BRAND_STEMS = ("Vol", "Nor", "Kas", "Bel", "Tor", "Mir", "Zen", "Lux", "Ori", "Pax", "Quin", "Ash")
+BRAND_ENDS = ("tek", "via", "ora", "ine", "ex", "ano", "ium", "ar")  # a category's 8 brands: stem + end
 
 SPEC = DatasetSpec(
     name="synthetic",
@@ -81,6 +108,38 @@ class SyntheticConfig:
 
     def params(self) -> dict:
         return {**asdict(self), "events": self.n_events}
+
+
+def brand_names(item_cat: np.ndarray, brand_rank: np.ndarray) -> np.ndarray:
+    """The display name of brand ``brand_rank`` (0-7) of category index ``item_cat``: unique per pair."""
+    return np.char.add(np.asarray(BRAND_STEMS)[item_cat], np.asarray(BRAND_ENDS)[brand_rank])
+
+
+def item_texts(item_cat: np.ndarray, brand_rank: np.ndarray, item_vec: np.ndarray, centroids: np.ndarray,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(titles, descriptions) from each item's category, brand and hidden factors, vectorized. The noun is the
+    category's noun whose (seeded) direction is nearest the item's offset from its category centre; the
+    adjectives name the offset's three strongest factors, by sign. Same inputs, same texts."""
+    rng = np.random.default_rng([seed, 2])  # its own stream: the events do not depend on the texts
+    k = item_vec.shape[1]
+    n_nouns = len(NOUNS[CATEGORIES[0]])
+    offset = item_vec - centroids[item_cat]
+    directions = rng.normal(size=(len(CATEGORIES), n_nouns, k))
+    noun_idx = np.argmax(np.einsum("nk,nvk->nv", offset, directions[item_cat]), axis=1)
+    noun = np.asarray([NOUNS[c] for c in CATEGORIES])[item_cat, noun_idx]
+    top = np.argsort(-np.abs(offset), axis=1, kind="stable")[:, :3]
+    sign = np.take_along_axis(offset, top, axis=1) < 0
+    adj = np.asarray(ADJECTIVES)[top % len(ADJECTIVES), sign.astype(np.int64)]  # (n, 3)
+    brand, category = brand_names(item_cat, brand_rank), np.asarray(CATEGORIES)[item_cat]
+    title = _join(brand, " ", np.char.capitalize(adj[:, 0]), " ", np.char.title(noun))
+    description = _join(np.char.capitalize(adj[:, 0]), " and ", adj[:, 1], " ", noun, " by ", brand, ". A ",
+                        adj[:, 2], " pick in ", category, ".")
+    return title, description
+
+
+def _join(*parts) -> np.ndarray:
+    """Element-wise string concatenation of arrays and scalars."""
+    return functools.reduce(np.char.add, parts)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -178,6 +237,7 @@ def generate(cfg: SyntheticConfig, progress: Callable[[int], None] | None = None
             pa.array(ev_t[order], pa.int8()), pa.array(EVENT_TYPES)).cast(pa.string()),
         "event_timestamp": pa.array(ts[order], utc),
     })
+    title, description = item_texts(item_cat, brand_rank, item_vec, centroids, cfg.seed)
     users = pa.table({
         "user_id": pa.array(np.arange(1, n_u + 1), pa.int64()),
         "age": pa.array(age, pa.int64()),
@@ -192,6 +252,8 @@ def generate(cfg: SyntheticConfig, progress: Callable[[int], None] | None = None
         "brand": pa.array(np.char.add(np.asarray(CATEGORIES)[item_cat],
                                       np.char.add("_brand_", brand_rank.astype(str)))),
         "price": pa.array(price, pa.float64()),
+        "title": pa.array(title),
+        "description": pa.array(description),
         "created_timestamp": pa.array(start_us + (item_created * _DAY_US).astype(np.int64), utc),
     })
     return {"interactions": interactions, "users": users, "items": items}

@@ -4,7 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feast_autofeat.datasets.synthetic import CATEGORIES, EVENT_TYPES, SyntheticConfig, generate
+from feast_autofeat.datasets.synthetic import (
+    ADJECTIVES,
+    CATEGORIES,
+    EVENT_TYPES,
+    NOUNS,
+    SyntheticConfig,
+    brand_names,
+    generate,
+    item_texts,
+)
 from feast_autofeat.errors import DataError
 
 CFG = SyntheticConfig(users=800, items=300, days=40, events=60_000, seed=7)
@@ -130,3 +139,59 @@ def test_subsample_keeps_at_most_n_items_per_user_with_all_their_events():
     assert subsample(log, 10_000).num_rows == log.num_rows
     one = subsample(log, 1).to_pandas()
     assert (one.groupby("user_id").item_id.nunique() == 1).all() and one.user_id.nunique() == df.user_id.nunique()
+
+
+def test_item_texts_name_brand_category_and_strongest_factors():
+    """Each title is "<brand> <adjective> <noun>": the brand's name, the adjective of the item's strongest factor
+    by its sign, a noun of its category; the description adds the next two factors' adjectives and the category."""
+    k, n = 16, 64
+    cat = np.arange(n) % len(CATEGORIES)
+    rank = np.arange(n) % 8
+    strongest = np.arange(n) % k
+    sign = np.where(np.arange(n) % 3 == 0, -1.0, 1.0)
+    centroids = np.random.default_rng(0).normal(size=(len(CATEGORIES), k))
+    offset = np.full((n, k), 0.01)
+    offset[np.arange(n), strongest] = 3.0 * sign
+    offset[np.arange(n), (strongest + 1) % k] = 2.0
+    offset[np.arange(n), (strongest + 2) % k] = -1.0
+    title, description = item_texts(cat, rank, centroids[cat] + offset, centroids, seed=0)
+    names = brand_names(cat, rank)
+    assert len(set(brand_names(np.repeat(np.arange(12), 8), np.tile(np.arange(8), 12)))) == 96
+    for i in range(n):
+        first = ADJECTIVES[strongest[i]][0 if sign[i] > 0 else 1]
+        second, third = ADJECTIVES[(strongest[i] + 1) % k][0], ADJECTIVES[(strongest[i] + 2) % k][1]
+        noun = next(w for w in NOUNS[CATEGORIES[cat[i]]] if title[i].endswith(w.title()))
+        assert title[i] == f"{names[i]} {first.capitalize()} {noun.title()}", title[i]
+        assert description[i] == (f"{first.capitalize()} and {second} {noun} by {names[i]}. A {third} pick in "
+                                  f"{CATEGORIES[cat[i]]}."), description[i]
+    again = item_texts(cat, rank, centroids[cat] + offset, centroids, seed=0)
+    assert (again[0] == title).all() and (again[1] == description).all()
+
+
+def test_item_texts_carry_taste_beyond_the_category(data):
+    """Within a category, items whose descriptions share adjectives (the same strong hidden factors) are liked by
+    the same users more often: the correlation, over same-category pairs, between shared adjectives and the
+    cosine of the items' liker sets beats every one of 50 shuffles of the descriptions within categories."""
+    items = data["items"].set_index("item_id")
+    assert items.description.str.contains(" pick in ").all()
+    vocabulary = sorted({a for pair in ADJECTIVES for a in pair})
+    words = items.description.str.lower().str.replace(".", "", regex=False).str.split(" ").map(set)
+    has = np.array([[a in w for a in vocabulary] for w in words], dtype=float)
+    liked = data["interactions"].query("event_type != 'browse'")[["user_id", "item_id"]].drop_duplicates()
+    m = pd.crosstab(liked.user_id, liked.item_id).reindex(columns=items.index, fill_value=0).to_numpy(float)
+    co = m.T @ m / np.sqrt(np.outer(m.sum(0), m.sum(0)) + 1e-9)
+    cat = items.category.to_numpy()
+    pairs = (cat[:, None] == cat[None, :]) & ~np.eye(len(cat), dtype=bool)
+
+    def correlation(h: np.ndarray) -> float:
+        return float(np.corrcoef((h @ h.T)[pairs], co[pairs])[0, 1])
+
+    rng = np.random.default_rng(0)
+    shuffled = []
+    for _ in range(50):
+        order = np.arange(len(cat))
+        for c in np.unique(cat):
+            idx = np.flatnonzero(cat == c)
+            order[idx] = rng.permutation(idx)
+        shuffled.append(correlation(has[order]))
+    assert correlation(has) > max(shuffled) > 0.0, (correlation(has), max(shuffled))
