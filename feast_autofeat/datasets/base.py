@@ -68,6 +68,8 @@ class DatasetSpec:
     description: str = ""
     event_types: tuple[str, ...] = ()  # the values ``event_type`` may take (feedback is checked against them)
     rating_range: tuple[float, float] | None = None  # inclusive bounds of ``rating_column``
+    # string columns of the items table that are text (titles, descriptions): for text views, not profile features
+    item_text: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict:
         """The spec as JSON-ready data (a prepared repo's manifest holds it, so a log's own spec survives)."""
@@ -77,7 +79,8 @@ class DatasetSpec:
                 "item_profile": [list(p) for p in self.item_profile],
                 "rating_column": self.rating_column, "positive": self.positive, "description": self.description,
                 "event_types": list(self.event_types),
-                "rating_range": list(self.rating_range) if self.rating_range is not None else None}
+                "rating_range": list(self.rating_range) if self.rating_range is not None else None,
+                "item_text": [list(p) for p in self.item_text]}
 
     @classmethod
     def from_dict(cls, raw: dict) -> DatasetSpec:
@@ -85,7 +88,8 @@ class DatasetSpec:
         return cls(name=raw["name"], **pairs, rating_column=raw.get("rating_column"),
                    positive=raw.get("positive", "true"), description=raw.get("description", ""),
                    event_types=tuple(raw.get("event_types") or ()),
-                   rating_range=tuple(raw["rating_range"]) if raw.get("rating_range") else None)
+                   rating_range=tuple(raw["rating_range"]) if raw.get("rating_range") else None,
+                   item_text=tuple(tuple(p) for p in raw.get("item_text") or ()))
 
 
 @dataclass(frozen=True)

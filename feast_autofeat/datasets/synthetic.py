@@ -69,6 +69,7 @@ SPEC = DatasetSpec(
     categories=tuple((c, f"i.category = '{c}'") for c in CATEGORIES),
     user_profile=(("age", "Int64"), ("gender", "String"), ("country", "String"), ("signup_channel", "String")),
     item_profile=(("category", "String"), ("brand", "String"), ("price", "Float64")),
+    item_text=(("title", "String"), ("description", "String")),
     positive="e.event_type <> 'browse'",  # a click or deeper in the funnel
     event_types=EVENT_TYPES,
 )

@@ -47,6 +47,7 @@ class RepoLayout:
     event_types: tuple[str, ...]
     rating: str | None  # the rating column, if the log has one
     rating_range: tuple[float, float] | None
+    item_text: list[Field]  # the items table's text columns (titles, descriptions), for a text view; may be empty
 
     def table(self, name: str) -> str:
         """Absolute path of a prepared table. Absolute because Feast's DuckDB store resolves relative
@@ -85,4 +86,5 @@ def repo_layout(repo_file: str | os.PathLike) -> RepoLayout:
         event_types=spec.event_types,
         rating=spec.rating_column,
         rating_range=spec.rating_range,
+        item_text=fields(spec.item_text),
     )
