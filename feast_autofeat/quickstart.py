@@ -87,9 +87,7 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     label = [c for c in ("title", "category") if c in items.columns]
     for user in top[:3] + [10**9]:
         r = rec.recommend(user, k=5)
-        shown = ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)
-                          for i in r.items)
-        print(f"  user {user} [{r.source}, {r.history_items} known items]: {shown}")
+        print(f"  user {user} [{r.source}, {r.history_items} known items]: {_shown(r.items, items, label)}")
     banner(f"search: train and deploy the repo's text view, feast materialize it, Recommender.search({SEARCH!r})")
     search(repo, project, start, end, top[0], items, label)
     finished()
@@ -130,6 +128,10 @@ def search(repo: Path, project, start: str, end: str, user, items, label: list[s
     rec = Recommender(repo)
     for who in (None, user):
         r = rec.search(SEARCH, user_id=who, k=5)
-        shown = ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)
-                          for i in r.items)
-        print(f"  {'no user' if who is None else f'user {who}'} [{r.source}]: {shown}")
+        print(f"  {'no user' if who is None else f'user {who}'} [{r.source}]: {_shown(r.items, items, label)}")
+
+
+def _shown(ids, items, label: list[str]) -> str:
+    """``id (title/category), ...`` for printing a list of items."""
+    return ", ".join(f"{i} ({'/'.join(str(items.loc[i, c]) for c in label)})" if i in items.index else str(i)
+                     for i in ids)
