@@ -192,8 +192,7 @@ def main() -> None:
         backend = text.warm()
 
         def d():
-            return text._torch_one(text._tokenizer([QUERY], return_tensors="np", truncation=True,
-                                                   max_length=text.max_seq_length))
+            return text._torch_one(text._feeds(QUERY))
 
         times = {"A": [], "B": [], "C": [], "D": []}
         calls = {"A": a, "B": b, "C": c, "D": d}

@@ -176,17 +176,21 @@ class TextEncoder:
         tokenizer, forward and mean pooling, equal to ``encode`` to float precision (tested); through
         onnxruntime when it is installed (about 3x faster on 2 cores), else torch."""
         self.warm()
-        f = self._tokenizer([text], return_tensors="np", truncation=True, max_length=self.max_seq_length)
+        feeds = self._feeds(text)
         if self._query_session is not None:
-            feeds = {i.name: np.asarray(f[i.name], np.int64) for i in self._query_session.get_inputs()}
             return np.ascontiguousarray(self._query_session.run(None, feeds)[0], dtype=np.float32)
-        return self._torch_one(f)
+        return self._torch_one(feeds)
 
-    def _torch_one(self, f) -> np.ndarray:
+    def _feeds(self, text: str) -> dict[str, np.ndarray]:
+        """One string as the encoder reads it (truncated to ``max_seq_length``): {input name: int64 (1, tokens)}."""
+        f = self._tokenizer([text], return_tensors="np", truncation=True, max_length=self.max_seq_length)
+        return {k: np.asarray(f[k], np.int64) for k in ("input_ids", "attention_mask", "token_type_ids") if k in f}
+
+    def _torch_one(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            out = self._transformer(**{k: torch.from_numpy(np.asarray(f[k], np.int64)) for k in _inputs(f)})
+            out = self._transformer(**{k: torch.from_numpy(v) for k, v in feeds.items()})
             v = out.last_hidden_state[0].mean(dim=0)  # one unpadded sequence: every token counts
             if self.normalized:
                 v = torch.nn.functional.normalize(v, dim=0)
@@ -230,10 +234,6 @@ def load_text_encoder(root, version: str, device: str = "cpu") -> tuple[TextEnco
     return enc, config
 
 
-def _inputs(encoding) -> list[str]:
-    return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding]
-
-
 def _query_session(enc: TextEncoder) -> tuple[object, str]:
     """(onnxruntime session, "onnxruntime") for ``enc``'s transformer and pooling, exported in memory from the
     loaded (verified) weights; (None, "torch (why)") when onnxruntime is missing, the model is not on the CPU,
@@ -251,8 +251,8 @@ def _query_session(enc: TextEncoder) -> tuple[object, str]:
 
     if next(enc._transformer.parameters()).device.type != "cpu":
         return None, "torch (the encoder is not on the CPU)"
-    probe = enc._tokenizer([QUERY_PROBES[0]], return_tensors="np")
-    names = _inputs(probe)
+    probe = enc._feeds(QUERY_PROBES[0])
+    names = list(probe)
 
     class Pooled(torch.nn.Module):  # the transformer, masked mean pooling, normalization: the one-string path
         def __init__(self):
@@ -270,7 +270,7 @@ def _query_session(enc: TextEncoder) -> tuple[object, str]:
         buf = io.BytesIO()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            example = tuple(torch.from_numpy(np.asarray(probe[n], np.int64)) for n in names)
+            example = tuple(torch.from_numpy(v) for v in probe.values())
             axes = {n: {0: "batch", 1: "tokens"} for n in names}
             torch.onnx.export(Pooled().eval(), example, buf, input_names=names, output_names=["embedding"],
                               opset_version=17, dynamo=False, dynamic_axes=axes)
@@ -283,9 +283,8 @@ def _query_session(enc: TextEncoder) -> tuple[object, str]:
     finally:
         enc._transformer.eval()  # whatever the exporter did with the modules' flags: inference mode, always
     for text in QUERY_PROBES:
-        f = enc._tokenizer([text], return_tensors="np", truncation=True, max_length=enc.max_seq_length)
-        got = session.run(None, {n: np.asarray(f[n], np.int64) for n in names})[0]
-        diff = float(np.abs(got - enc._torch_one(f)).max())
+        feeds = enc._feeds(text)
+        diff = float(np.abs(session.run(None, feeds)[0] - enc._torch_one(feeds)).max())
         if not diff <= QUERY_TOLERANCE:
             return None, f"torch (onnxruntime differed from torch by {diff:.1e})"
     return session, "onnxruntime"
