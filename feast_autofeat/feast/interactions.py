@@ -43,6 +43,8 @@ from feast_autofeat.feast.embeddings import (
 
 HISTORY_FIELDS = ("recent_items", "recent_times", "seen_items")  # the history view's features
 
+ITEM_VECTORS = "item_vectors"  # the column suffix of an item vector source in the two-tower's catalogue
+
 
 class Interactions:
     """An interaction log: a Feast data source with one row per event (see ``interactions``)."""
@@ -147,7 +149,17 @@ class TwoTowerModel(EmbeddingView):
                                       "(embedding_view / session_embedding_view), not "
                                       f"{type(obj).__name__}.")
             self.learned[obj.name] = obj
+        # learned item vectors of the candidate tower: a session embedding's Mult-VAE item rows, and stored
+        # embeddings of the item entity (a text_embedding_view of the items' titles, an embedding_view of them),
+        # read from their materialized vectors; they let an item without interactions be placed by its content
         self.item_vector_sources = [o.name for o in items if isinstance(o, SessionEmbedding)]
+        self.item_embeddings = [o.name for o in items if isinstance(o, EmbeddingView)]
+        for n in self.item_embeddings:
+            d = self.learned[n]
+            if d.entity.name != interactions.item.name:
+                raise DeploymentError(f"{name}: item embedding {n} embeds {d.entity.name}, not the item entity "
+                                      f"{interactions.item.name}; list it under query= if it embeds users.")
+        self.item_vector_sources += self.item_embeddings
         self.query_learned = [o.name for o in query if not isinstance(o, FeatureView)]
         user = interactions.user.name
         for v in self.query_views:
@@ -163,6 +175,19 @@ class TwoTowerModel(EmbeddingView):
             raise DeploymentError(f"{name}: history must be a history_view(...) keyed by {user}.")
         self._finish(depth + 1)
 
+    def check_version(self, version: str, config: dict) -> None:
+        """As an embedding view's, the item views' refs; besides them a version reads the materialized vectors of
+        item embeddings (``item_vector_refs``), which the declaration's items must still list."""
+        vectors = dict(config.get("item_vector_refs") or {})
+        for column in vectors.values():
+            source = column.removesuffix(f"__{ITEM_VECTORS}")
+            if source not in self.item_embeddings:
+                raise DeploymentError(f"{self.name}: version {version} reads the item vectors of {source}, which "
+                                      f"the declaration's items do not list; add it back, or train a version "
+                                      f"without it (`feast-autofeat train {self.name}`).")
+        refs = [r for r in config.get("feature_refs") or [] if r not in vectors]
+        super().check_version(version, {**config, "feature_refs": refs})
+
     @property
     def query_refs(self) -> list[str]:
         return input_refs(self.query_views)
@@ -177,7 +202,9 @@ def two_tower(name: str, *, interactions: Interactions, query: list, items: list
               tags: dict | None = None, repo=None, data_dir=None, root=None) -> TwoTowerModel:
     """Declare the two-tower recommender: ``interactions`` (its training events), ``query`` (feature views keyed
     by the user and learned user embeddings: stored ones and a session embedding), ``items`` (item feature views,
-    and a session embedding whose Mult-VAE item vectors join the candidate tower), ``history`` (a
+    a session embedding whose Mult-VAE item vectors join the candidate tower, and stored embeddings of the item
+    entity such as a ``text_embedding_view`` of the items' text: an item nobody has interacted with yet is then
+    placed by its content, not only by its profile columns), ``history`` (a
     ``history_view``, which serving and feedback need). ``name`` is also the stored view of each version's
     candidate vectors. ``fill``: documented values for missing tabular features, {``view:feature`` or feature:
     value} (default: the training median; a missing category is its own value); ``params``: ``TwoTowerConfig``

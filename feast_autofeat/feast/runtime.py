@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -95,13 +95,15 @@ class CandidateEncoder(FeatureEncoder):
     items keep their training-time vectors; items the model never saw are encoded from their features."""
 
     key: str = "item_id"
+    vector_refs: dict = field(default_factory=dict)  # {"<item embedding view>:embedding": the model's column}
 
     @property
     def columns(self) -> list[str]:
         return [self.key] + [r.split(":", 1)[1] for r in self.feature_refs]
 
     def encode_frame(self, df: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
-        names = {r.split(":", 1)[1]: r.replace(":", "__", 1) for r in self.feature_refs}  # the model's columns
+        names = {r.split(":", 1)[1]: self.vector_refs.get(r, r.replace(":", "__", 1))
+                 for r in self.feature_refs}  # the model's columns
         frame = df.rename(columns={**names, self.key: "item_id"})
         return np.concatenate([self._pre.item_vectors(frame.iloc[s:s + batch_size])
                                for s in range(0, len(frame), batch_size)] or [np.zeros((0, self.dim), np.float32)])
@@ -234,7 +236,8 @@ def _load(root: str, model: str, version: str, device: str):
         return CandidateEncoder(model=model, version=version, dim=fitted.config.dim,
                                 feature_refs=list(config.get("feature_refs") or []),
                                 as_of=(config.get("training_window") or {}).get("as_of"), _pre=fitted,
-                                _forward=None, device=dev, key=config.get("join_key") or "item_id")
+                                _forward=None, device=dev, key=config.get("join_key") or "item_id",
+                                vector_refs=dict(config.get("item_vector_refs") or {}))
     else:
         raise AutofeatError(f"model {model!r} cannot back an embedding; use one of "
                             f"{', '.join(FEATURE_MODELS + SESSION_MODELS)}.")

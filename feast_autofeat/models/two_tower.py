@@ -118,6 +118,10 @@ class TwoTowerConfig:
     id_dim: int = 64
     dropout: float = 0.3
     id_dropout: float = 0.1  # share of training rows whose user id is hidden, so unknown users get a trained row
+    # share of training rows whose item id is hidden (DropoutNet, Volkovs et al. 2017): the unknown-item row is
+    # trained, and the candidate tower learns to place an item from its features (profile, text) alone. An item
+    # without training positives (new in the catalogue) is served with that row, not an untrained one of its own
+    item_id_dropout: float = 0.1
     temperature: float = 0.1
     logq: bool = True
     lr: float = 2e-3
@@ -305,7 +309,7 @@ def _restrict(h: Histories, local: np.ndarray, n: int) -> Histories:
     return Histories.from_pairs(users[cols >= 0], cols[cols >= 0], h.n_users, n)
 
 
-def _categories(items: pd.DataFrame, columns) -> torch.Tensor:
+def item_categories(items: pd.DataFrame, columns) -> torch.Tensor:
     """The items' categories as a 0/1 matrix in catalogue order: item columns holding only 0 and 1 (multi-hot
     such as genres) and one-hot string columns of at most ``MAX_CATEGORIES`` distinct values; none (0 columns)
     when that gives fewer than two."""
@@ -403,7 +407,7 @@ class TwoTower:
         self.query_in_ = _Inputs(cfg.query_columns, cfg.query_vectors, cfg.fill).fit(train)
         self.item_in_ = _Inputs(cfg.item_columns, cfg.item_vectors, cfg.fill).fit(items)
         self.item_x_ = torch.from_numpy(self.item_in_.transform(items))
-        self.item_cats_, self._units_ = _categories(items, cfg.item_columns), None
+        self.item_cats_, self._units_ = item_categories(items, cfg.item_columns), None
         self.item_item_q_ = self.item_item_c_ = None  # the item-item term: ``fit_item_item``
         xq = torch.from_numpy(self.query_in_.transform(train))
         uid = torch.from_numpy(self.user_positions(train.user_id))
@@ -430,7 +434,10 @@ class TwoTower:
                     users = users * (torch.rand(len(idx), generator=gen) >= cfg.id_dropout)
                 it = ipos[idx]
                 q = net.query(xq[idx], users, *self._take((bags, recent), idx.numpy()))
-                c = net.candidate(self.item_x_[it], item_rows[it])
+                rows = item_rows[it]
+                if cfg.item_ids and cfg.item_id_dropout > 0:
+                    rows = rows * (torch.rand(len(idx), generator=gen) >= cfg.item_id_dropout)
+                c = net.candidate(self.item_x_[it], rows)
                 logits = q @ c.T / cfg.temperature
                 if cfg.logq:
                     logits = logits - log_q[it][None, :]
@@ -749,22 +756,36 @@ class TwoTower:
         vq, targets, exclude = valid
         return float(np.mean(recall_at_k(self.score(vq), targets, 20, exclude=exclude)[targets.lengths > 0]))
 
+    def id_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Item-id embedding rows to serve ``item_rows``: a catalogue item without training positives has no
+        trained row of its own, so it gets the unknown-item row 0 (trained by ``item_id_dropout``; versions
+        trained without it keep their own rows)."""
+        if not self.config.item_id_dropout:
+            return rows
+        seen = np.concatenate([[False], self.item_counts_.numpy() > 0])
+        return np.where(seen[rows], rows, 0)
+
+    def cold_items(self) -> np.ndarray:
+        """Catalogue positions of the items without training positives (placed by their features alone)."""
+        return np.flatnonzero(self.item_counts_.numpy() == 0)
+
     @torch.no_grad()
     def item_vectors(self, items: pd.DataFrame | None = None) -> np.ndarray:
         """Unit candidate vectors of the catalogue (default, in ``item_ids_`` order) or of item rows
         (``item_id`` plus item columns): catalogue items keep the features they were trained with; items the
-        model never saw are encoded from their columns (a missing learned vector counts as the mean) with the
-        unknown-item id row."""
+        model never saw are encoded from their columns (a missing learned vector counts as the mean); both,
+        without training positives, with the unknown-item id row (``id_rows``)."""
         net = self._net()
         if items is None:
-            return net.candidate(self.item_x_, torch.arange(len(self.item_ids_)) + 1).numpy()
+            rows = np.arange(len(self.item_ids_)) + 1
+            return net.candidate(self.item_x_, torch.from_numpy(self.id_rows(rows))).numpy()
         rows = self.item_rows(items["item_id"])
         x = torch.zeros((len(items), self.item_x_.shape[1]))
         known = rows > 0
         x[torch.from_numpy(known)] = self.item_x_[torch.from_numpy(rows[known] - 1)]
         if (~known).any():
             x[torch.from_numpy(~known)] = torch.from_numpy(self.item_in_.transform(items[~known]))
-        return net.candidate(x, torch.from_numpy(rows)).numpy()
+        return net.candidate(x, torch.from_numpy(self.id_rows(rows))).numpy()
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """Scores over the whole catalogue (columns in ``item_ids_`` order) for each query row."""
@@ -790,7 +811,8 @@ class TwoTower:
     @classmethod
     def load(cls, root, version: str | None = None) -> TwoTower:
         art = load_model(root, cls.name, version)
-        arch = {"recent": 0, **art.config["architecture"]}  # versions saved before ``recent`` existed: none
+        # versions saved before ``recent`` / ``item_id_dropout`` existed: none
+        arch = {"recent": 0, "item_id_dropout": 0.0, **art.config["architecture"]}
         for key in ("query_columns", "query_vectors", "item_columns", "item_vectors"):
             arch[key] = tuple(arch[key])
         model = cls(TwoTowerConfig(**arch))

@@ -134,3 +134,62 @@ def test_search_over_http(searched, rec_redis):
 def test_search_without_a_text_view_says_what_to_declare(recommender):
     with pytest.raises(SearchUnavailable, match="declares no text_embedding_view"):
         recommender.search("war")
+
+
+# the bundled two-tower with the text view among its item inputs (declared before it: the same declaration as
+# DECLARED's, which the fixture appended, repeats it identically)
+WITH_TEXT = """from feast_autofeat import text_embedding_view
+item_text = text_embedding_view("item_text", entity=item, inputs=[item_profile[["title"]]])
+item_two_tower = two_tower("""
+
+
+def test_a_film_added_after_training_is_placed_by_its_title(searched, tmp_path):
+    """The two-tower declared with the text view among its item inputs: its version reads the text view's
+    vectors (training and `feast materialize`), so two films added to the catalogue after training, with the
+    same profile and different titles, get different candidate vectors, each what the model computes from its
+    profile and its title's materialized vector (read back from the text view's snapshot)."""
+    import pandas as pd
+
+    from feast_autofeat.artifacts import load_version
+    from feast_autofeat.models.two_tower import TwoTower
+
+    source, text_version, _, _ = searched
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(source, repo)
+    code = (repo / "features.py").read_text()
+    code = code.replace("item_two_tower = two_tower(", WITH_TEXT, 1)
+    code = code.replace("[session_multvae]\n", "[session_multvae, item_text]\n", 1)
+    assert code.count("[session_multvae, item_text]") == 1
+    (repo / "features.py").write_text(code)
+    args = ["--repo", str(repo), "--feature-store-yaml", REDIS_YAML]
+    assert cli(["train", "item_two_tower", "--no-gate", "--epochs", "2", *args]) == 0
+    version = max((repo / "models" / "two_tower").iterdir(), key=lambda p: p.stat().st_mtime).name
+    config = load_version(repo / "models", "two_tower", version).config
+    ref = f"item_text__{text_version}:embedding"
+    assert config["item_vector_refs"] == {ref: "item_text__item_vectors"} and ref in config["feature_refs"]
+    assert config["encoders"]["item_text"] == text_version
+    assert cli(["deploy", "item_two_tower", "--version", version, *args]) == 0
+
+    items = pd.read_parquet(repo / "data" / "items.parquet")
+    film = items[items.item_id == 50].iloc[[0, 0]].reset_index(drop=True)  # Star Wars' profile, twice
+    ts = [c for c in items.columns if pd.api.types.is_datetime64_any_dtype(items[c])]
+    new = film.assign(item_id=[5001, 5002], title=["Star Trek: The Final Voyage (1998)", "Sleepless in Paris (1998)"],
+                      **{c: pd.Timestamp("1998-04-22", tz="UTC") for c in ts})
+    both = pd.concat([items, new.astype(items.dtypes.to_dict())], ignore_index=True)
+    both.to_parquet(repo / "data" / "items.parquet")
+    for view in (f"item_text__{text_version}", f"item_two_tower__{version}"):  # the text view first
+        run_feast(repo, "materialize", "-v", view, "1998-04-21T00:00:00", NOW, yaml=REDIS_YAML, capture=True)
+
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / REDIS_YAML)
+    online = store.get_online_features(features=[f"item_two_tower__{version}:embedding"],
+                                       entity_rows=[{"item_id": i} for i in (5001, 5002)]).to_dict()["embedding"]
+    got = np.asarray(online, np.float32)
+    text = list(snapshots(repo, "item_text", text_version).values())[-1].set_index("item_id").embedding
+    model = TwoTower.load(repo / "models", version)
+    frame = new.rename(columns={c: f"item_profile__{c}" for c in new.columns if c != "item_id"})
+    frame["item_text__item_vectors"] = [np.asarray(text.loc[i], np.float32) for i in (5001, 5002)]
+    np.testing.assert_allclose(got, model.item_vectors(frame), atol=1e-5)
+    assert float(got[0] @ got[1]) < 0.999  # same profile, different titles: different places
+    # without its title (the training mean instead) a new film would land elsewhere
+    blind = model.item_vectors(frame.drop(columns="item_text__item_vectors"))
+    assert np.allclose(blind[0], blind[1], atol=1e-6) and not np.allclose(blind[0], got[0], atol=1e-3)

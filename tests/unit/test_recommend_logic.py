@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +12,9 @@ from feast_autofeat.errors import AutofeatError
 from feast_autofeat.models.base import SchemaError
 from feast_autofeat.models.two_tower import TwoTower, TwoTowerConfig
 from feast_autofeat.recommend.data import attach_history, cold_users_cut, histories, per_user_cut
-from feast_autofeat.recommend.evaluate import protocol_g
+from feast_autofeat.recommend.evaluate import protocol_g, protocol_n
 from feast_autofeat.recommend.index import ExactIndex, HnswIndex, build_index
+from feast_autofeat.recommend.train import new_items_scores
 
 
 def events(n_users=30, per_user=12, n_items=50, seed=0) -> pd.DataFrame:
@@ -422,3 +425,63 @@ def test_hnsw_recall_against_brute_force():
     assert build_index(ids[:10], vecs[:10]).kind == "exact"
     with pytest.raises(Exception, match="materialize"):
         build_index(np.zeros(0, np.int64), np.zeros((0, 4), np.float32))
+
+
+def test_new_items_cut_targets_only_items_first_seen_after_it():
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    ev = pd.DataFrame({"user_id": [1, 1, 2, 2, 1, 3, 2, 1, 3], "item_id": [10, 11, 10, 12, 20, 20, 11, 21, 10],
+                       "event_timestamp": [t + pd.Timedelta(days=d) for d in (0, 1, 2, 3, 4, 5, 6, 7, 8)]})
+    new = protocol_n(ev, train_share=0.5)  # the cut at the 5th positive's time (day 4)
+    assert new.cut.future.event_timestamp.min() == t + pd.Timedelta(days=4)
+    assert new.candidates.tolist() == [20, 21]  # 10, 11, 12 were seen before the cut
+    assert new.train_events.item_id.tolist() == [10, 11, 10, 12]
+    # user 3 has nothing before the cut, user 2 no new item after it: only user 1 is tested, on 20 and 21
+    assert new.cut.future[["user_id", "item_id"]].values.tolist() == [[1, 20], [1, 21]]
+    assert new.cut.history.item_id.tolist() == [10, 11]
+    scores = new_items_scores(np.arange(10, dtype=np.float64)[None, :].repeat(2, 0), np.arange(10, 20),
+                              np.array([12, 15]))
+    assert np.isfinite(scores).sum() == 4 and scores[0, 2] == 2 and scores[1, 5] == 5
+
+
+def test_category_popularity_by_hand():
+    from feast_autofeat.models.ease import CategoryPopularity
+    from feast_autofeat.models.interactions import Histories
+
+    cats = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])  # items 0..3; item 3 has no category
+    train = Histories.from_pairs(np.array([0, 0, 1]), np.array([0, 1, 0]), 2, 4)  # item 0 twice, item 1 once
+    model = CategoryPopularity(cats, alpha=3.0).fit(train)
+    np.testing.assert_allclose(model.share_, [2 / 3, 1 / 3])
+    known = Histories.from_pairs(np.array([0, 0, 1]), np.array([1, 2, 0]), 3, 4)  # user 2 knows nothing
+    s = model.score(known)
+    # user 0: n_u = 2, in category 0: 1 (item 2), in 1: 2 -> (1 + 2) / 5, (2 + 1) / 5
+    u0 = np.array([3 / 5, 3 / 5])
+    u2 = np.array([2 / 3, 1 / 3])  # nothing known: everyone's shares
+    np.testing.assert_allclose(s[0], [u0[0], u0[1], u0.mean(), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(s[2], [u2[0], u2[1], 0.5, 0.0], rtol=1e-6)
+    assert s[1, 0] > s[1, 1]  # user 1 knows item 0 (category 0)
+
+
+def test_an_item_without_positives_is_placed_by_its_content(tmp_path):
+    """DropoutNet-style item-id dropout: a catalogue item nobody interacted with gets the trained unknown-item
+    row and lands with the items its content vector (say, a text embedding) resembles."""
+    train, items, group, item_group = planted()
+    rng = np.random.default_rng(1)
+    items = items.assign(text=list(np.eye(3)[item_group] + rng.normal(0, 0.3, (len(items), 3))))
+    cold = np.arange(54, 60) + 1  # six items (two per group) never in the training rows
+    train = train[~train.item_id.isin(cold)]
+    cfg = TwoTowerConfig(query_columns=("taste",), item_vectors=("text",), user_ids=False, epochs=15, seed=0,
+                         history="recent_items", item_id_dropout=0.3)
+    model = TwoTower(cfg).fit(train, items)
+    rows = model.item_rows(np.arange(1, 61))
+    assert (model.id_rows(rows)[cold - 1] == 0).all() and (model.id_rows(rows)[:54] == rows[:54]).all()
+    assert model.cold_items().tolist() == (cold - 1).tolist()
+    vectors = model.item_vectors()
+    warm = np.arange(54)
+    for c in cold - 1:
+        nearest = warm[np.argsort(-(vectors[warm] @ vectors[c]))[:10]]
+        assert (item_group[nearest] == item_group[c]).mean() >= 0.8, (c, item_group[nearest])
+    again = TwoTower.load(tmp_path, model.save(tmp_path).version)
+    np.testing.assert_allclose(again.item_vectors(), vectors, atol=1e-6)
+    # without the option (versions saved before it) every item keeps its own row
+    again.config = dataclasses.replace(again.config, item_id_dropout=0.0)
+    assert (again.id_rows(rows) == rows).all()
