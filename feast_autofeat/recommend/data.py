@@ -90,6 +90,34 @@ def cold_users_cut(events: pd.DataFrame, share: float = 0.1, known: int = 5, see
     return ev[~is_cold].reset_index(drop=True), cut
 
 
+@dataclass(frozen=True)
+class NewItemsCut:
+    """Protocol N: ``train`` (every positive before the cut time ``at``); ``cut``: test users' history (their
+    positives before ``at``) and targets (their positives after it on ``new_items``, the items whose first
+    positive is at or after ``at``: no model trained on ``train`` has seen them)."""
+
+    at: pd.Timestamp
+    train: pd.DataFrame
+    cut: Cut
+    new_items: np.ndarray
+
+
+def new_items_cut(events: pd.DataFrame, train_share: float = 0.8) -> NewItemsCut:
+    """The global temporal cut at the ``train_share`` quantile of positive times; test users: those with a
+    positive on each side, one of them after the cut on a new item."""
+    ev = events.sort_values([USER, TS, ITEM], ignore_index=True)
+    at = ev[TS].sort_values(ignore_index=True).iloc[int(train_share * (len(ev) - 1))]
+    before = ev[TS] < at
+    train = ev[before].reset_index(drop=True)
+    first = ev.groupby(ITEM)[TS].min()
+    new = np.sort(first.index[first >= at].to_numpy())
+    future = ev[~before & ev[ITEM].isin(new)]
+    users = np.intersect1d(train[USER].unique(), future[USER].unique())
+    cut = Cut(train[train[USER].isin(users)].reset_index(drop=True),
+              future[future[USER].isin(users)].reset_index(drop=True))
+    return NewItemsCut(at, train, cut, new)
+
+
 def attach_history(rows: pd.DataFrame, history: pd.DataFrame, strictly_before: bool = False,
                    limit: int = RECENT_ITEMS) -> pd.DataFrame:
     """``rows`` (user_id, event_timestamp, ...) plus ``recent_items``: the user's items in ``history`` (all of

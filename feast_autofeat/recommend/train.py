@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from feast_autofeat.errors import AutofeatError, DataError
+from feast_autofeat.feast.interactions import ITEM_VECTORS
 from feast_autofeat.feast.offline import ITEM, TS, USER
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import recall_at_k
@@ -35,12 +36,14 @@ from feast_autofeat.models.two_tower import STEERING, TwoTower, TwoTowerConfig
 from feast_autofeat.recommend.data import (
     RECENT_FIELD,
     Cut,
+    NewItemsCut,
     QueryFeatures,
     attach_history,
     catalogue,
     cold_users_cut,
     groups,
     histories,
+    new_items_cut,
     per_user_cut,
     positive_events,
     query_columns,
@@ -52,25 +55,48 @@ from feast_autofeat.recommend.data import (
 # cold users are already absent from the events a two-tower is trained on
 INNER_COLD_SALT = 2_000_029
 GATE_Z = 1.0  # a learned group stays when its paired validation gain exceeds this many standard errors
-ITEM_VECTORS = "item_vectors"  # the column suffix of a session embedding's item vectors in the catalogue
+INNER_NEW_SHARE = 0.9  # the inner new-items cut: the last 10% of the training events' time
+NEW_ITEMS_SEEDS = 2  # fits per configuration on the inner new-items cut, averaged
 
 
 def item_vector_column(name: str) -> str:
     return f"{name}__{ITEM_VECTORS}"
 
 
-def item_vectors(decl, root, encoders: dict) -> dict:
-    """Learned item vectors for the candidate tower: each declared session embedding's (Mult-VAE) output-layer
-    rows, at its version in ``encoders``."""
+def item_vectors(decl, root, encoders: dict, store=None) -> dict:
+    """Learned item vectors for the candidate tower, at their versions in ``encoders``: each declared session
+    embedding's (Mult-VAE) output-layer rows, and each stored item embedding's materialized vectors (the latest
+    snapshot of every item, read through Feast's offline store)."""
+    from feast_autofeat.feast.deployments import view_name
     from feast_autofeat.models.multvae import MultVAE
+    from feast_autofeat.recommend.health import latest_vectors
 
     out = {}
     for name in decl.item_vector_sources:
         version = encoders.get(name)
-        if version:
+        if not version:
+            continue
+        if name in decl.item_embeddings:
+            view = view_name(name, version)
+            ids, vectors = latest_vectors(store, view, decl.interactions.item_key)
+            if not len(ids):
+                raise DataError(f"{decl.name} reads the item vectors of {view}, which has none materialized: run "
+                                f"`feast materialize` (or `feast-autofeat backfill {view}`) first.")
+            out[item_vector_column(name)] = (ids, vectors)
+        else:
             vae = MultVAE.load(root, version)
             out[item_vector_column(name)] = (vae.item_ids_, vae.item_vectors())
     return out
+
+
+def item_vector_refs(decl, encoders: dict) -> dict[str, str]:
+    """{``<view>:embedding``: the model's column} of the stored item embeddings at ``encoders``' versions: the
+    engine reads them as inputs when it materializes the candidate vectors, so an item added after training is
+    placed by its content too."""
+    from feast_autofeat.feast.deployments import view_name
+
+    return {f"{view_name(n, encoders[n])}:embedding": item_vector_column(n)
+            for n in decl.item_embeddings if encoders.get(n)}
 
 
 def training_rows(events: pd.DataFrame) -> pd.DataFrame:
@@ -116,16 +142,24 @@ class TrainingSet:
     features: QueryFeatures
     root: Path
     cold_valid: tuple | None = None  # users left out of the tuning fit (None: too few to choose from)
+    # the inner new-items cut (protocol N inside the training events) and its validation, for gating item
+    # embeddings (None: the repo declares none, or too few new items or users to judge them by)
+    new_items: NewItemsCut | None = None
+    new_valid: tuple | None = None
 
     @classmethod
     def build(cls, store, decl, train_events: pd.DataFrame, root=None, encoders: dict | None = None,
-              cold_share: float = 0.1, cold_known: int = 5, min_cold_users: int = 20) -> TrainingSet:
+              cold_share: float = 0.1, cold_known: int = 5, min_cold_users: int = 20,
+              min_new_items: int = 10) -> TrainingSet:
         """``encoders``: {embedding: version} the query features use (default: the live versions).
         ``cold_share`` of users (at least ``min_cold_users`` with targets, else none) are left out of the
-        tuning fit to choose the cold-user popularity weight."""
+        tuning fit to choose the cold-user popularity weight. When the declaration's item embeddings are read,
+        the inner new-items cut (``INNER_NEW_SHARE``) judges them too, given ``min_new_items`` new items and
+        ``min_cold_users`` users with targets among them."""
         root = Path(root) if root else decl.root
         features = query_features(store, decl, encoders)
-        items = catalogue(store, decl, item_vectors(decl, root, features.encoders), events=train_events)
+        items = catalogue(store, decl, item_vectors(decl, root, features.encoders, store),
+                          events=train_events)
         item_ids = items[ITEM].to_numpy()
         events = train_events[[USER, ITEM, TS]]
         events = events[events[ITEM].isin(item_ids)].reset_index(drop=True)  # items the catalogue knows
@@ -137,8 +171,15 @@ class TrainingSet:
         if cold.future[USER].nunique() < min_cold_users:
             warm, cold = events, None
         inner = per_user_cut(warm)
+        new, new_valid = None, None
+        if any(n in features.encoders for n in decl.item_embeddings):
+            new = new_items_cut(warm, INNER_NEW_SHARE)
+            if len(new.new_items) >= min_new_items and new.cut.future[USER].nunique() >= min_cold_users:
+                new_valid = validation(store, new.cut, item_ids, features)
+            else:
+                new = None
         return cls(decl, events, items, frame, inner, validation(store, inner, item_ids, features), features,
-                   root, validation(store, cold, item_ids, features) if cold is not None else None)
+                   root, validation(store, cold, item_ids, features) if cold is not None else None, new, new_valid)
 
     @property
     def groups(self) -> dict[str, tuple[str, ...]]:
@@ -260,6 +301,15 @@ class TrainingSet:
                             "users": int((self.valid[1].lengths > 0).sum()),
                             "reason": (f"inner-validation Recall@20 gain {diff['mean']:+.4f} "
                                        f"{'>' if kept else '<='} {GATE_Z:g} x SE {diff['se']:.4f} (paired)")}
+            if name in self.decl.item_embeddings and self.new_valid is not None:
+                # what an item embedding is for: placing items nobody has interacted with yet
+                new = self._new_items_gain(config, name, tuned.metrics_["best_epoch"], progress)
+                kept = kept or new["mean"] > GATE_Z * new["se"]
+                report[name].update(
+                    kept=kept, new_items={**new, "items": len(self.new_items.new_items)},
+                    reason=report[name]["reason"] + f"; inner new items NDCG@10 gain {new['mean']:+.4f} "
+                    f"{'>' if new['mean'] > GATE_Z * new['se'] else '<='} {GATE_Z:g} x SE {new['se']:.4f} "
+                    f"(paired, {new['users']} users)")
             if not kept:
                 dropped.append((name, ablated))
         if not dropped:
@@ -270,6 +320,24 @@ class TrainingSet:
         tuned = dropped[0][1] if len(dropped) == 1 else self._tune(config, inner_rows, progress)
         return tuned, config, report
 
+    def _new_items_gain(self, config: TwoTowerConfig, name: str, epochs: int, progress: bool,
+                        seeds: int = NEW_ITEMS_SEEDS) -> dict:
+        """Per-user NDCG@10 among the inner new items (``new_items_ndcg``) of ``config`` minus ``config``
+        without ``name``, both fitted on the events before the inner cut for ``epochs`` (the tuned count), each
+        averaged over ``seeds`` fits (training noise is not in the paired standard error), as mean and standard
+        error over users (paired), with the number of users."""
+        from feast_autofeat.evaluation import mean_se
+
+        rows = self.frame.iloc[_row_positions(self.events, self.new_items.train)]
+        per_user = []
+        for cfg in (config, self.without(config, name)):
+            cfg = replace(cfg, epochs=epochs, session_weight=max(cfg.session_weight, cfg.min_session_weight),
+                          category_weight=max(cfg.category_weight, cfg.min_category_weight))
+            per_user.append(np.mean([new_items_ndcg(TwoTower(replace(cfg, seed=cfg.seed + s)).fit(
+                self._augmented(rows, cfg)[0], self.items, progress=progress), self.new_valid,
+                self.new_items.new_items) for s in range(seeds)], axis=0))
+        return {**mean_se(per_user[0] - per_user[1]), "users": len(per_user[0]), "seeds": seeds}
+
     def _augmented(self, frame: pd.DataFrame, config: TwoTowerConfig) -> tuple[pd.DataFrame, dict | None]:
         if not config.gan_augment:
             return frame, None
@@ -277,6 +345,24 @@ class TrainingSet:
 
         return augment_rows(frame, self.decl, self.features.encoders, self.root, config.gan_augment,
                             config.augment_max_events, seed=config.seed)
+
+
+def new_items_scores(scores: np.ndarray, item_ids: np.ndarray, new_items: np.ndarray) -> np.ndarray:
+    """``scores`` (users x catalogue) with every item but ``new_items`` out of the ranking: protocol N ranks
+    the items nobody had interacted with at the cut, among themselves."""
+    out = np.full_like(scores, -np.inf)
+    keep = np.isin(item_ids, new_items)
+    out[:, keep] = scores[:, keep]
+    return out
+
+
+def new_items_ndcg(model: TwoTower, valid: tuple, new_items: np.ndarray) -> np.ndarray:
+    """Per-user NDCG@10 among ``new_items`` on ``valid`` (users with targets)."""
+    from feast_autofeat.models.metrics import ndcg_at_k
+
+    vq, targets, _ = valid
+    scores = new_items_scores(model.score(vq), np.asarray(model.item_ids_), new_items)
+    return ndcg_at_k(scores, targets, 10)[targets.lengths > 0]
 
 
 def _per_user_recall(model: TwoTower, valid: tuple) -> np.ndarray:
@@ -307,7 +393,8 @@ def train_two_tower(repo, decl, as_of=None, root=None, seed: int = 0, progress: 
     """``feast-autofeat train <two-tower>``: fit on every positive event up to ``as_of`` (or ``events``) with the
     learned embeddings at ``encoders`` ({embedding: version}; default: the live ones), gate them (module doc),
     save a verified version that records the kept ones (serving reads exactly those). Its ``feature_refs`` name
-    the item views, so ``feast materialize`` of its view writes its candidate vectors."""
+    the item views and the kept item embeddings' versioned views, so ``feast materialize`` of its view writes its
+    candidate vectors from exactly what it was trained on."""
     from feast_autofeat.training import TrainResult
 
     t0 = time.perf_counter()
@@ -327,7 +414,8 @@ def train_two_tower(repo, decl, as_of=None, root=None, seed: int = 0, progress: 
     inter = decl.interactions
     art = model.save(root, extra={
         "declaration": decl.name, "feast_project": store.project, "seed": seed,
-        "training_window": {"as_of": used.isoformat()}, "encoders": kept, "feature_refs": decl.refs,
+        "training_window": {"as_of": used.isoformat()}, "encoders": kept,
+        "feature_refs": [*decl.refs, *item_vector_refs(decl, kept)], "item_vector_refs": item_vector_refs(decl, kept),
         "join_key": inter.item_key, "key_kind": inter.item_kind(), "user_key": inter.user_key,
         "user_kind": inter.user_kind(), "interaction_log": inter.describe()})
     rows = {"events": len(data.events), "users": model.metrics_["users"], "items": model.metrics_["items"]}
