@@ -271,10 +271,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from feast_autofeat.recommend.evaluate import evaluate_repo, table_text
 
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()] if args.protocols else None
-    if protocols is None:
-        protocols = ["P", "C"] if args.quick else ["P", "C", "T"]
-    print(f"evaluating {args.repo} ({', '.join(protocols)}{', quick' if args.quick else ''}) in a scratch copy "
-          "of the repo ...", flush=True)
+    shown = ", ".join(protocols) if protocols else "the default protocols"
+    print(f"evaluating {args.repo} ({shown}{', quick' if args.quick else ''}) in a scratch copy of the repo ...",
+          flush=True)
     result = evaluate_repo(args.repo, args.feature_store_yaml, protocols=protocols, quick=args.quick,
                            seed=args.seed, c_runs=args.c_runs, out=args.out, name=args.name,
                            say=lambda m: print(f"  {m}", flush=True))
@@ -458,12 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_backfill)
 
     ev = sub.add_parser("evaluate", help="evaluate the repo's two-tower against baselines on its own data (protocols "
-                        "P, C, T), in a scratch copy of the repo",
+                        "P, C, T, N, S), in a scratch copy of the repo",
                         description="Popularity, EASE, Mult-VAE, the two-tower as ids only, without learned "
                         "features, as shipped (learned groups gated) and without each learned embedding; one "
                         "table with paired differences, a JSON and a PNG. The repo itself is not changed.")
     ev.add_argument("--protocols", help="comma-separated, of P (per-user temporal), C (new users), T (global "
-                    "temporal); default P,C,T (--quick: P,C)")
+                    "temporal), N (new items), S (search); default P,C,T (--quick: P,C), N where the two-tower reads "
+                    "item embeddings (a text view of the items), S where the repo declares a text view of its items")
     ev.add_argument("--quick", action="store_true", help="fewer epochs and rows: minutes, not tens of minutes")
     ev.add_argument("--out", type=Path, help="the JSON (default <repo>/reports/evaluation-<time>.json); the PNG "
                     "lies beside it")

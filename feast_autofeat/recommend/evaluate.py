@@ -17,6 +17,12 @@ each user's known items excluded; Recall@K divided by min(K, targets); standard 
   users, so ``pool`` combines runs with different held-out users and seeds into one table.
 - **T** (global temporal; ``G`` is accepted too): train on the first 80% of positives by time, test on the rest,
   for users with at least one positive on each side.
+- **N** (new items; run by default when the two-tower reads item embeddings, e.g. a text view of the items):
+  T's cut; the targets are each test user's positives on the items whose first positive came after the cut
+  (no model has seen them), ranked among those items only. Rows: the category-popularity baseline
+  (``CategoryPopularity``), the two-tower with every learned group, without each item embedding, and as
+  ``train`` ships it (gated; an item embedding is also judged on the same cut repeated inside the training
+  events). Item text is not behaviour: the text views are materialized as of now, as serving would hold them.
 
 Models: popularity, EASE, Mult-VAE (when the repo declares a session embedding), and the two-tower as ids only,
 ids + history, without learned features, with every learned group (``two-tower learned``), without each one in
@@ -53,8 +59,8 @@ from feast_autofeat.feast.offline import TS, USER
 from feast_autofeat.models.interactions import Histories
 from feast_autofeat.models.metrics import hit_rate_at_k, ndcg_at_k, recall_at_k
 from feast_autofeat.models.two_tower import STEERING
-from feast_autofeat.recommend.data import Cut, cold_users_cut, histories, per_user_cut
-from feast_autofeat.recommend.train import TrainingSet, validation
+from feast_autofeat.recommend.data import Cut, cold_users_cut, histories, new_items_cut, per_user_cut
+from feast_autofeat.recommend.train import TrainingSet, new_items_scores, validation
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +68,9 @@ METRICS = (("recall@10", recall_at_k, 10), ("recall@20", recall_at_k, 20), ("ndc
            ("hitrate@10", hit_rate_at_k, 10))
 SHIPPED = "two-tower"  # the configuration ``train`` ships by default (learned groups gated)
 WITHOUT_ITEM_ITEM = "  - item-item term"  # the shipped model scored with its item-item weight at 0 (when not 0)
-BASELINES = ("popularity", "EASE", "Mult-VAE")
+BASELINES = ("popularity", "EASE", "Mult-VAE", "category popularity")
 PAIRED = ("ndcg@10", "recall@20")  # the metrics of the targets, compared user by user with each baseline
-PROTOCOLS = ("P", "C", "T")
+PROTOCOLS = ("P", "C", "T", "N", "S")
 # --quick: few epochs (early stopping usually ends ML-100K's fits within these anyway) and no "learned, ungated" row
 QUICK = {"epochs": {"dae": 5, "gan": 5, "multvae": 15, "two_tower": 4}, "protocols": ("P", "C")}
 
@@ -91,12 +97,25 @@ def variants(decl, quick: bool = False) -> dict[str, dict]:
     return out
 
 
+def new_item_variants(decl) -> dict[str, dict]:
+    """Protocol N's two-tower rows: every learned group, without each item embedding, as shipped (gated)."""
+    plain = tuple(v.projection.name_to_use() for v in decl.query_views)
+    item_views = tuple(v.projection.name_to_use() for v in decl.inputs)
+    out = {"two-tower learned": {}}
+    for name in decl.item_embeddings:
+        out[f"  - {name}"] = {"groups": plain + tuple(decl.query_learned),
+                              "item_groups": item_views + tuple(n for n in decl.item_vector_sources if n != name)}
+    out[SHIPPED] = {"gate": True}
+    return out
+
+
 @dataclass(frozen=True)
 class Protocol:
     name: str
     description: str
     train_events: pd.DataFrame  # what every model may learn from
     cut: Cut  # test users: known history and targets
+    candidates: np.ndarray | None = None  # the items ranked (None: the whole catalogue)
 
 
 def protocol_p(events: pd.DataFrame) -> Protocol:
@@ -123,16 +142,24 @@ def protocol_t(events: pd.DataFrame, train_share: float = 0.8) -> Protocol:
 protocol_g = protocol_t  # the name the earlier tables used
 
 
-def paired(per_user: dict) -> dict:
-    """{model: {baseline: {metric: {mean, se}}}}: each two-tower's per-user difference from each baseline on the
-    same users. Two models scored on the same users share most of their noise (which users are easy), so the
-    difference's standard error is far smaller than either model's own: the comparison a target needs."""
+def protocol_n(events: pd.DataFrame, train_share: float = 0.8) -> Protocol:
+    new = new_items_cut(events, train_share)
+    return Protocol("N", f"new items: train on positives before {new.at}; targets: test users' positives on the "
+                    f"{len(new.new_items)} items first seen after it, ranked among those items", new.train, new.cut,
+                    new.new_items)
+
+
+def paired(per_user: dict, references=()) -> dict:
+    """{model: {baseline: {metric: {mean, se}}}}: each two-tower's per-user difference from each baseline (and
+    each of ``references``, other rows) on the same users. Two models scored on the same users share most of
+    their noise (which users are easy), so the difference's standard error is far smaller than either model's
+    own: the comparison a target needs."""
     out = {}
     for name, values in per_user.items():
         if name in BASELINES:
             continue
-        out[name] = {b: {m: mean_se(values[m] - per_user[b][m]) for m in PAIRED} for b in BASELINES
-                     if b in per_user}
+        out[name] = {b: {m: mean_se(values[m] - per_user[b][m]) for m in PAIRED}
+                     for b in (*BASELINES, *references) if b in per_user and b != name}
     return out
 
 
@@ -171,6 +198,8 @@ def train_encoders(project, decl, events: pd.DataFrame, seed: int = 0, progress:
         cap = epochs.get(name, epochs.get(learned.model))
         kwargs = {"epochs": cap} if cap is not None else {}
         data = {"events": events} if learned.kind == "session" else {"entity_df": rows}
+        if learned.model == "text":  # pretrained: training copies it (no data, no epochs)
+            kwargs, data = {}, {}
         versions[name] = train(project, name, seed=seed, progress=progress, **data, **kwargs).version
         steps[f"train {name}"] = round(time.perf_counter() - t, 1)
     dep = project.deployments()
@@ -180,14 +209,18 @@ def train_encoders(project, decl, events: pd.DataFrame, seed: int = 0, progress:
     project.apply()
     lo = events[TS].min().floor("D").to_pydatetime()
     hi = events[TS].max().ceil("D").to_pydatetime()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
     for name, learned in decl.learned.items():
         if learned.stored:
             t = time.perf_counter()
+            # item text is not behaviour, and serving embeds a new item's text as soon as it exists: one
+            # snapshot of every item's text as of now, not one a day
+            start, stop = (now, now) if learned.model == "text" else (lo, hi)
             with warnings.catch_warnings():
                 # snapshots inside the training range are the point: P's histories span the whole timeline
                 warnings.simplefilter("ignore", LeakageWarning)
-                backfill(project.store, view_name(name, versions[name]), lo, hi, pd.Timedelta(every).to_pytimedelta(),
-                         progress=progress)
+                backfill(project.store, view_name(name, versions[name]), start, stop,
+                         pd.Timedelta(every).to_pytimedelta(), progress=progress)
             steps[f"backfill {name}"] = round(time.perf_counter() - t, 1)
     return versions
 
@@ -226,12 +259,15 @@ def tune_ease(data: TrainingSet, item_ids: np.ndarray, grid=(50.0, 100.0, 200.0,
 
 
 def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, seed: int = 0,
-                 progress: bool = False, epochs: dict | None = None, quick: bool = False) -> dict:
+                 progress: bool = False, epochs: dict | None = None, quick: bool = False, search=None) -> dict:
     """Every model of the table on one protocol: {model: metrics}, plus the protocol's description. ``rows``:
     the two-tower variants (default ``variants(decl)``); ``epochs``: caps per embedding or model name;
     ``quick``: only the shipped row is tuned (epochs, steering weights on the inner validation, gate); the other
-    two-tower rows are fitted once with its choices, so they differ from it only in their inputs."""
-    from feast_autofeat.models.ease import Popularity
+    two-tower rows are fitted once with its choices, so they differ from it only in their inputs. ``search``:
+    (a text view of the items, its version unless the two-tower reads it): the search table
+    (``search_eval.repo_search_table``) on the same test users with the shipped two-tower, under ``search``."""
+    from feast_autofeat.models.ease import CategoryPopularity, Popularity
+    from feast_autofeat.models.two_tower import item_categories
 
     t0 = time.perf_counter()
     rows = variants(decl) if rows is None else rows
@@ -246,9 +282,12 @@ def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, se
     qframe, targets, known = validation(store, protocol.cut, item_ids, data.features)
     steps["training set (point in time)"] = round(time.perf_counter() - t, 1)
     table, per_user = {}, {}
+    new = protocol.candidates
 
     def record(name: str, scores: np.ndarray, started: float, **fit) -> None:
         """One row: the metrics over the test users, the seconds it took, what the fit reported (``fit``)."""
+        if new is not None:
+            scores = new_items_scores(scores, item_ids, new)
         per_user[name] = metric_values(scores, known, targets, METRICS)
         table[name] = {**summarize(per_user[name]), "seconds": time.perf_counter() - started,
                        **({"fit": fit} if fit else {})}
@@ -256,11 +295,16 @@ def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, se
 
     train_h = histories(data.events, np.unique(data.events.user_id), item_ids)
     t = time.perf_counter()
-    record("popularity", Popularity().fit(train_h).score(known), t)
-    t = time.perf_counter()
-    ease, info = tune_ease(data, item_ids)
-    record("EASE", ease.score(known), t, **info)
-    sessions = [n for n, d in decl.learned.items() if d.kind == "session"]
+    if new is not None:  # popularity, EASE and Mult-VAE know nothing of items without positives
+        cats = item_categories(data.items, data.config().item_columns).numpy()
+        record("category popularity", CategoryPopularity(cats).fit(train_h).score(known), t,
+               categories=int(cats.shape[1]))
+    else:
+        record("popularity", Popularity().fit(train_h).score(known), t)
+        t = time.perf_counter()
+        ease, info = tune_ease(data, item_ids)
+        record("EASE", ease.score(known), t, **info)
+    sessions = [n for n, d in decl.learned.items() if d.kind == "session"] if new is None else []
     if sessions:
         t = time.perf_counter()
         record("Mult-VAE", multvae_scores(decl.root, versions[sessions[0]], known, item_ids), t)
@@ -278,8 +322,19 @@ def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, se
         if quick and name == SHIPPED:
             shared = {"epochs": model.metrics_["tuned_epochs"], "item_item_l2": model.config.item_item_l2,
                       **{f"{k}_weight": getattr(model.config, f"{k}_weight") for k in STEERING}}
-        record(name, model.score(qframe), t, **{k: v for k, v in model.metrics_.items() if k != "train_seconds"})
-        if name == SHIPPED and model.item_item_dims():  # the same model, its item-item term off
+        scores = model.score(qframe)
+        record(name, scores, t, **{k: v for k, v in model.metrics_.items() if k != "train_seconds"})
+        if name == SHIPPED and search is not None:
+            from feast_autofeat.recommend.search_eval import repo_search_table
+
+            t = time.perf_counter()
+            text, text_version = search
+            found = repo_search_table(store, text, versions.get(text.name, text_version),
+                                      decl.interactions.item_key, data.items,
+                                      model.config.item_columns or data.config().item_columns, scores, targets,
+                                      known, seed=seed)
+            steps["search table"] = round(time.perf_counter() - t, 1)
+        if name == SHIPPED and model.item_item_dims() and new is None:  # the same model, item-item term off
             t, on = time.perf_counter(), model.config
             model.config = replace(on, item_item_weight=0.0, cold_item_item_weight=None)
             record(WITHOUT_ITEM_ITEM, model.score(qframe), t, item_item_weight=on.item_item_weight,
@@ -290,12 +345,53 @@ def run_protocol(project, decl, protocol: Protocol, rows: dict | None = None, se
     order = (*[n for n in table if n in BASELINES],
              *[x for n in rows for x in (n, derived.get(n)) if x in table])
     table, per_user = {n: table[n] for n in order}, {n: per_user[n] for n in order}
-    for name, comparisons in paired(per_user).items():
+    references = [n for n in table if n.startswith("  - ")] if new is not None else []
+    for name, comparisons in paired(per_user, references).items():
         table[name]["paired"] = comparisons
     return {"protocol": protocol.description, "train_events": len(protocol.train_events),
             "test_users": int((targets.lengths > 0).sum()), "targets": int(targets.lengths.sum()),
             "encoders": versions, "seconds": time.perf_counter() - t0, "steps_seconds": steps, "models": table,
+            **({"search": found} if search is not None else {}),
             "per_user": per_user}  # {model: {metric: value per test user}}: not JSON; ``pool`` reads it
+
+
+def _search_view(project, decl) -> tuple:
+    """(the items' text view, its version): trained, deployed and materialized once in the workspace when the
+    two-tower does not read it (no protocol retrains it: a text encoder is pretrained)."""
+    from feast_autofeat.feast.deployments import view_name
+    from feast_autofeat.feast.engine import backfill
+    from feast_autofeat.recommend.search import item_text_view
+    from feast_autofeat.training import train
+
+    text = item_text_view(project, decl)
+    if text.name in decl.learned:
+        return text, None
+    version = train(project, text.name).version
+    dep = project.deployments()
+    dep.deploy(text.name, "text", version, live=True)
+    dep.save()
+    project.apply()
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    backfill(project.store, view_name(text.name, version), now, now, progress=False)
+    return text, version
+
+
+def search_result(found: dict, protocol: str) -> dict:
+    """``repo_search_table``'s table in ``flat``'s shape: rows as models, personalized search's paired
+    differences under ``paired``."""
+    from feast_autofeat.recommend.search_eval import PERSONALIZED
+
+    models, diffs = {}, {}
+    for name, row in found["rows"].items():
+        models[name] = {"users": found["test_users"]}
+        for m in ("recall@20", "ndcg@10"):
+            models[name][m], models[name][f"{m}_se"] = row[m]["mean"], row[m]["se"]
+        if "personalized minus this" in row:
+            diffs[name] = row["personalized minus this"]
+    return {"protocol": f"search ({protocol}'s test users and shipped two-tower; query: {found['query']}; text: "
+            f"{found['text_view']} {found['text_version']})", "test_users": found["test_users"],
+            "targets": found["test_interactions"], "queries": found["queries"], "models": models,
+            "paired": {PERSONALIZED: diffs}}
 
 
 # ---- the command: a scratch copy of the repo, the protocols, one JSON and one PNG
@@ -389,33 +485,49 @@ def table_text(result: dict, shown=("recall@20", "ndcg@10", "hitrate@10")) -> st
     for name, res in result.items():
         lines.append(f"protocol {name}: {res['protocol']} ({res['test_users']} test users, {res['targets']} "
                      "targets)")
-        lines.append(f"  {'model':<34}" + "".join(f"{m:>18}" for m in shown) + f"{'vs EASE (recall@20)':>24}")
+        # the paired column: vs EASE (P, C, T), vs category popularity (N), personalized search minus the row (S)
+        search = name == "S"
+        ref = "EASE" if "EASE" in res["models"] else "category popularity"
+        title = "personalized minus (recall@20)" if search else f"vs {ref} (recall@20)"
+        lines.append(f"  {'model':<34}" + "".join(f"{m:>18}" for m in shown) + f"{title:>32}")
         for model, row in res["models"].items():
-            diff = (res["paired"].get(model) or {}).get("EASE", {}).get("recall@20")
-            lines.append(f"  {model:<34}" + "".join(f"{row[m]:>10.4f} ±{row[m + '_se']:.4f}" for m in shown)
-                         + (f"{diff['mean']:>+15.4f} ±{diff['se']:.4f}" if diff else ""))
+            pairs = next(iter(res["paired"].values()), {}).get(model) if search else \
+                (res["paired"].get(model) or {}).get(ref)
+            diff = (pairs or {}).get("recall@20")
+            lines.append(f"  {model:<34}" + "".join(f"{row[m]:>10.4f} ±{row[m + '_se']:.4f}" if m in row
+                                                    else f"{'':>18}" for m in shown)
+                         + (f"{diff['mean']:>+23.4f} ±{diff['se']:.4f}" if diff else ""))
         gate = res["models"].get(SHIPPED, {}).get("gate")
         for group, g in (gate or {}).items():
             lines.append(f"  gate: {group} {'kept' if g['kept'] else 'dropped'}: {g['reason']}")
     return "\n".join(lines)
 
 
-def evaluate_repo(repo, yaml: str | None = None, protocols=("P", "C", "T"), quick: bool = False, seed: int = 0,
+def evaluate_repo(repo, yaml: str | None = None, protocols=None, quick: bool = False, seed: int = 0,
                   c_runs: int = 1, out: str | Path | None = None, name: str | None = None,
                   progress: bool = False, say=lambda _m: None, rows=None) -> dict:
     """``feast-autofeat evaluate``: the protocols on the repo's data for its two-tower, in a scratch copy. Saves
     the JSON (``out``, default ``<repo>/reports/evaluation-<time>.json``) and a PNG beside it; returns the
     result with ``json`` and ``png`` paths. ``rows``: only these two-tower rows (``variants``' names; default
-    all), beside the baselines."""
+    all), beside the baselines. ``protocols``: default P, C, T (``--quick``: P, C), N where the two-tower reads
+    item embeddings, S where the repo declares a text view of its items."""
     from feast_autofeat.recommend.data import positive_events
+    from feast_autofeat.recommend.search import item_text_view
     from feast_autofeat.repo import Repo
 
+    source = Repo(repo, yaml)
+    decl = source.two_tower(name)
+    text = item_text_view(source, decl)
+    if protocols is None:
+        protocols = (*(QUICK["protocols"] if quick else ("P", "C", "T")), *(("N",) if decl.item_embeddings else ()),
+                     *(("S",) if text is not None else ()))
     protocols = [{"G": "T"}.get(p.upper(), p.upper()) for p in protocols]
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
         raise AutofeatError(f"unknown protocol(s) {bad}: use {', '.join(PROTOCOLS)}.")
-    source = Repo(repo, yaml)
-    decl = source.two_tower(name)
+    if "S" in protocols and text is None:
+        raise AutofeatError(f"protocol S (search) needs a text_embedding_view of {decl.interactions.item_key}, the "
+                            f"items of {decl.name}; declare one (see docs/how-to/text.md).")
     t0 = time.perf_counter()
     scratch = workspace(source.path, yaml)
     cwd = os.getcwd()
@@ -432,17 +544,31 @@ def evaluate_repo(repo, yaml: str | None = None, protocols=("P", "C", "T"), quic
             raise AutofeatError(f"unknown row(s) {unknown}: {decl.name}'s are {list(every)}.")
         rows = {k: v for k, v in every.items() if rows is None or k in rows}
         result = {}
+        search = _search_view(project, decl) if "S" in protocols else None
+        if "S" in protocols and "P" not in protocols:  # P's split with the shipped two-tower only
+            protocols = [*(p for p in protocols if p != "S"), "P"]
+            rows, only_search = {SHIPPED: every[SHIPPED]}, True
+        else:
+            protocols, only_search = [p for p in protocols if p != "S"], False
         for p in protocols:
             say(f"protocol {p} ...")
             if p == "C":
                 runs = [run_protocol(project, decl, protocol_c(events, seed=s), rows, seed=s, progress=progress,
                                      epochs=epochs, quick=quick) for s in range(seed, seed + max(1, c_runs))]
                 res = pool(runs) if len(runs) > 1 else runs[0]
+            elif p == "N":
+                res = run_protocol(project, decl, protocol_n(events), new_item_variants(decl), seed=seed,
+                                   progress=progress, epochs=epochs, quick=quick)
             else:
                 res = run_protocol(project, decl, (protocol_p if p == "P" else protocol_t)(events), rows,
-                                   seed=seed, progress=progress, epochs=epochs, quick=quick)
-            result[p] = flat(res)
-            say(f"protocol {p}: {result[p]['test_users']} test users ({res['seconds']:.0f}s)")
+                                   seed=seed, progress=progress, epochs=epochs, quick=quick,
+                                   search=search if p == "P" else None)
+            if "search" in res:
+                result["S"] = search_result(res.pop("search"), "P")
+                say(f"protocol S: {result['S']['test_users']} test users searching")
+            if not (p == "P" and only_search):
+                result[p] = flat(res)
+                say(f"protocol {p}: {result[p]['test_users']} test users ({res['seconds']:.0f}s)")
     finally:
         os.chdir(cwd)
         shutil.rmtree(scratch, ignore_errors=True)

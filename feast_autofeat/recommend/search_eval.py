@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from feast_autofeat.errors import AutofeatError
 from feast_autofeat.evaluation import mean_se
 from feast_autofeat.recommend.search import CANDIDATES, SEARCH_WEIGHT, fuse
 
@@ -110,3 +111,74 @@ def search_table(pairs: pd.DataFrame, item_text_vectors: np.ndarray, query_vecto
     return {"rows": table, "test_users": int(len(head)), "test_interactions": int(len(pairs)),
             "queries": len(queries), "candidates": candidates, "weights": list(weights),
             "seconds": time.perf_counter() - t0}
+
+
+# ---- the protocol inside ``feast-autofeat evaluate`` (any repo whose recommender's items have a text view)
+MAX_QUERY_VALUES = 64  # a string item column with more distinct values is not a category path (brands, titles)
+
+
+def category_queries(items: pd.DataFrame, columns) -> pd.Series:
+    """Each item's query, from its categories alone (never its text): the values of its string columns of at
+    most ``MAX_QUERY_VALUES`` distinct values and at most one per two items (a category, a department; not a
+    title) and the names of its 0/1 columns that are set (genres: ``genre_film_noir`` -> "film noir", the prefix
+    the flags share dropped), lower case, by ``item_id``; items without any: no query."""
+    words = pd.Series([""] * len(items), index=items["item_id"].to_numpy(), dtype=object)
+    flags = [c for c in columns if c in items and pd.api.types.is_numeric_dtype(items[c])
+             and items[c].notna().all() and items[c].isin((0, 1)).all()]
+    names = [c.split("__", 1)[-1] for c in flags]
+    prefix = names[0].split("_", 1)[0] + "_" if names and all(n.startswith(names[0].split("_", 1)[0] + "_")
+                                                                for n in names) else ""
+    labels = [n.removeprefix(prefix).replace("_", " ") for n in names]
+    for c in columns:
+        col = items[c] if c in items else None
+        if (col is not None and not pd.api.types.is_numeric_dtype(col)
+                and col.nunique() <= min(MAX_QUERY_VALUES, len(items) // 2)):  # shared by items: not a title
+            words = words + col.fillna("").astype(str).str.replace("_", " ").to_numpy() + " "
+    for c, label in zip(flags, labels):
+        words = words + np.where(items[c].to_numpy() == 1, label + " ", "")
+    words = words.str.strip().str.lower().str.replace(r"\s+", " ", regex=True)
+    return words[words != ""]
+
+
+def repo_search_table(store, text_decl, version: str, item_key: str, items: pd.DataFrame, item_columns,
+                      user_scores: np.ndarray, targets, known, seed: int = 0) -> dict:
+    """The search table on an evaluation's test users: ``items`` the catalogue (``item_id`` plus the
+    two-tower's item columns, which the queries come from), ``user_scores`` the shipped two-tower's scores over
+    it, ``targets`` / ``known`` its protocol's Histories. The items' text: the text view's input columns, and its
+    materialized vectors at ``version`` (the queries embedded by that version)."""
+    from feast_autofeat.feast.deployments import view_name
+    from feast_autofeat.feast.offline import latest_rows, registered_view
+    from feast_autofeat.feast.runtime import load_encoder
+    from feast_autofeat.ids import positions
+    from feast_autofeat.models.text import compose_texts
+    from feast_autofeat.recommend.health import latest_vectors
+
+    item_ids = items["item_id"].to_numpy()
+    ids, vectors = latest_vectors(store, view_name(text_decl.name, version), item_key)
+    text_vectors = np.zeros((len(item_ids), vectors.shape[1]), np.float32)
+    pos = positions(ids, item_ids)
+    text_vectors[pos >= 0] = vectors[pos[pos >= 0]]
+    frame = pd.DataFrame({item_key: item_ids})
+    by_view: dict[str, list[str]] = {}
+    for ref in text_decl.refs:
+        view, feature = ref.split(":", 1)
+        by_view.setdefault(view, []).append(feature)
+    for view, features in by_view.items():
+        rows = latest_rows(store, registered_view(store, view, f"text input of {text_decl.name}:"), item_key, features)
+        frame = frame.merge(rows, on=item_key, how="left")
+    texts = compose_texts(frame, [r.split(":", 1)[1] for r in text_decl.refs], text_decl.separator)
+    queries = category_queries(items, item_columns)
+    rows_u = np.repeat(np.arange(targets.n_users), targets.lengths)
+    pairs = pd.DataFrame({"user": rows_u, "target": targets.indices})
+    pairs["query"] = queries.reindex(item_ids[pairs.target]).to_numpy()
+    pairs = pairs.dropna(subset=["query"]).reset_index(drop=True)
+    if pairs.empty:
+        raise AutofeatError(f"search evaluation: no test item has a category to build its query from (string item "
+                            f"columns of at most {MAX_QUERY_VALUES} values, or 0/1 columns such as genres); declare "
+                            "one in the recommender's item views.")
+    encoder = load_encoder(str(text_decl.root), "text", version).text
+    known_rows = [known.indices[known.indptr[u]:known.indptr[u + 1]] for u in range(known.n_users)]
+    table = search_table(pairs, text_vectors, encoder.encode_texts, lambda q: bm25_scores(texts, q), user_scores,
+                         known_rows, seed=seed)
+    return {**table, "query": "the target's categories (its string item columns shared by items, at most "
+            f"{MAX_QUERY_VALUES} values; its set 0/1 columns)", "text_view": text_decl.name, "text_version": version}

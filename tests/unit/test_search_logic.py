@@ -114,3 +114,17 @@ def test_the_cli_starts_without_torch():
     out = subprocess.run([sys.executable, "-c", "import sys, feast_autofeat.cli; print('torch' in sys.modules)"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr[-2000:]
+
+
+def test_category_queries_from_categories_never_text():
+    import pandas as pd
+
+    from feast_autofeat.recommend.search_eval import category_queries
+
+    items = pd.DataFrame({"item_id": [1, 2, 3, 4], "v__category": ["Running_Shoes", "books", "books", None],
+                          "v__genre_film_noir": [1, 0, 0, 0], "v__genre_war": [1, 1, 0, 0],
+                          "v__title": ["A", "B", "C", "D"], "v__price": [1.5, 2.0, 3.0, 4.0]})
+    q = category_queries(items, ["v__category", "v__genre_film_noir", "v__genre_war", "v__title", "v__price"])
+    # a string column shared by items and the set flags (their common prefix dropped); never a title (one value
+    # per item) or a number; item 4 has no category: no query
+    assert q.to_dict() == {1: "running shoes film noir war", 2: "books war", 3: "books"}
