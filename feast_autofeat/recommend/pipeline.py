@@ -2,7 +2,8 @@
 
 1. ``feast-autofeat train NAME`` for each learned embedding the two-tower declares, and ``deploy`` them live
    (then ``feast apply``);
-2. ``feast-autofeat backfill`` daily snapshots of the stored ones over the log's range;
+2. ``feast-autofeat backfill`` daily snapshots of the stored ones over the log's range (a text view: one, at
+   its end);
 3. ``feast-autofeat train <two-tower>`` (point-in-time training set, learned groups gated) and ``deploy`` it;
 4. ``feast materialize`` everything (Feast's CLI), after which ``Recommender(repo)`` serves.
 """
@@ -33,6 +34,7 @@ def build_recommender(repo: str | Path, yaml: str | None = None, epochs: dict | 
 def _build(project, decl, epochs: dict, end, seed: int, progress: bool, say, gate: bool) -> dict:
     from feast_autofeat.feast.deployments import view_name
     from feast_autofeat.feast.engine import LeakageWarning, backfill
+    from feast_autofeat.models.text import EXTRA, installed
     from feast_autofeat.recommend.refresh import event_range, materialize_window
     from feast_autofeat.repo import run_feast
     from feast_autofeat.training import train
@@ -43,13 +45,20 @@ def _build(project, decl, epochs: dict, end, seed: int, progress: bool, say, gat
 
     t0 = time.perf_counter()
     versions = {}
+    # without the text extra a text view is left undeployed, and the two-tower trains without it (not read)
+    skipped = [] if installed() else [n for n, d in decl.learned.items() if d.model == "text"]
+    if skipped:
+        say(f"skipped {', '.join(skipped)}: text views need `{EXTRA}`")
     for n, learned in decl.learned.items():
+        if n in skipped:
+            continue
         result = train(project, n, seed=seed, progress=progress, **cap(n, learned.model))
         versions[n] = result.version
         say(f"trained {n} ({learned.model}) {result.version} ({result.seconds:.0f}s)")
     dep = project.deployments()
     for n, learned in decl.learned.items():
-        dep.deploy(n, learned.model, versions[n], live=True)
+        if n in versions:
+            dep.deploy(n, learned.model, versions[n], live=True)
     dep.save()
     project.apply()
     say("feast apply")
@@ -59,8 +68,9 @@ def _build(project, decl, epochs: dict, end, seed: int, progress: bool, say, gat
         # the encoders saw all of this data: fine for serving and a demo; evaluation retrains per protocol
         warnings.simplefilter("ignore", LeakageWarning)
         for n, learned in decl.learned.items():
-            if learned.stored:
-                backfill(project.store, view_name(n, versions[n]), lo, hi, timedelta(days=1), progress=progress)
+            if learned.stored and n in versions:
+                start = hi if learned.model == "text" else lo  # text is not behaviour: one snapshot
+                backfill(project.store, view_name(n, versions[n]), start, hi, timedelta(days=1), progress=progress)
     say(f"backfilled daily snapshots {lo.date()} .. {hi.date()}")
     tt = train(project, decl.name, seed=seed, progress=progress, gate=gate, **cap(decl.name, "two_tower"))
     versions[decl.name] = tt.version

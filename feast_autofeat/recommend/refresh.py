@@ -229,10 +229,12 @@ def _refresh(project, decl, as_of, holdout_days: float, tolerance: float, epochs
     t = time.perf_counter()
     new = {}
     for n, learned in decl.learned.items():
-        result = train(project, n, as_of=cut, seed=seed, progress=progress, init_from=dep.live(n),
-                       **cap(n, learned.model))
-        new[n] = result.version
-        dep.deploy(n, learned.model, result.version)
+        if learned.model == "text":  # pretrained, not retrained: the live version stays (trained once if none)
+            new[n] = dep.live(n) or train(project, n).version
+        else:
+            new[n] = train(project, n, as_of=cut, seed=seed, progress=progress, init_from=dep.live(n),
+                           **cap(n, learned.model)).version
+        dep.deploy(n, learned.model, new[n])
     dep.save()
     project.apply()
     decl = project.two_tower(decl.name)
@@ -245,8 +247,9 @@ def _refresh(project, decl, as_of, holdout_days: float, tolerance: float, epochs
     stored = [n for n, d in decl.learned.items() if d.stored]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LeakageWarning)  # serving snapshots: the model may have seen the past
-        for n in stored:
-            backfill(store, view_name(n, new[n]), lo, hi, timedelta(days=1), progress=progress)
+        for n in stored:  # a text view: one snapshot, at the end (text is not behaviour)
+            start = hi if decl.learned[n].model == "text" else lo
+            backfill(store, view_name(n, new[n]), start, hi, timedelta(days=1), progress=progress)
     step(f"backfilled the new encoders daily {lo.date()} .. {hi.date()}", t)
 
     t = time.perf_counter()
