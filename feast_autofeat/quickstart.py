@@ -88,7 +88,7 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
     for user in top[:3] + [10**9]:
         r = rec.recommend(user, k=5)
         print(f"  user {user} [{r.source}, {r.history_items} known items]: {_shown(r.items, items, label)}")
-    banner(f"search: train and deploy the repo's text view, feast materialize it, Recommender.search({SEARCH!r})")
+    banner(f"search: the items' text view (live since step 5, else trained now), Recommender.search({SEARCH!r})")
     search(repo, project, start, end, top[0], items, label)
     finished()
     print(f"\ndone in {time.perf_counter() - t0:.0f}s in all. Feature repo: {repo}; try "
@@ -97,8 +97,9 @@ def run_quickstart(repo: Path, users: int = 2000, show: int = 5) -> None:
 
 
 def search(repo: Path, project, start: str, end: str, user, items, label: list[str]) -> None:
-    """Train (copy the encoder), deploy and materialize the repo's text view of the items, then search as nobody
-    and as ``user``; says what to install or declare when the repo or the environment has no text."""
+    """Train (copy the encoder), deploy and materialize the repo's text view of the items unless step 5 did (the
+    two-tower reads it), then search as nobody and as ``user``; says what to install or declare when the repo or
+    the environment has no text."""
     from feast_autofeat.feast.deployments import view_name
     from feast_autofeat.models.text import EXTRA, installed
     from feast_autofeat.recommend.recommender import Recommender
@@ -115,14 +116,18 @@ def search(repo: Path, project, start: str, end: str, user, items, label: list[s
         print(f"  skipped: text views need the text extra: `{EXTRA}`, then run the quickstart again")
         return
     name = view.name
-    version = train(project, name).version
     dep = project.deployments()
-    dep.deploy(name, "text", version, live=True)
-    dep.save()
-    project.apply()
-    run_feast(repo, "materialize", "-v", view_name(name, version), start, end)
-    print(f"  trained, deployed and materialized {name} {version} (all-MiniLM-L6-v2; queries through "
-          "onnxruntime when installed)")
+    version = dep.live(name)
+    if version:  # the two-tower reads the items' text: step 5 trained, deployed and materialized it
+        print(f"  {name} {version} is live (step 5: the two-tower's candidate tower reads it)")
+    else:
+        version = train(project, name).version
+        dep.deploy(name, "text", version, live=True)
+        dep.save()
+        project.apply()
+        run_feast(repo, "materialize", "-v", view_name(name, version), start, end)
+        print(f"  trained, deployed and materialized {name} {version}")
+    print("  (all-MiniLM-L6-v2; queries through onnxruntime when installed)")
     rec = Recommender(repo)
     for who in (None, user):
         r = rec.search(SEARCH, user_id=who, k=5)
