@@ -120,8 +120,9 @@ class TwoTowerConfig:
     id_dropout: float = 0.1  # share of training rows whose user id is hidden, so unknown users get a trained row
     # share of training rows whose item id is hidden (DropoutNet, Volkovs et al. 2017): the unknown-item row is
     # trained, and the candidate tower learns to place an item from its features (profile, text) alone. An item
-    # without training positives (new in the catalogue) is served with that row, not an untrained one of its own
-    item_id_dropout: float = 0.1
+    # without training positives (new in the catalogue) is then served with that row, not an untrained one of its
+    # own. Training sets turn it on where the items have content to be placed by (``recommend.train``)
+    item_id_dropout: float = 0.0
     temperature: float = 0.1
     logq: bool = True
     lr: float = 2e-3
@@ -811,8 +812,7 @@ class TwoTower:
     @classmethod
     def load(cls, root, version: str | None = None) -> TwoTower:
         art = load_model(root, cls.name, version)
-        # versions saved before ``recent`` / ``item_id_dropout`` existed: none
-        arch = {"recent": 0, "item_id_dropout": 0.0, **art.config["architecture"]}
+        arch = {"recent": 0, **art.config["architecture"]}  # versions saved before ``recent`` existed: none
         for key in ("query_columns", "query_vectors", "item_columns", "item_vectors"):
             arch[key] = tuple(arch[key])
         model = cls(TwoTowerConfig(**arch))
