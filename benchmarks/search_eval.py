@@ -33,7 +33,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ML100K, ml100k_repo, prepared_repo, save  # noqa: E402
 
-from feast_autofeat.recommend.search_eval import PERSONALIZED, search_table  # noqa: E402
+from feast_autofeat.recommend.search_eval import PERSONALIZED, search_pairs, search_table  # noqa: E402
 
 
 def item_texts_and_queries(data: Path) -> tuple[pd.Series, pd.Series]:
@@ -106,11 +106,7 @@ def main() -> None:
             os.chdir(cwd)
             shutil.rmtree(scratch, ignore_errors=True)
 
-    rows_u = np.repeat(np.arange(targets.n_users), targets.lengths)
-    pairs = pd.DataFrame({"user": rows_u, "target": targets.indices})
-    pairs["query"] = queries.reindex(item_ids[pairs.target]).to_numpy()
-    pairs = pairs.dropna(subset=["query"]).reset_index(drop=True)
-    known_rows = [known.indices[known.indptr[u]:known.indptr[u + 1]] for u in range(known.n_users)]
+    pairs, known_rows = search_pairs(targets, known, item_ids, queries)
     item_texts = texts.reindex(item_ids).fillna("").tolist()
 
     root = Path(tempfile.mkdtemp(prefix="autofeat-text-"))

@@ -140,6 +140,15 @@ def category_queries(items: pd.DataFrame, columns) -> pd.Series:
     return words[words != ""]
 
 
+def search_pairs(targets, known, item_ids: np.ndarray, queries: pd.Series) -> tuple[pd.DataFrame, list]:
+    """(``search_table``'s ``pairs``: one row per test target with a query, ``known``'s item positions per
+    user): ``targets`` / ``known`` are Histories over ``item_ids``, ``queries`` each item's query by id."""
+    pairs = pd.DataFrame({"user": np.repeat(np.arange(targets.n_users), targets.lengths), "target": targets.indices})
+    pairs["query"] = queries.reindex(item_ids[pairs.target]).to_numpy()
+    known_rows = [known.indices[known.indptr[u]:known.indptr[u + 1]] for u in range(known.n_users)]
+    return pairs.dropna(subset=["query"]).reset_index(drop=True), known_rows
+
+
 def repo_search_table(store, text_decl, version: str, item_key: str, items: pd.DataFrame, item_columns,
                       user_scores: np.ndarray, targets, known, seed: int = 0) -> dict:
     """The search table on an evaluation's test users: ``items`` the catalogue (``item_id`` plus the
@@ -167,17 +176,12 @@ def repo_search_table(store, text_decl, version: str, item_key: str, items: pd.D
         rows = latest_rows(store, registered_view(store, view, f"text input of {text_decl.name}:"), item_key, features)
         frame = frame.merge(rows, on=item_key, how="left")
     texts = compose_texts(frame, [r.split(":", 1)[1] for r in text_decl.refs], text_decl.separator)
-    queries = category_queries(items, item_columns)
-    rows_u = np.repeat(np.arange(targets.n_users), targets.lengths)
-    pairs = pd.DataFrame({"user": rows_u, "target": targets.indices})
-    pairs["query"] = queries.reindex(item_ids[pairs.target]).to_numpy()
-    pairs = pairs.dropna(subset=["query"]).reset_index(drop=True)
+    pairs, known_rows = search_pairs(targets, known, item_ids, category_queries(items, item_columns))
     if pairs.empty:
         raise AutofeatError(f"search evaluation: no test item has a category to build its query from (string item "
                             f"columns of at most {MAX_QUERY_VALUES} values, or 0/1 columns such as genres); declare "
                             "one in the recommender's item views.")
     encoder = load_encoder(str(text_decl.root), "text", version).text
-    known_rows = [known.indices[known.indptr[u]:known.indptr[u + 1]] for u in range(known.n_users)]
     table = search_table(pairs, text_vectors, encoder.encode_texts, lambda q: bm25_scores(texts, q), user_scores,
                          known_rows, seed=seed)
     return {**table, "query": "the target's categories (its string item columns shared by items, at most "
